@@ -1,0 +1,30 @@
+# Set-up and entry points. Every target creates .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	# torch first, from the machine's CPU wheel: any later torch request then resolves to it.
+	$(BIN)/pip install -q "torch==2.13.0" -c constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hermesflow demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/scheduling.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

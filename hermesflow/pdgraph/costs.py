@@ -1,0 +1,76 @@
+"""The cost model: how many backend-seconds a request needs, and how long it takes alone.
+
+An LLM engine with continuous batching runs one decode iteration for all its running requests
+at once. Its iteration time grows with the batch:
+
+    t_iter(n) = t_fixed + t_seq * n,   with t_iter(max_batch) = max_batch * decode_s_per_token
+
+where `fixed_fraction` = t_fixed / t_iter(max_batch) is the share of an iteration that does not
+depend on the batch (weight loading on a GPU). A request's *work* is measured in engine-seconds
+at full batch,
+
+    work = input_tokens * prefill_s_per_token + output_tokens * decode_s_per_token,
+
+so an engine that runs a full batch delivers exactly one second of work per second (its
+capacity), and a smaller batch delivers n * decode_s_per_token / t_iter(n) < 1. Tool, search,
+DNN and code stages take their execution time on one slot of their backend.
+
+The same numbers drive the simulator's engine and the demand estimates of the policies, so the
+two cannot disagree about what a request costs.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from hermesflow.pdgraph.model import LLM_BACKEND
+
+
+class LLMEngineCost(BaseModel):
+    """Timing of one LLM engine. Defaults: a 7-8B model on one A100-class GPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_s_per_token: PositiveFloat = 5e-5
+    decode_s_per_token: PositiveFloat = 5e-4
+    max_batch: PositiveInt = 16
+    fixed_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
+
+    @property
+    def full_iteration_s(self) -> float:
+        return self.max_batch * self.decode_s_per_token
+
+    def iteration_s(self, batch: int) -> float:
+        """t_iter(n) of the module docstring."""
+        fixed = self.fixed_fraction * self.full_iteration_s
+        per_sequence = (1.0 - self.fixed_fraction) * self.decode_s_per_token
+        return fixed + per_sequence * batch
+
+    def work_rate_per_request(self, batch: int) -> float:
+        """Work-seconds per second each of `batch` running requests receives."""
+        return self.decode_s_per_token / self.iteration_s(batch)
+
+    def work_s(self, input_tokens: float, output_tokens: float) -> float:
+        return input_tokens * self.prefill_s_per_token + output_tokens * self.decode_s_per_token
+
+    def solo_latency_s(self, input_tokens: float, output_tokens: float) -> float:
+        """Wall time of a request in a full batch (the typical case under load)."""
+        return self.work_s(input_tokens, output_tokens) / self.work_rate_per_request(self.max_batch)
+
+
+class CostModel(BaseModel):
+    """Per-backend timings: LLM engines by backend name, tools by their measured seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    llm: dict[str, LLMEngineCost] = Field(default_factory=lambda: {LLM_BACKEND: LLMEngineCost()})
+    tool_time_scale: PositiveFloat = 1.0
+
+    def engine(self, backend: str) -> LLMEngineCost:
+        try:
+            return self.llm[backend]
+        except KeyError:
+            raise KeyError(
+                f"no LLM engine timing for backend {backend!r}; add it to CostModel.llm "
+                f"(known: {sorted(self.llm)})"
+            ) from None

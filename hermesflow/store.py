@@ -1,0 +1,366 @@
+"""Durable state of Hermesflow: PDGraph snapshots, runs, stage observations, decisions.
+
+Everything important goes through this module so that nothing lives only in an actor's memory:
+a restarted scheduler reloads the classes' graphs, the refit reads the observations, the
+Airflow page and the CLI read runs and decisions. SQLite (a file under `HERMES_HOME`) is the
+default and needs no server; any SQLAlchemy URL works, e.g. PostgreSQL through psycopg 3
+(`postgresql+psycopg://user@host/db`) when Airflow, Ray workers and the CLI share one database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from enum import IntEnum, auto
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, String, UniqueConstraint, create_engine
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from hermesflow.config import get_settings
+from hermesflow.pdgraph.model import PDGraph
+from hermesflow.pdgraph.refit import StageObservation
+
+
+class RunPhase(IntEnum):
+    """Where an application run is, in order: a run only ever moves to a later phase."""
+
+    ADMITTED = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+    FAILED = auto()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AppClass(Base):
+    __tablename__ = "app_classes"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class PDGraphSnapshot(Base):
+    __tablename__ = "pdgraph_snapshots"
+    __table_args__ = (UniqueConstraint("app_class", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_class: Mapped[str] = mapped_column(ForeignKey("app_classes.name"))
+    version: Mapped[int]
+    source: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    graph: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    app_class: Mapped[str] = mapped_column(ForeignKey("app_classes.name"))
+    policy: Mapped[str | None]
+    phase: Mapped[RunPhase] = mapped_column(Enum(RunPhase, native_enum=False, length=16))
+    submitted_s: Mapped[float]
+    finished_s: Mapped[float | None]
+    act_s: Mapped[float | None]
+    cold_start_s: Mapped[float | None]
+    attained_s: Mapped[float | None]
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class StepObservation(Base):
+    """A `StageObservation`; the per-request tuples are JSON lists."""
+
+    __tablename__ = "step_observations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    stage: Mapped[str]
+    backend: Mapped[str | None]
+    step: Mapped[int]
+    visit: Mapped[int]
+    input_tokens: Mapped[list[int]] = mapped_column(JSON)
+    output_tokens: Mapped[list[int]] = mapped_column(JSON)
+    fanout: Mapped[int]
+    exec_s: Mapped[list[float]] = mapped_column(JSON)
+    work_s: Mapped[float | None]
+    next_stage: Mapped[str]
+    started_s: Mapped[float | None]
+    finished_s: Mapped[float | None]
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at_s: Mapped[float]
+    kind: Mapped[str]
+    backend: Mapped[str | None]
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run as read back from the store."""
+
+    id: int
+    app_class: str
+    policy: str | None
+    phase: RunPhase
+    submitted_s: float
+    finished_s: float | None
+    act_s: float | None
+    cold_start_s: float | None
+    attained_s: float | None
+    labels: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One scheduling decision (`kind` e.g. "dispatch", "warm", "release") at time `at_s`."""
+
+    at_s: float
+    kind: str
+    backend: str | None = None
+    run_id: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
+    """Enforce foreign keys (off by default in SQLite) and use WAL so readers (the CLI, the
+    Airflow page) do not block the scheduler's writes."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+class Store:
+    """Typed access to the Hermesflow database at `url` (default: `HERMES_DB_URL`).
+
+    Tables are created on first use. Each method is one transaction; `session()` gives callers
+    their own for anything else.
+    """
+
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        self.engine = create_engine(url or get_settings().db_url, echo=echo)
+        if self.engine.dialect.name == "sqlite":
+            database = self.engine.url.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Close the pooled connections (a PostgreSQL database cannot be dropped while open)."""
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # PDGraph snapshots
+
+    def save_pdgraph(self, graph: PDGraph, source: str) -> int:
+        """Store `graph` as the next snapshot of its class; returns the new version."""
+        return self.save_pdgraphs({graph.name: graph}, source)[graph.name]
+
+    def save_pdgraphs(self, graphs: Mapping[str, PDGraph], source: str) -> dict[str, int]:
+        """Store every graph or none: all are validated first, then written in one transaction.
+
+        Two writers adding a snapshot of the same class at once conflict on (class, version);
+        the second one's transaction fails as a whole and can simply be retried.
+        """
+        documents = {name: _validated_document(name, graph) for name, graph in graphs.items()}
+        with self.session() as session:
+            return {name: _add_snapshot(session, doc, source) for name, doc in documents.items()}
+
+    def load_pdgraph(self, name: str, version: int | None = None) -> PDGraph:
+        """The class's snapshot `version` (default: the latest)."""
+        with self.session() as session:
+            _require_class(session, name)
+            versions = _versions(session, name)
+            wanted = versions[-1] if version is None else version
+            graph = session.scalar(
+                select(PDGraphSnapshot.graph).where(
+                    PDGraphSnapshot.app_class == name, PDGraphSnapshot.version == wanted
+                )
+            )
+        if graph is None:
+            raise KeyError(f"class {name!r} has no snapshot version {version}; it has {versions}")
+        return PDGraph.model_validate(graph)
+
+    def list_classes(self) -> list[str]:
+        with self.session() as session:
+            return _class_names(session)
+
+    def snapshot_versions(self, name: str) -> list[int]:
+        with self.session() as session:
+            return _versions(session, name)
+
+    # Runs, observations, decisions
+
+    def create_run(
+        self,
+        app_class: str,
+        policy: str | None = None,
+        submitted_s: float = 0.0,
+        labels: dict[str, Any] | None = None,
+    ) -> int:
+        """Admit a run of a stored class; returns its id."""
+        with self.session() as session:
+            _require_class(session, app_class)
+            run = Run(
+                app_class=app_class,
+                policy=policy,
+                phase=RunPhase.ADMITTED,
+                submitted_s=submitted_s,
+                labels=labels,
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        finished_s: float,
+        act_s: float | None,
+        cold_start_s: float | None,
+        attained_s: float | None,
+        phase: RunPhase = RunPhase.FINISHED,
+    ) -> None:
+        """Close a run with its completion time (ACT), cold-start wait and attained service."""
+        if phase not in (RunPhase.FINISHED, RunPhase.FAILED):
+            raise ValueError(f"phase {phase.name} does not close a run; use FINISHED or FAILED")
+        with self.session() as session:
+            run = _get_run(session, run_id)
+            run.phase, run.finished_s, run.act_s = phase, finished_s, act_s
+            run.cold_start_s, run.attained_s = cold_start_s, attained_s
+
+    def runs(self, app_class: str | None = None, phase: RunPhase | None = None) -> list[RunRow]:
+        """Runs in id order, optionally of one class and/or in one phase."""
+        query = select(Run).order_by(Run.id)
+        if app_class is not None:
+            query = query.where(Run.app_class == app_class)
+        if phase is not None:
+            query = query.where(Run.phase == phase)
+        with self.session() as session:
+            return [_copy(RunRow, run) for run in session.scalars(query)]
+
+    def record_observations(self, run_id: int, observations: Iterable[StageObservation]) -> None:
+        """Append stage executions of run `run_id`; each must name that run and its class."""
+        with self.session() as session:
+            run = _get_run(session, run_id)
+            for obs in observations:
+                if (obs.run_id, obs.app_class) != (run_id, run.app_class):
+                    raise ValueError(
+                        f"observation of run {obs.run_id} (class {obs.app_class!r}) passed for "
+                        f"run {run_id} (class {run.app_class!r}); record it under its own run"
+                    )
+                session.add(_observation_row(obs))
+
+    def observations(self, app_class: str, limit: int) -> list[StageObservation]:
+        """The newest `limit` observations of a class, oldest first (the refit's window)."""
+        query = (
+            select(StepObservation, Run.app_class)
+            .join(Run, StepObservation.run_id == Run.id)
+            .where(Run.app_class == app_class)
+            .order_by(StepObservation.id.desc())
+            .limit(limit)
+        )
+        with self.session() as session:
+            rows = session.execute(query).all()
+        return [_stage_observation(row, name) for row, name in reversed(rows)]
+
+    def record_decisions(self, rows: Iterable[DecisionRow]) -> None:
+        with self.session() as session:
+            session.add_all(Decision(**_fields(row)) for row in rows)
+
+    def decisions(self, run_id: int | None = None) -> list[DecisionRow]:
+        """Decisions in time order, optionally only those about one run."""
+        query = select(Decision).order_by(Decision.at_s, Decision.id)
+        if run_id is not None:
+            query = query.where(Decision.run_id == run_id)
+        with self.session() as session:
+            return [_copy(DecisionRow, decision) for decision in session.scalars(query)]
+
+
+def _validated_document(name: str, graph: PDGraph) -> dict[str, Any]:
+    """The graph as JSON after full validation (also of graphs built with `model_construct`)."""
+    document = PDGraph.model_validate(graph.model_dump(mode="json")).model_dump(mode="json")
+    if document["name"] != name:
+        raise ValueError(f"graph {document['name']!r} is filed under {name!r}; use its own name")
+    return document
+
+
+def _add_snapshot(session: Session, document: dict[str, Any], source: str) -> int:
+    name = document["name"]
+    if session.get(AppClass, name) is None:
+        session.add(AppClass(name=name))
+        session.flush()
+    latest = session.scalar(
+        select(func.max(PDGraphSnapshot.version)).where(PDGraphSnapshot.app_class == name)
+    )
+    version = (latest or 0) + 1
+    session.add(PDGraphSnapshot(app_class=name, version=version, source=source, graph=document))
+    session.flush()
+    return version
+
+
+def _require_class(session: Session, name: str) -> None:
+    if session.get(AppClass, name) is None:
+        raise KeyError(
+            f"unknown application class {name!r}; known classes: {_class_names(session)}. Add "
+            "it with Store.save_pdgraph(graph, source), e.g. from a workload file"
+        )
+
+
+def _versions(session: Session, name: str) -> list[int]:
+    query = select(PDGraphSnapshot.version).where(PDGraphSnapshot.app_class == name)
+    return list(session.scalars(query.order_by(PDGraphSnapshot.version)))
+
+
+def _class_names(session: Session) -> list[str]:
+    return list(session.scalars(select(AppClass.name).order_by(AppClass.name)))
+
+
+def _get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}; create it with Store.create_run first")
+    return run
+
+
+_Row = TypeVar("_Row")
+_TUPLES = ("input_tokens", "output_tokens", "exec_s")
+"""The per-request fields of a StageObservation, stored as JSON lists."""
+
+
+def _fields(row: object) -> dict[str, Any]:
+    return {f.name: getattr(row, f.name) for f in fields(row)}  # type: ignore[arg-type]
+
+
+def _copy(cls: type[_Row], source: object, **overrides: Any) -> _Row:
+    """A `cls` dataclass from the same-named attributes of `source` (an ORM row)."""
+    names = [f.name for f in fields(cls) if f.name not in overrides]  # type: ignore[arg-type]
+    return cls(**{name: getattr(source, name) for name in names}, **overrides)
+
+
+def _observation_row(obs: StageObservation) -> StepObservation:
+    values = _fields(obs)
+    del values["app_class"]  # the run's class
+    return StepObservation(**values | {name: list(values[name]) for name in _TUPLES})
+
+
+def _stage_observation(row: StepObservation, app_class: str) -> StageObservation:
+    tuples = {name: tuple(getattr(row, name)) for name in _TUPLES}
+    return _copy(StageObservation, row, app_class=app_class, **tuples)

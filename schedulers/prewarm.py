@@ -1,0 +1,226 @@
+"""When to warm, keep and release backends.
+
+A cold backend (a model not loaded, a tool container not started) makes the request that needs
+it wait its warm-up time. Every planner here answers one question — which backends it wants warm,
+most wanted first — and the base class turns that into decisions under a budget:
+
+1. backends with running or waiting requests stay or become warm (demand is never refused);
+2. pinned backends (e.g. the main LLM engine) stay warm;
+3. the planner's wanted list fills what is left of the budget `max_warm`, in order;
+4. every other warm or warming backend with no work is released.
+
+Hermesflow's planner (`pdgraph`) follows the Hermes rule: warm a backend when the PDGraphs of the
+live applications say it will be needed within its warm-up time. For an application in stage s
+that has run for e seconds, P(needs b within h) = P(e < T_b <= e + h) / P(T_b > e), where T_b is
+the Monte-Carlo time from the start of s until b is first needed (`DemandEstimator`). Over all
+live applications, and over new arrivals at rate Lambda_b = sum_c lambda_c * P(class c uses b),
+
+    P_b(h) = 1 - prod_apps (1 - p_app) * exp(-Lambda_b * h),   h = warm-up(b) + slack.
+
+It warms b when P_b >= warm_threshold and keeps a warm b while P_b >= keep_threshold
+(hysteresis, so a backend does not flap). Baselines: load on demand, LRU keep-alive with a TTL,
+and warm-on-queue (warm whatever a live application's class can use).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
+
+from hermesflow.pdgraph.demand import DemandEstimator
+from hermesflow.schedulers.interface import AppRecord, BackendPhase
+
+
+@dataclass(slots=True)
+class BackendStatus:
+    """What a planner sees of one backend."""
+
+    name: str
+    phase: BackendPhase
+    warmup_s: float
+    busy: int = 0
+    queued: int = 0
+    last_used_s: float = -math.inf
+
+    @property
+    def idle(self) -> bool:
+        return self.busy == 0 and self.queued == 0
+
+    @property
+    def warm_or_warming(self) -> bool:
+        return self.phase in (BackendPhase.WARMING, BackendPhase.WARM)
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmDecision:
+    """Backends to start warming (now cold) and to release (now warm or warming, idle)."""
+
+    warm: tuple[str, ...] = ()
+    release: tuple[str, ...] = ()
+
+
+class PrewarmPlanner(ABC):
+    """Decides warmth under a budget; subclasses say what they want warm (`wanted`)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(
+        self,
+        demand: DemandEstimator,
+        max_warm: int | None = None,
+        pinned: Iterable[str] = (),
+    ) -> None:
+        if max_warm is not None and max_warm < 1:
+            raise ValueError(f"max_warm is {max_warm}; give at least 1 warm backend, or None for no budget")
+        self.demand = demand
+        self.max_warm = max_warm
+        self.pinned = tuple(pinned)
+
+    def plan(
+        self,
+        now: float,
+        apps: Sequence[AppRecord],
+        backends: Mapping[str, BackendStatus],
+        arrival_rates: Mapping[str, float],
+    ) -> PrewarmDecision:
+        """Called on every event that changes demand for a backend and on a timer."""
+        keep = [name for name, b in backends.items() if not b.idle]
+        keep += [name for name in self.pinned if name in backends]
+        budget = math.inf if self.max_warm is None else self.max_warm
+        for name in self.wanted(now, apps, backends, arrival_rates):
+            if len(dict.fromkeys(keep)) >= budget:
+                break
+            keep.append(name)
+        chosen = set(keep)
+        return PrewarmDecision(
+            warm=tuple(n for n in dict.fromkeys(keep) if backends[n].phase is BackendPhase.COLD),
+            release=tuple(
+                n for n, b in backends.items() if n not in chosen and b.warm_or_warming and b.idle
+            ),
+        )
+
+    @abstractmethod
+    def wanted(
+        self,
+        now: float,
+        apps: Sequence[AppRecord],
+        backends: Mapping[str, BackendStatus],
+        arrival_rates: Mapping[str, float],
+    ) -> list[str]:
+        """Backends this planner wants warm beyond current demand, most wanted first."""
+
+
+class LoadOnDemand(PrewarmPlanner):
+    name = "on-demand"
+    description = "warm a backend when a request waits for it, release it as soon as it idles"
+
+    def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
+        return []
+
+
+class LRUKeepAlive(PrewarmPlanner):
+    """Serverless-style keep-alive: an idle backend stays warm for `ttl_s` after its last use;
+    under the budget the least recently used goes first."""
+
+    name = "lru"
+    description = "warm on demand, keep idle backends for a TTL, evict least recently used"
+
+    def __init__(self, demand: DemandEstimator, max_warm: int | None = None, pinned: Iterable[str] = (), ttl_s: float = 60.0) -> None:
+        super().__init__(demand, max_warm, pinned)
+        self.ttl_s = ttl_s
+
+    def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
+        recent = [b for b in backends.values() if b.warm_or_warming and now - b.last_used_s <= self.ttl_s]
+        return [b.name for b in sorted(recent, key=lambda b: b.last_used_s, reverse=True)]
+
+
+class WarmOnQueue(PrewarmPlanner):
+    """Prefetch for the waiting queue: warm every backend some live application's class can use,
+    most-used first; release it when no live application can use it."""
+
+    name = "warm-on-queue"
+    description = "warm every backend a live application's class can use"
+
+    def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
+        users: Counter[str] = Counter()
+        for app in apps:
+            users.update(self.demand.compiled(app.app_class).graph.backends)
+        return [name for name, _ in users.most_common() if name in backends]
+
+
+class PDGraphPrewarm(PrewarmPlanner):
+    """Hermesflow's planner (module docstring): warm what the PDGraphs say is needed within the
+    warm-up time."""
+
+    name = "pdgraph"
+    description = "warm a backend when live PDGraph states say it is needed within its warm-up"
+
+    def __init__(
+        self,
+        demand: DemandEstimator,
+        max_warm: int | None = None,
+        pinned: Iterable[str] = (),
+        warm_threshold: float = 0.5,
+        keep_threshold: float = 0.2,
+        slack_s: float = 1.0,
+    ) -> None:
+        super().__init__(demand, max_warm, pinned)
+        if not 0.0 < keep_threshold <= warm_threshold <= 1.0:
+            raise ValueError("need 0 < keep_threshold <= warm_threshold <= 1 (e.g. 0.2 and 0.5)")
+        self.warm_threshold = warm_threshold
+        self.keep_threshold = keep_threshold
+        self.slack_s = slack_s
+
+    def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
+        scores = {
+            name: self.need_probability(name, b.warmup_s + self.slack_s, now, apps, arrival_rates)
+            for name, b in backends.items()
+        }
+        chosen = [
+            name
+            for name, p in scores.items()
+            if p >= (self.keep_threshold if backends[name].warm_or_warming else self.warm_threshold)
+        ]
+        return sorted(chosen, key=lambda name: scores[name], reverse=True)
+
+    def need_probability(
+        self,
+        backend: str,
+        horizon_s: float,
+        now: float,
+        apps: Sequence[AppRecord],
+        arrival_rates: Mapping[str, float],
+    ) -> float:
+        """P_b(h) of the module docstring."""
+        rate = sum(
+            r * self.demand.uses_backend_probability(c, backend) for c, r in arrival_rates.items()
+        )
+        none_needed = math.exp(-rate * horizon_s)
+        for app in apps:
+            if none_needed < 1e-3:
+                break
+            since = app.stage_running_since_s
+            elapsed = 0.0 if since is None else now - since
+            p = self.demand.need_probability(app.state, backend, elapsed, horizon_s)
+            none_needed *= 1.0 - p
+        return 1.0 - none_needed
+
+
+PLANNERS: Mapping[str, type[PrewarmPlanner]] = MappingProxyType(
+    {cls.name: cls for cls in (LoadOnDemand, LRUKeepAlive, WarmOnQueue, PDGraphPrewarm)}
+)
+
+
+def make_planner(name: str, demand: DemandEstimator, **options: object) -> PrewarmPlanner:
+    """Build a planner by its command-line name."""
+    try:
+        cls = PLANNERS[name]
+    except KeyError:
+        raise ValueError(f"unknown prewarm planner {name!r}; choose one of: {', '.join(PLANNERS)}") from None
+    return cls(demand, **options)

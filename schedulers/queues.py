@@ -1,0 +1,64 @@
+"""A waiting queue per backend, ordered by a policy.
+
+A binary heap of `(key, request_id, version, request)`. When an application changes (a stage
+starts, a request finishes) the caller increases `app.version` and calls `rekey`, which pushes
+fresh entries for the application's waiting requests; entries of an older version are discarded
+when they surface. Keys may move in either direction (a Gittins index drops when a long branch is
+ruled out), which re-checking on pop alone could not handle. A request whose application changed
+without a `rekey` is re-keyed when its stale entry surfaces, so it is never lost. Ties are broken
+by `request_id`, which callers allocate in queueing order. Cost: O(log n) per push and pop,
+O(k log n) per re-key of an application with k waiting requests here.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from hermesflow.schedulers.interface import AppRecord, Policy, RequestPhase, RequestRecord
+
+
+class RequestQueue:
+    """Waiting requests of one backend in policy order."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._heap: list[tuple[float, int, int, RequestRecord]] = []
+        self._waiting: dict[int, dict[int, RequestRecord]] = {}
+        self._keyed_version: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keyed_version)
+
+    def push(self, request: RequestRecord) -> None:
+        request.phase = RequestPhase.WAITING
+        self._waiting.setdefault(request.app.app_id, {})[request.request_id] = request
+        self._push_entry(request)
+
+    def _push_entry(self, request: RequestRecord) -> None:
+        self._keyed_version[request.request_id] = request.app.version
+        entry = (self.policy.key(request), request.request_id, request.app.version, request)
+        heapq.heappush(self._heap, entry)
+
+    def rekey(self, app: AppRecord) -> None:
+        """Re-key the application's waiting requests after `app.version` was increased."""
+        for request in self._waiting.get(app.app_id, {}).values():
+            self._push_entry(request)
+
+    def pop(self) -> RequestRecord | None:
+        """The first waiting request in policy order, or None."""
+        while self._heap:
+            _, request_id, version, request = heapq.heappop(self._heap)
+            if request_id not in self._keyed_version:
+                continue  # already dispatched
+            if version != request.app.version:
+                if self._keyed_version[request_id] != request.app.version:
+                    self._push_entry(request)
+                continue
+            del self._keyed_version[request_id]
+            waiting = self._waiting[request.app.app_id]
+            del waiting[request_id]
+            if not waiting:
+                del self._waiting[request.app.app_id]
+            request.phase = RequestPhase.RUNNING
+            return request
+        return None

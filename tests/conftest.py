@@ -1,0 +1,94 @@
+"""Shared pytest fixtures. Keep each group in its own section; import no Ray or Airflow here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+# ---------------------------------------------------------------------------------------------
+# Databases: a real PostgreSQL server for the session, and a fresh database per test.
+# ---------------------------------------------------------------------------------------------
+
+POSTGRES_ROOT = Path("/usr/lib/postgresql")
+POSTGRES_USER = "postgres"
+"""The system user that runs the server: initdb refuses to run as root."""
+
+
+def _postgres_bin() -> Path | None:
+    """The newest installed server's bin directory, e.g. /usr/lib/postgresql/15/bin."""
+    found = [p.parent for p in POSTGRES_ROOT.glob("*/bin/initdb")]
+    return max(found, key=lambda p: int(p.parent.name), default=None) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    return ["runuser", "-u", POSTGRES_USER, "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of the `postgres` database of a throwaway server (user `hermes`, trust)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql; install Debian's "
+            "postgresql package to run these tests"
+        )
+    root = Path(tempfile.mkdtemp(prefix="hermesflow-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, user=POSTGRES_USER, group=POSTGRES_USER)
+    data, log, port = root / "data", root / "server.log", _free_port()
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
+    try:
+        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hermes"]
+        subprocess.run(_as_server_user(initdb), check=True, capture_output=True)
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        started = subprocess.run(
+            _as_server_user([*pg_ctl, "-o", options, "-l", str(log), "-w", "start"]),
+            capture_output=True,
+            text=True,
+        )
+        if started.returncode != 0:
+            server_log = log.read_text() if log.exists() else "(no log)"
+            pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{server_log}")
+        yield f"postgresql+psycopg://hermes@127.0.0.1:{port}/postgres"
+        subprocess.run(_as_server_user([*pg_ctl, "-m", "fast", "-w", "stop"]), check=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _admin_execute(server_url: str, template: str, database: str) -> None:
+    """Run CREATE/DROP DATABASE, which PostgreSQL refuses inside a transaction."""
+    import psycopg  # the dev extra; imported here so conftest loads without it
+    from psycopg import sql
+
+    conninfo = make_url(server_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(sql.SQL(template).format(sql.Identifier(database)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLAlchemy URL of an empty database, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hermesflow.db'}"
+        return
+    server_url: str = request.getfixturevalue("postgres_url")
+    name = f"hermes_test_{uuid.uuid4().hex[:12]}"
+    _admin_execute(server_url, "CREATE DATABASE {}", name)
+    yield make_url(server_url).set(database=name).render_as_string(False)
+    _admin_execute(server_url, "DROP DATABASE {} WITH (FORCE)", name)

@@ -1,0 +1,190 @@
+"""Tests for hermesflow.store, each on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from hermesflow import store as store_module
+
+from hermesflow.pdgraph.model import END, PDGraph, Stage
+from hermesflow.pdgraph.refit import StageObservation
+from hermesflow.pdgraph.workload_file import hermes_mix
+from hermesflow.store import DecisionRow, RunPhase, Store
+
+SOURCE = "workload:hermes_apps.json"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    store = Store(store_url)
+    yield store
+    store.close()
+
+
+def _same(a: PDGraph, b: PDGraph) -> bool:
+    """Graph equality by content (Empirical holds a numpy array, so `==` on models is ambiguous)."""
+    return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+def _observation(run_id: int, step: int, app_class: str = "react_fever") -> StageObservation:
+    return StageObservation(
+        app_class=app_class,
+        run_id=run_id,
+        stage="thought",
+        step=step,
+        visit=step + 1,
+        next_stage=END if step == 2 else "thought",
+        fanout=2,
+        input_tokens=(100 + step, 200 + step),
+        output_tokens=(10, 20),
+        backend="llm",
+        work_s=0.5,
+        started_s=float(step),
+        finished_s=step + 0.5,
+    )
+
+
+def test_hermes_mix_round_trips(store: Store) -> None:
+    graphs = hermes_mix()
+    assert store.save_pdgraphs(graphs, SOURCE) == {name: 1 for name in graphs}
+    assert store.list_classes() == sorted(graphs)
+    for name, graph in graphs.items():
+        assert _same(store.load_pdgraph(name), graph)
+
+
+def test_versions_increase_and_latest_is_default(store: Store) -> None:
+    graph = hermes_mix()["react_fever"]
+    changed = graph.model_copy(
+        update={"stages": {**graph.stages, "thought": graph.stages["thought"].model_copy(
+            update={"next": {END: 0.3, "search": 0.7}})}}
+    )
+    assert store.save_pdgraph(graph, "declared") == 1
+    assert store.save_pdgraph(changed, "refit") == 2
+    assert store.snapshot_versions("react_fever") == [1, 2]
+    assert _same(store.load_pdgraph("react_fever"), changed)
+    assert _same(store.load_pdgraph("react_fever", version=1), graph)
+    with pytest.raises(KeyError, match=r"no snapshot version 3; it has \[1, 2\]"):
+        store.load_pdgraph("react_fever", version=3)
+
+
+def test_save_pdgraphs_with_an_invalid_graph_writes_nothing(store: Store) -> None:
+    graphs = hermes_mix()
+    store.save_pdgraph(graphs["factool_math"], SOURCE)
+    fever = graphs["react_fever"]
+    thought = dict(fever.stages["thought"])
+    bad_thought = Stage.model_construct(**thought | {"next": {"search": 1.5}})
+    invalid = PDGraph.model_construct(
+        name=fever.name, entry=fever.entry, stages={**fever.stages, "thought": bad_thought}
+    )
+    with pytest.raises(ValueError, match="probability of 'search' is 1.5"):
+        store.save_pdgraphs({**graphs, "react_fever": invalid}, SOURCE)
+    assert store.list_classes() == ["factool_math"]
+    assert store.snapshot_versions("factool_math") == [1]
+
+
+def test_save_pdgraphs_rolls_back_a_failed_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graphs = hermes_mix()
+    store.save_pdgraph(graphs["factool_math"], SOURCE)
+    written: list[str] = []
+
+    def fail_on_second(session: Session, document: dict[str, Any], source: str) -> int:
+        written.append(document["name"])
+        if len(written) == 2:
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return add_snapshot(session, document, source)
+
+    add_snapshot = store_module._add_snapshot
+    monkeypatch.setattr(store_module, "_add_snapshot", fail_on_second)
+    with pytest.raises(OperationalError, match="disk I/O error"):
+        store.save_pdgraphs({n: graphs[n] for n in ("hugginggpt", "react_alfw")}, SOURCE)
+    assert written == ["hugginggpt", "react_alfw"]
+    assert store.list_classes() == ["factool_math"]
+
+
+def test_save_pdgraphs_rejects_a_misfiled_graph(store: Store) -> None:
+    graphs = hermes_mix()
+    misfiled = {"factool_math": graphs["factool_math"], "hugginggpt": graphs["react_alfw"]}
+    with pytest.raises(ValueError, match="'react_alfw' is filed under 'hugginggpt'"):
+        store.save_pdgraphs(misfiled, SOURCE)
+    assert store.list_classes() == []
+
+
+def test_unknown_class_names_known_ones_and_the_fix(store: Store) -> None:
+    store.save_pdgraph(hermes_mix()["react_alfw"], SOURCE)
+    with pytest.raises(KeyError) as err:
+        store.load_pdgraph("chatbot")
+    message = str(err.value)
+    assert "'chatbot'" in message and "['react_alfw']" in message and "save_pdgraph" in message
+    with pytest.raises(KeyError, match="chatbot"):
+        store.create_run("chatbot")
+
+
+def test_runs_round_trip_and_filter(store: Store) -> None:
+    graphs = hermes_mix()
+    store.save_pdgraphs({n: graphs[n] for n in ("react_fever", "hugginggpt")}, SOURCE)
+    first = store.create_run("react_fever", policy="gittins", submitted_s=1.5, labels={"user": "a"})
+    second = store.create_run("hugginggpt", submitted_s=2.0)
+    store.finish_run(first, finished_s=9.0, act_s=7.5, cold_start_s=0.25, attained_s=3.0)
+
+    finished, admitted = store.runs()
+    assert (finished.id, finished.app_class, finished.policy) == (first, "react_fever", "gittins")
+    assert finished.phase is RunPhase.FINISHED
+    assert (finished.submitted_s, finished.finished_s, finished.act_s) == (1.5, 9.0, 7.5)
+    assert (finished.cold_start_s, finished.attained_s) == (0.25, 3.0)
+    assert finished.labels == {"user": "a"}
+    assert (admitted.id, admitted.phase, admitted.labels, admitted.act_s) == (
+        second, RunPhase.ADMITTED, None, None
+    )
+    assert [r.id for r in store.runs(app_class="hugginggpt")] == [second]
+    assert [r.id for r in store.runs(phase=RunPhase.FINISHED)] == [first]
+    store.finish_run(second, 5.0, None, None, None, phase=RunPhase.FAILED)
+    assert [r.id for r in store.runs(app_class="hugginggpt", phase=RunPhase.FAILED)] == [second]
+    with pytest.raises(KeyError, match="no run with id 999"):
+        store.finish_run(999, 1.0, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="use FINISHED or FAILED"):
+        store.finish_run(first, 1.0, 1.0, 0.0, 1.0, phase=RunPhase.RUNNING)
+
+
+def test_observations_round_trip_newest_window_oldest_first(store: Store) -> None:
+    graphs = hermes_mix()
+    store.save_pdgraphs({n: graphs[n] for n in ("react_fever", "react_alfw")}, SOURCE)
+    runs = [store.create_run("react_fever") for _ in range(3)]
+    recorded = [_observation(run, step) for run in runs for step in range(3)]
+    for run in runs:
+        store.record_observations(run, [o for o in recorded if o.run_id == run])
+    other = store.create_run("react_alfw")
+    store.record_observations(other, [_observation(other, 0, app_class="react_alfw")])
+
+    assert store.observations("react_fever", limit=100) == recorded
+    assert store.observations("react_fever", limit=4) == recorded[-4:]
+    assert store.observations("react_alfw", limit=100) == [
+        _observation(other, 0, app_class="react_alfw")
+    ]
+
+
+def test_observations_must_belong_to_the_run(store: Store) -> None:
+    store.save_pdgraph(hermes_mix()["react_fever"], SOURCE)
+    run = store.create_run("react_fever")
+    with pytest.raises(ValueError, match="record it under its own run"):
+        store.record_observations(run, [_observation(run + 1, 0)])
+    assert store.observations("react_fever", limit=10) == []
+
+
+def test_decisions_round_trip_in_time_order(store: Store) -> None:
+    store.save_pdgraph(hermes_mix()["react_fever"], SOURCE)
+    run = store.create_run("react_fever")
+    rows = [
+        DecisionRow(at_s=2.0, kind="dispatch", backend="llm", run_id=run, detail={"rank": 0.5}),
+        DecisionRow(at_s=1.0, kind="warm", backend="search:react_fever"),
+        DecisionRow(at_s=3.0, kind="release", backend="llm"),
+    ]
+    store.record_decisions(rows)
+    assert store.decisions() == [rows[1], rows[0], rows[2]]
+    assert store.decisions(run_id=run) == [rows[0]]
