@@ -78,6 +78,7 @@ class RequestRecord:
     ready_s: float
     work_s: float | None = None
     input_tokens: int = 0
+    output_tokens: int = 0
     phase: RequestPhase = RequestPhase.WAITING
 
 

@@ -44,21 +44,31 @@ class RequestQueue:
         for request in self._waiting.get(app.app_id, {}).values():
             self._push_entry(request)
 
-    def pop(self) -> RequestRecord | None:
-        """The first waiting request in policy order, or None."""
+    def peek(self) -> RequestRecord | None:
+        """The first waiting request in policy order (left in the queue), or None.
+
+        Engines that cannot fit the first request (its KV cache) wait for it rather than skip
+        it, as vLLM does: skipping would let small requests starve a large one forever.
+        """
         while self._heap:
-            _, request_id, version, request = heapq.heappop(self._heap)
-            if request_id not in self._keyed_version:
-                continue  # already dispatched
-            if version != request.app.version:
-                if self._keyed_version[request_id] != request.app.version:
-                    self._push_entry(request)
-                continue
+            _, request_id, version, request = self._heap[0]
+            if request_id in self._keyed_version and version == request.app.version:
+                return request
+            heapq.heappop(self._heap)
+            if request_id in self._keyed_version and self._keyed_version[request_id] != request.app.version:
+                self._push_entry(request)  # its application changed without a rekey
+        return None
+
+    def pop(self) -> RequestRecord | None:
+        """Remove and return the first waiting request in policy order, or None."""
+        request = self.peek()
+        if request is not None:
+            heapq.heappop(self._heap)
+            request_id = request.request_id
             del self._keyed_version[request_id]
             waiting = self._waiting[request.app.app_id]
             del waiting[request_id]
             if not waiting:
                 del self._waiting[request.app.app_id]
             request.phase = RequestPhase.RUNNING
-            return request
-        return None
+        return request

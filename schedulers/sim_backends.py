@@ -48,6 +48,10 @@ class SimBackend:
     def free_slots(self) -> int:
         return self.capacity - len(self.running) if self.phase is BackendPhase.WARM else 0
 
+    def fits(self, request: RequestRecord) -> bool:
+        """Whether the request fits beside the running ones (beyond free slots)."""
+        return True
+
     def set_phase(self, phase: BackendPhase, now: float) -> None:
         """Change phase, accounting warm backend-seconds (warming counts: it holds resources)."""
         if self.phase in (BackendPhase.WARMING, BackendPhase.WARM):
@@ -72,9 +76,16 @@ class SimEngine(SimBackend):
     clock_s: float = 0.0
     version: int = 0
     scheduled_version: int = -1
+    kv_in_use: int = 0
+
+    def fits(self, request: RequestRecord) -> bool:
+        """KV-cache admission; a request larger than the whole cache runs alone."""
+        needed = request.input_tokens + request.output_tokens
+        return not self.running or self.kv_in_use + needed <= self.cost.kv_tokens
 
     def start(self, request: RequestRecord, now: float) -> None:
         self.advance(now)
+        self.kv_in_use += request.input_tokens + request.output_tokens
         self.running[request.request_id] = request
         self.remaining[request.request_id] = request.work_s
         self.version += 1
@@ -100,7 +111,9 @@ class SimEngine(SimBackend):
             del self.remaining[rid]
         if finished:
             self.version += 1
-        return [self.running.pop(rid) for rid in finished]
+        done = [self.running.pop(rid) for rid in finished]
+        self.kv_in_use -= sum(r.input_tokens + r.output_tokens for r in done)
+        return done
 
 
 @dataclass(slots=True)

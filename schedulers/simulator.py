@@ -258,7 +258,13 @@ class Simulator:
         backend = self.backends[planned.backend]
         for request in planned.requests:
             record = RequestRecord(
-                next(self._request_ids), app, planned.backend, self.now, request.work_s, request.input_tokens
+                next(self._request_ids),
+                app,
+                planned.backend,
+                self.now,
+                request.work_s,
+                request.input_tokens,
+                request.output_tokens,
             )
             self._timed(self.queues[planned.backend].push, record)
             backend.queued += 1
@@ -295,7 +301,10 @@ class Simulator:
     def _dispatch(self) -> None:
         for name, backend in self.backends.items():
             queue = self.queues[name]
-            while backend.free_slots > 0 and len(queue):
+            while backend.free_slots > 0:
+                head = self._timed(queue.peek)
+                if head is None or not backend.fits(head):
+                    break
                 request = self._timed(queue.pop)
                 self._decisions += 1
                 backend.queued -= 1

@@ -6,7 +6,9 @@ at once. Its iteration time grows with the batch:
     t_iter(n) = t_fixed + t_seq * n,   with t_iter(max_batch) = max_batch * decode_s_per_token
 
 where `fixed_fraction` = t_fixed / t_iter(max_batch) is the share of an iteration that does not
-depend on the batch (weight loading on a GPU). A request's *work* is measured in engine-seconds
+depend on the batch (reading the weights: decode is memory-bound). Besides `max_batch` sequences,
+the running requests must fit the engine's KV cache of `kv_tokens` tokens; a request holds its
+input plus output tokens while it runs. A request's *work* is measured in engine-seconds
 at full batch,
 
     work = input_tokens * prefill_s_per_token + output_tokens * decode_s_per_token,
@@ -33,7 +35,8 @@ class LLMEngineCost(BaseModel):
 
     prefill_s_per_token: PositiveFloat = 5e-5
     decode_s_per_token: PositiveFloat = 5e-4
-    max_batch: PositiveInt = 16
+    max_batch: PositiveInt = 32
+    kv_tokens: PositiveInt = 65_536
     fixed_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
 
     @property
