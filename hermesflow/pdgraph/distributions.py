@@ -44,6 +44,14 @@ class Empirical(BaseModel):
         self._values = np.asarray(self.samples, dtype=np.float64)
         self._values.setflags(write=False)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when the samples and unit are; the cached array is derived, not compared."""
+        if not isinstance(other, Empirical):
+            return NotImplemented
+        return self.samples == other.samples and self.unit == other.unit
+
+    __hash__ = None  # mutable-model semantics, like pydantic's default
+
     @classmethod
     def of(cls, values: object, unit: str = "") -> Empirical:
         """Build from any 1-D sequence of numbers."""

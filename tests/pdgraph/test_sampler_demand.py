@@ -1,0 +1,241 @@
+"""Tests for hermesflow.pdgraph.sampler and .demand: sampled runs, the visit-hazard loop model,
+Monte-Carlo remaining demand, and the cached estimator the policies read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from hermesflow.pdgraph.costs import CostModel
+from hermesflow.pdgraph.demand import DemandEstimator, GraphState
+from hermesflow.pdgraph.model import END, PDGraph
+from hermesflow.pdgraph.sampler import CompiledGraph, RunPlan
+from hermesflow.pdgraph.workload_file import hermes_mix
+
+MIX = hermes_mix()
+ALL_CLASSES = sorted(MIX)
+
+
+@pytest.fixture(scope="module")
+def costs() -> CostModel:
+    return CostModel()
+
+
+@pytest.fixture(scope="module")
+def compiled(costs: CostModel) -> dict[str, CompiledGraph]:
+    return {name: CompiledGraph(graph, costs) for name, graph in MIX.items()}
+
+
+@pytest.fixture(scope="module")
+def demand(costs: CostModel) -> DemandEstimator:
+    return DemandEstimator(MIX, costs, draws=512, seed=7)
+
+
+def _runs(graph: CompiledGraph, n: int, seed: int) -> list[RunPlan]:
+    rng = np.random.default_rng(seed)
+    return [graph.sample_run(rng) for _ in range(n)]
+
+
+def _states_along(graph: CompiledGraph, plan: RunPlan) -> Iterator[GraphState]:
+    """Every state an application following `plan` passes through, as the simulator builds
+    them: each stage starts with all its requests pending, and they finish one by one."""
+    visits = [0] * graph.end
+    for stage in plan.stages:
+        visits[graph.index[stage.stage]] += 1
+        for pending in range(len(stage.requests), 0, -1):
+            yield GraphState(plan.app_class, stage.stage, tuple(visits), pending)
+
+
+# --------------------------------------------------------------------------- sample_run
+
+
+@pytest.mark.parametrize("app_class", ALL_CLASSES)
+def test_sample_run_is_deterministic_under_a_seed(
+    compiled: dict[str, CompiledGraph], app_class: str
+) -> None:
+    assert _runs(compiled[app_class], 5, seed=3) == _runs(compiled[app_class], 5, seed=3)
+    assert _runs(compiled[app_class], 5, seed=3) != _runs(compiled[app_class], 5, seed=4)
+
+
+@pytest.mark.parametrize("app_class", ALL_CLASSES)
+def test_every_sampled_run_is_a_path_to_the_end(
+    compiled: dict[str, CompiledGraph], app_class: str
+) -> None:
+    graph: PDGraph = MIX[app_class]
+    for plan in _runs(compiled[app_class], 100, seed=11):
+        names = [s.stage for s in plan.stages]
+        assert plan.app_class == app_class
+        assert graph.entry.get(names[0], 0.0) > 0
+        for here, there in zip(names, names[1:]):
+            assert graph.stages[here].next.get(there, 0.0) > 0, (here, there)
+        assert graph.stages[names[-1]].next.get(END, 0.0) > 0
+        for stage in plan.stages:
+            spec = graph.stages[stage.stage]
+            assert stage.backend == graph.backend_of(stage.stage)
+            fanouts = {1} if spec.fanout is None else {max(1, round(v)) for v in spec.fanout.samples}
+            assert len(stage.requests) in fanouts
+            assert all(r.work_s >= 0 for r in stage.requests)
+        assert plan.work_s == pytest.approx(sum(s.work_s for s in plan.stages))
+
+
+def test_loop_visits_follow_the_observed_loop_counts(compiled: dict[str, CompiledGraph]) -> None:
+    """The visit-hazard model reproduces react_alfw's observed thought counts, where a
+    memoryless 0.9 self-loop would give a geometric count of mean 10."""
+    observed = MIX["react_alfw"].stages["thought"].visits.values
+    counts = np.array(
+        [len(plan.stages) for plan in _runs(compiled["react_alfw"], 2000, seed=5)]
+    )
+    assert counts.mean() == pytest.approx(observed.mean(), rel=0.10)
+    assert counts.min() >= observed.min()
+    assert counts.max() <= observed.max()
+    assert np.quantile(counts, 0.5) == pytest.approx(np.quantile(observed, 0.5), rel=0.15)
+
+
+def test_got_docmerge_scores_run_exactly_twice(compiled: dict[str, CompiledGraph]) -> None:
+    for plan in _runs(compiled["got_docmerge"], 300, seed=2):
+        names = [s.stage for s in plan.stages]
+        assert names.count("score1") == 2
+        assert names.count("score2") == 2
+        assert names.count("score3") == 1
+
+
+@pytest.mark.parametrize("app_class", ["react_fever", "langchain_mapreduce", "factool_kbqa"])
+def test_remaining_from_the_start_matches_sampled_runs(
+    compiled: dict[str, CompiledGraph], app_class: str
+) -> None:
+    """`remaining` and `sample_run` share the transition code, so their means agree."""
+    graph = compiled[app_class]
+    runs = np.array([plan.work_s for plan in _runs(graph, 4000, seed=21)])
+    draws = graph.remaining(None, (0,) * graph.end, 0, 4000, np.random.default_rng(22))
+    assert draws.work_s.mean() == pytest.approx(runs.mean(), rel=0.05)
+    by_backend = sum(draws.work_by_backend_s.values())
+    np.testing.assert_allclose(by_backend, draws.work_s)
+
+
+def test_remaining_first_need_is_zero_for_pending_work_and_inf_for_unused(
+    compiled: dict[str, CompiledGraph],
+) -> None:
+    graph = compiled["factool_code"]
+    draws = graph.remaining(graph.index["code_execution"], (1, 1, 1), 1, 64, np.random.default_rng(0))
+    assert np.all(draws.first_need_s["code:factool_code"] == 0.0)
+    assert np.all(np.isinf(draws.first_need_s["llm"]))
+    assert np.all(draws.work_by_backend_s["llm"] == 0.0)
+
+
+# --------------------------------------------------------------------------- DemandEstimator
+
+
+def _some_states() -> list[GraphState]:
+    graph = CompiledGraph(MIX["react_fever"], CostModel())
+    states = [s for plan in _runs(graph, 3, seed=1) for s in _states_along(graph, plan)]
+    return states + [GraphState("factool_code", None, (0, 0, 0), 0)]
+
+
+def test_estimator_draws_do_not_depend_on_query_order(costs: CostModel) -> None:
+    states = _some_states()
+    forward = DemandEstimator(MIX, costs, draws=128, seed=3)
+    backward = DemandEstimator(MIX, costs, draws=128, seed=3)
+    first = {forward.key(s): forward.draws_for(s).work_s.copy() for s in states}
+    second = {backward.key(s): backward.draws_for(s).work_s.copy() for s in reversed(states)}
+    assert first.keys() == second.keys()
+    for key, work in first.items():
+        np.testing.assert_array_equal(work, second[key])
+    other_seed = DemandEstimator(MIX, costs, draws=128, seed=4)
+    assert not np.array_equal(other_seed.draws_for(states[0]).work_s, first[forward.key(states[0])])
+
+
+def test_visits_beyond_the_cap_share_one_key(demand: DemandEstimator) -> None:
+    cap = demand.compiled("react_alfw").visit_caps[0]
+    observed_max = int(MIX["react_alfw"].stages["thought"].visits.values.max())
+    assert cap == observed_max + 1
+
+    def state(v: int) -> GraphState:
+        return GraphState("react_alfw", "thought", (v,), 1)
+
+    assert demand.key(state(cap)) == demand.key(state(cap + 1)) == demand.key(state(10 * cap))
+    assert demand.key(state(cap - 1)) != demand.key(state(cap))
+    assert demand.draws_for(state(cap + 3)) is demand.draws_for(state(cap + 40))
+
+
+def test_visits_of_stages_without_loop_counts_do_not_split_keys(demand: DemandEstimator) -> None:
+    assert demand.compiled("factool_code").visit_caps == (0, 0, 0)
+    once = GraphState("factool_code", "code_execution", (1, 1, 1), 1)
+    again = GraphState("factool_code", "code_execution", (3, 2, 5), 1)
+    assert demand.key(once) == demand.key(again)
+
+
+def test_remaining_demand_falls_along_a_linear_class(demand: DemandEstimator) -> None:
+    """factool_code: generate_queries -> generate_solutions (3 requests) -> code_execution."""
+    path = [
+        GraphState("factool_code", "generate_queries", (1, 0, 0), 1),
+        GraphState("factool_code", "generate_solutions", (1, 1, 0), 3),
+        GraphState("factool_code", "generate_solutions", (1, 1, 0), 2),
+        GraphState("factool_code", "generate_solutions", (1, 1, 0), 1),
+        GraphState("factool_code", "code_execution", (1, 1, 1), 1),
+    ]
+    start = demand.mean_remaining(demand.initial_state("factool_code"))
+    means = [demand.mean_remaining(s) for s in path]
+    assert means[0] == pytest.approx(start, rel=0.02)  # nothing is done before the first finishes
+    assert all(later < earlier for earlier, later in zip(means, means[1:])), means
+    assert means[-1] == pytest.approx(1.0)  # code_execution takes 1 s in every trace
+
+
+def test_need_probability_is_one_for_the_current_backend(demand: DemandEstimator) -> None:
+    state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
+    assert demand.need_probability(state, "llm", elapsed_s=0.0, horizon_s=1.0) == 1.0
+
+
+def test_need_probability_of_the_current_backend_after_the_stage_started(
+    demand: DemandEstimator,
+) -> None:
+    """The stage's own requests are still pending on the LLM engine, so the application needs
+    it whatever time has passed."""
+    state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
+    assert demand.need_probability(state, "llm", elapsed_s=2.0, horizon_s=1.0) == 1.0
+
+
+def test_need_probability_of_an_overdue_next_stage(demand: DemandEstimator) -> None:
+    """factool_code always runs code_execution after generate_solutions. A stage that has run
+    longer than every Monte-Carlo draw (its requests queued behind others) still needs the code
+    backend next, and sooner than ever."""
+    state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
+    latest = float(demand.draws_for(state).first_need_s["code:factool_code"].max())
+    p = demand.need_probability(state, "code:factool_code", elapsed_s=latest + 5.0, horizon_s=4.0)
+    assert p == 1.0
+
+
+def test_need_probability_is_zero_for_a_backend_the_class_never_uses(
+    demand: DemandEstimator,
+) -> None:
+    state = GraphState("factool_math", "extract_claims", (1, 0), 1)
+    assert demand.need_probability(state, "code:factool_code", 0.0, 100.0) == 0.0
+    assert demand.need_probability(state, "no-such-backend", 0.0, 100.0) == 0.0
+    assert demand.uses_backend_probability("factool_math", "code:factool_code") == 0.0
+    assert demand.uses_backend_probability("factool_code", "code:factool_code") == 1.0
+
+
+def test_need_probability_grows_with_the_horizon(demand: DemandEstimator) -> None:
+    state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
+    probs = [
+        demand.need_probability(state, "code:factool_code", 0.0, h) for h in (0.1, 2.0, 5.0, 60.0)
+    ]
+    assert probs == sorted(probs)
+    assert probs[0] < probs[-1] == 1.0
+
+
+@pytest.mark.parametrize("app_class", ALL_CLASSES)
+def test_gittins_is_at_most_the_mean_remaining(demand: DemandEstimator, app_class: str) -> None:
+    graph = demand.compiled(app_class)
+    states = [demand.initial_state(app_class)]
+    states += [s for plan in _runs(graph, 3, seed=9) for s in _states_along(graph, plan)]
+    for state in states:
+        rank, mean = demand.gittins(state), demand.mean_remaining(state)
+        assert np.isfinite(rank)
+        assert 0.0 <= rank <= mean + 1e-12, state
+
+
+def test_unknown_class_names_the_known_ones(demand: DemandEstimator) -> None:
+    with pytest.raises(KeyError, match="factool_code"):
+        demand.compiled("no_such_class")
