@@ -144,6 +144,8 @@ class Simulator:
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.demand, self.policy, self.planner = demand, policy, planner
+        if not arrivals:
+            raise ValueError("no arrivals to simulate; give at least one application")
         self.config = config or SimulationConfig()
         self.on_progress = on_progress
         rng = np.random.default_rng(seed)
@@ -360,10 +362,9 @@ class Simulator:
         window = self.config.arrival_rate_window_s
         while self._recent_arrivals and self._recent_arrivals[0].time_s < self.now - window:
             self._recent_arrivals.popleft()
-        span = min(window, max(self.now, 1e-9))
         rates: dict[str, float] = {}
-        for arrival in self._recent_arrivals:
-            rates[arrival.app_class] = rates.get(arrival.app_class, 0.0) + 1.0 / span
+        for arrival in self._recent_arrivals:  # count / window: under-estimates only at start-up
+            rates[arrival.app_class] = rates.get(arrival.app_class, 0.0) + 1.0 / window
         return rates
 
     def _plan(self) -> None:

@@ -113,16 +113,25 @@ def bursty_arrivals(
     return [Arrival(t, c) for t, c in zip(times, _classes(mix, n, rng), strict=True)]
 
 
+def _class_name(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"app_class is {value!r}")
+    return value
+
+
 def read_trace(path: str | Path) -> list[Arrival]:
     """Replay arrivals from a CSV (`time_s,app_class` header) or JSON-lines file."""
     path = Path(path)
-    with path.open() as handle:
-        if path.suffix == ".csv":
-            rows = [(r["time_s"], r["app_class"]) for r in csv.DictReader(handle)]
-        else:
-            rows = [(d["time_s"], d["app_class"]) for d in map(json.loads, filter(str.strip, handle))]
     try:
-        arrivals = sorted((Arrival(float(t), str(c)) for t, c in rows), key=lambda a: a.time_s)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: each row needs a numeric time_s and an app_class ({err})") from None
+        with path.open() as handle:
+            if path.suffix == ".csv":
+                rows = [(r["time_s"], r["app_class"]) for r in csv.DictReader(handle)]
+            else:
+                rows = [(d["time_s"], d["app_class"]) for d in map(json.loads, filter(str.strip, handle))]
+        arrivals = [Arrival(float(t), _class_name(c)) for t, c in rows]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: each row needs a numeric time_s and an app_class name ({err!r})"
+        ) from None
+    arrivals.sort(key=lambda a: a.time_s)
     return arrivals

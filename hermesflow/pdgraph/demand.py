@@ -143,13 +143,14 @@ class DemandEstimator:
     def need_probability(self, state: GraphState, backend: str, elapsed_s: float, horizon_s: float) -> float:
         """P(the application needs `backend` within `horizon_s` | its current stage has run for
         `elapsed_s` and has not finished): the ratio of the first-need CDF at elapsed + horizon
-        minus that at elapsed, to the mass beyond elapsed."""
+        minus that at elapsed, to the mass beyond elapsed. When no draw lasts beyond elapsed, the
+        need is certain (the stage has outrun its history, so its successor is due)."""
         times = self.draws_for(state).first_need_s.get(backend)
         if times is None:
             return 0.0
         later = times[times > elapsed_s] if elapsed_s > 0 else times
         if later.size == 0:
-            return 0.0
+            return 1.0  # every draw needs it by now: the stage is overdue or uses it itself
         return float(np.count_nonzero(later <= elapsed_s + horizon_s)) / later.size
 
     def uses_backend_probability(self, app_class: str, backend: str) -> float:

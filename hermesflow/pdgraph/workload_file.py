@@ -59,7 +59,7 @@ def _parse_class(name: str, raw: Any, source: str) -> PDGraph:
         raise WorkloadFileError(f"{source}: class {name!r} must be an object")
     try:
         stages = {
-            stage: _parse_stage(spec) for stage, spec in (raw.get("stages") or {}).items()
+            stage: _parse_stage(stage, spec) for stage, spec in (raw.get("stages") or {}).items()
         }
         return PDGraph(name=name, entry=raw.get("entry") or {}, stages=stages)
     except ValidationError as err:
@@ -72,7 +72,9 @@ def _parse_class(name: str, raw: Any, source: str) -> PDGraph:
         raise WorkloadFileError(f"{source}: class {name!r}: {err}") from None
 
 
-def _parse_stage(spec: dict[str, Any]) -> dict[str, Any]:
+def _parse_stage(name: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ValueError(f"stage {name!r} must be an object, not {type(spec).__name__}")
     kind = _KIND_ALIASES.get(spec.get("kind"), spec.get("kind"))
     stage: dict[str, Any] = {"kind": kind, "next": spec.get("next")}
     for field in ("input_tokens", "output_tokens", "fanout", "exec_s"):

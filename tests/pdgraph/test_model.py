@@ -151,7 +151,8 @@ def test_samples_must_not_be_empty() -> None:
 
 
 def _document(stage: dict[str, Any]) -> dict[str, Any]:
-    return {"schema": SCHEMA, "apps": {CLASS: {"entry": {"think": 1.0}, "stages": {"think": stage}}}}
+    app = {"entry": {"think": 1.0}, "stages": {"think": stage}}
+    return {"schema": SCHEMA, "apps": {CLASS: app}}
 
 
 @pytest.mark.parametrize(

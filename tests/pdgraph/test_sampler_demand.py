@@ -74,7 +74,7 @@ def test_every_sampled_run_is_a_path_to_the_end(
         for stage in plan.stages:
             spec = graph.stages[stage.stage]
             assert stage.backend == graph.backend_of(stage.stage)
-            fanouts = {1} if spec.fanout is None else {max(1, round(v)) for v in spec.fanout.samples}
+            fanouts = {1} if spec.fanout is None else {max(1, round(v)) for v in spec.fanout.values}
             assert len(stage.requests) in fanouts
             assert all(r.work_s >= 0 for r in stage.requests)
         assert plan.work_s == pytest.approx(sum(s.work_s for s in plan.stages))
@@ -118,7 +118,8 @@ def test_remaining_first_need_is_zero_for_pending_work_and_inf_for_unused(
     compiled: dict[str, CompiledGraph],
 ) -> None:
     graph = compiled["factool_code"]
-    draws = graph.remaining(graph.index["code_execution"], (1, 1, 1), 1, 64, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    draws = graph.remaining(graph.index["code_execution"], (1, 1, 1), 1, 64, rng)
     assert np.all(draws.first_need_s["code:factool_code"] == 0.0)
     assert np.all(np.isinf(draws.first_need_s["llm"]))
     assert np.all(draws.work_by_backend_s["llm"] == 0.0)

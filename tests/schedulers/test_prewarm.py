@@ -169,7 +169,9 @@ def test_warm_on_queue_warms_what_live_classes_can_use(
 
 def _code_backends(code_phase: BackendPhase) -> dict[str, BackendStatus]:
     """The LLM engine runs generate_solutions; the code sandbox takes 3 s to start."""
-    return _backends(_status("llm", WARM, busy=3, warmup_s=30.0), _status(CODE, code_phase, warmup_s=3.0))
+    return _backends(
+        _status("llm", WARM, busy=3, warmup_s=30.0), _status(CODE, code_phase, warmup_s=3.0)
+    )
 
 
 def _at_generate_solutions(make_app: AppFactory, now: float, running_for_s: float) -> AppRecord:
@@ -236,6 +238,8 @@ def test_pdgraph_keeps_between_the_thresholds(
 @pytest.mark.parametrize(
     ("warm", "keep"), [(0.2, 0.5), (0.5, 0.0), (1.5, 0.2), (0.5, -0.1)]
 )
-def test_pdgraph_thresholds_are_validated(demand: DemandEstimator, warm: float, keep: float) -> None:
+def test_pdgraph_thresholds_are_validated(
+    demand: DemandEstimator, warm: float, keep: float
+) -> None:
     with pytest.raises(ValueError, match="keep_threshold <= warm_threshold"):
         PDGraphPrewarm(demand, warm_threshold=warm, keep_threshold=keep)

@@ -165,6 +165,10 @@ _operations = st.lists(
 )
 
 
+def _model_order(request: RequestRecord) -> tuple[float, int]:
+    return request.app.attained_s, request.request_id
+
+
 def _run(demand: DemandEstimator, operations: list[tuple], always_rekey: bool) -> None:
     """Apply `operations` to a queue and to a plain dict of waiting requests side by side."""
     queue = RequestQueue(ByAttained(demand))
@@ -181,7 +185,7 @@ def _run(demand: DemandEstimator, operations: list[tuple], always_rekey: bool) -
             _, app, key, rekey = op
             _change(queue, apps[app], key, rekey=always_rekey or rekey)
         else:
-            expected = min(waiting.values(), key=lambda r: (r.app.attained_s, r.request_id), default=None)
+            expected = min(waiting.values(), key=_model_order, default=None)
             got = queue.peek() if op[0] == "peek" else queue.pop()
             if always_rekey:
                 assert got is expected

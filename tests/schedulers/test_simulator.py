@@ -1,0 +1,243 @@
+"""Tests for hermesflow.schedulers.simulator: invariants of small simulated runs.
+
+`CheckedSimulator` re-checks capacity, KV budget and work conservation after every dispatch,
+i.e. after every event; it only adds checks to the real event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+
+import pytest
+
+from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
+from hermesflow.pdgraph.demand import DemandEstimator
+from hermesflow.schedulers.interface import BackendPhase, RequestRecord
+from hermesflow.schedulers.policies import POLICIES, ClairvoyantSRPT, make_policy
+from hermesflow.schedulers.prewarm import PLANNERS, make_planner
+from hermesflow.schedulers.sim_backends import SimEngine
+from hermesflow.schedulers.simulator import SimulationConfig, SimulationResult, Simulator
+from hermesflow.schedulers.workload import (
+    Arrival,
+    arrival_rate_for_load,
+    normalise_mix,
+    poisson_arrivals,
+)
+
+LOAD = 0.7
+SUMMARY_KEYS = {
+    "policy",
+    "apps_completed",
+    "mean_act_s",
+    "p95_act_s",
+    "cold_start_share",
+    "warm_backend_s",
+    "decision_us",
+}
+
+
+class CheckedSimulator(Simulator):
+    """The simulator, asserting its invariants after every dispatch."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.checks = 0
+        self.kv_blocked = 0
+
+    def _dispatch(self) -> None:
+        super()._dispatch()
+        self.checks += 1
+        for name, backend in self.backends.items():
+            queue = self.queues[name]
+            assert len(backend.running) <= backend.capacity, name
+            assert backend.queued == len(queue), name
+            if backend.running:
+                assert backend.phase is BackendPhase.WARM, name
+            if isinstance(backend, SimEngine):
+                held = sum(r.input_tokens + r.output_tokens for r in backend.running.values())
+                assert backend.kv_in_use == held, name
+                assert held <= backend.cost.kv_tokens or len(backend.running) == 1, name
+            if backend.phase is BackendPhase.WARM and backend.free_slots > 0 and len(queue):
+                # work conservation: only an engine may hold back, and only a head that does not fit
+                assert isinstance(backend, SimEngine), f"pool {name} idles with a queue"
+                assert not backend.fits(queue.peek()), f"engine {name} idles with a fitting head"
+                self.kv_blocked += 1
+
+
+class CheckedSRPT(ClairvoyantSRPT):
+    """SRPT that also checks the oracle the simulator keeps: never negative."""
+
+    def key(self, request: RequestRecord) -> float:
+        remaining = super().key(request)
+        assert remaining >= -1e-9, request.app
+        return remaining
+
+
+@pytest.fixture(scope="module")
+def arrivals(demand: DemandEstimator) -> list[Arrival]:
+    mix = normalise_mix(demand.classes, None)
+    return poisson_arrivals(arrival_rate_for_load(LOAD, demand, mix), 120, mix, seed=1)
+
+
+def _simulate(
+    demand: DemandEstimator,
+    arrivals: Sequence[Arrival],
+    policy: str = "gittins",
+    planner: str = "pdgraph",
+    seed: int = 2,
+    config: SimulationConfig | None = None,
+    **planner_options: object,
+) -> tuple[CheckedSimulator, SimulationResult]:
+    sim = CheckedSimulator(
+        demand,
+        make_policy(policy, demand),
+        make_planner(planner, demand, **planner_options),
+        arrivals,
+        seed=seed,
+        config=config,
+    )
+    return sim, sim.run()
+
+
+def _assert_complete(sim: CheckedSimulator, result: SimulationResult, n: int) -> None:
+    assert [o.app_id for o in result.outcomes] == list(range(n))
+    assert result.summary()["apps_completed"] == n
+    assert not sim._live  # noqa: SLF001 - nothing left running
+    assert all(len(q) == 0 for q in sim.queues.values())
+    assert all(not b.running for b in sim.backends.values())
+    assert all(o.finish_s >= o.arrival_s for o in result.outcomes)
+    assert sim.checks > 0
+
+
+def _backend_names(demand: DemandEstimator, arrivals: Sequence[Arrival]) -> tuple[str, ...]:
+    sim = Simulator(
+        demand, make_policy("fcfs", demand), make_planner("on-demand", demand), arrivals, seed=0
+    )
+    return tuple(sim.backends)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+@pytest.mark.parametrize(
+    "kv_tokens",
+    [None, 6_000],
+    ids=["default-engine", "small-kv"],  # 6000 tokens: some got_docmerge requests run alone
+)
+def test_every_app_completes_once_within_capacity(
+    demand: DemandEstimator, arrivals: list[Arrival], kv_tokens: int | None
+) -> None:
+    config = None
+    if kv_tokens is not None:
+        config = SimulationConfig(costs=CostModel(llm={"llm": LLMEngineCost(kv_tokens=kv_tokens)}))
+    sim, result = _simulate(demand, arrivals, config=config)
+    _assert_complete(sim, result, len(arrivals))
+    if kv_tokens is not None:
+        assert sim.kv_blocked > 0  # the KV budget, not the batch size, held requests back
+
+
+@pytest.mark.parametrize(("policy", "planner"), list(itertools.product(POLICIES, PLANNERS)))
+def test_every_policy_and_planner_runs_a_short_mix(
+    demand: DemandEstimator, arrivals: list[Arrival], policy: str, planner: str
+) -> None:
+    short = arrivals[:40]
+    sim, result = _simulate(demand, short, policy=policy, planner=planner)
+    _assert_complete(sim, result, len(short))
+    assert result.policy == policy and result.planner == planner
+
+
+def test_the_srpt_oracle_runs_in_the_simulator(
+    demand: DemandEstimator, arrivals: list[Arrival]
+) -> None:
+    sim = CheckedSimulator(
+        demand, CheckedSRPT(demand), make_planner("pdgraph", demand), arrivals, seed=2
+    )
+    result = sim.run()
+    _assert_complete(sim, result, len(arrivals))
+    assert result.summary()["policy"] == "srpt"
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _comparable(result: SimulationResult) -> dict[str, object]:
+    """The summary without decision time, which is measured wall-clock time."""
+    return {k: v for k, v in result.summary().items() if k != "decision_us"}
+
+
+def test_same_seed_gives_the_same_run(demand: DemandEstimator, arrivals: list[Arrival]) -> None:
+    _, first = _simulate(demand, arrivals, seed=4)
+    _, second = _simulate(demand, arrivals, seed=4)
+    assert _comparable(first) == _comparable(second)
+    assert first.outcomes == second.outcomes
+
+
+def test_different_seed_gives_a_different_run(
+    demand: DemandEstimator, arrivals: list[Arrival]
+) -> None:
+    _, first = _simulate(demand, arrivals, seed=4)
+    _, second = _simulate(demand, arrivals, seed=5)
+    assert _comparable(first) != _comparable(second)
+
+
+# --------------------------------------------------------------------------- cold starts
+
+
+def test_prewarming_lowers_the_cold_start_share(
+    demand: DemandEstimator, arrivals: list[Arrival]
+) -> None:
+    """Every backend starts warm; the first planner call at t = 0 releases the idle ones, so
+    warm-on-queue cannot reach zero, but it must do better than loading on demand."""
+    config = SimulationConfig(warm_at_start=_backend_names(demand, arrivals))
+    shares = {
+        planner: _simulate(demand, arrivals, planner=planner, config=config)[1].summary()[
+            "cold_start_share"
+        ]
+        for planner in ("on-demand", "warm-on-queue")
+    }
+    assert 0.0 < shares["warm-on-queue"] < shares["on-demand"]
+
+
+def test_no_cold_starts_when_every_backend_is_warm_and_pinned(
+    demand: DemandEstimator, arrivals: list[Arrival]
+) -> None:
+    names = _backend_names(demand, arrivals)
+    config = SimulationConfig(warm_at_start=names)
+    sim, result = _simulate(demand, arrivals, planner="warm-on-queue", config=config, pinned=names)
+    _assert_complete(sim, result, len(arrivals))
+    assert result.summary()["cold_start_share"] == 0.0
+    assert all(o.cold_start_s == 0.0 for o in result.outcomes)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_summary_has_the_reported_keys(demand: DemandEstimator, arrivals: list[Arrival]) -> None:
+    _, result = _simulate(demand, arrivals[:30], policy="fcfs", planner="lru")
+    summary = result.summary()
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["policy"] == "fcfs"
+    assert summary["apps_completed"] == 30
+    assert summary["mean_act_s"] == pytest.approx(result.acts.mean())
+    assert min(result.acts) <= summary["p95_act_s"] <= max(result.acts)
+    assert 0.0 <= summary["cold_start_share"] <= 1.0
+    assert summary["warm_backend_s"] > 0.0
+    assert summary["decision_us"] >= 0.0
+
+
+def test_an_empty_workload_is_refused_or_summarised(demand: DemandEstimator) -> None:
+    """No arrivals: either the simulator refuses them up front with a ValueError that says so,
+    or the run completes with a summary of zero applications (not an IndexError)."""
+    try:
+        sim = Simulator(
+            demand, make_policy("fcfs", demand), make_planner("on-demand", demand), [], seed=0
+        )
+    except ValueError as err:
+        assert "arrival" in str(err)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no ACTs may be NaN
+        summary = sim.run().summary()
+    assert summary["apps_completed"] == 0

@@ -1,0 +1,43 @@
+"""The scheduling core imports without Ray or Airflow: the simulator, the CLI and the tests must
+run on a machine that has neither. Checked in a fresh interpreter, so other tests' imports do not
+hide a stray dependency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("airflow", "ray")
+PACKAGES = ("hermesflow.pdgraph", "hermesflow.schedulers")
+EXCLUDED = {"hermesflow.schedulers.runtime"}
+"""The Ray scheduler actor: the one module allowed to import Ray."""
+
+_PROBE = f"""
+import importlib, json, pkgutil, sys
+import hermesflow
+names = ["hermesflow"]
+for package in {PACKAGES!r}:
+    module = importlib.import_module(package)
+    names.append(package)
+    names += [f"{{package}}.{{m.name}}" for m in pkgutil.iter_modules(module.__path__)]
+names = [n for n in names if n not in {sorted(EXCLUDED)!r}]
+for name in names:
+    importlib.import_module(name)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+print(json.dumps({{"imported": names, "heavy": heavy}}))
+"""
+
+
+def test_core_modules_import_without_ray_or_airflow() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        pytest.fail(f"importing the core failed:\n{done.stderr}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "hermesflow.schedulers.simulator" in report["imported"]
+    assert "hermesflow.pdgraph.sampler" in report["imported"]
+    assert report["heavy"] == []
