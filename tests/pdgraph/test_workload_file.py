@@ -19,7 +19,8 @@ from hermesflow.pdgraph.workload_file import (
     load_workload,
 )
 
-DATA_FILE = Path("/work/shared/data/workloads/hermes_apps.json")
+# shared/ sits beside the checkout, in development and in CI
+DATA_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "workloads" / "hermes_apps.json"
 HERMES_CLASSES = {
     "factool_code",
     "factool_kbqa",
