@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 
 from hermesflow.pdgraph.demand import DemandEstimator
-from hermesflow.pdgraph.model import LLM_BACKEND, PDGraph
+from hermesflow.pdgraph.model import PDGraph
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.simulator import SimulationConfig, SimulationResult, Simulator
@@ -50,11 +50,10 @@ def simulate(
     rate = arrival_rate_for_load(load, demand, weights)
     make_arrivals = bursty_arrivals if arrivals is ArrivalProcess.BURSTY else poisson_arrivals
     schedule = make_arrivals(rate, apps, weights, seed)
-    pinned = [name for name in config.warm_at_start if name == LLM_BACKEND]
     return Simulator(
         demand,
         make_policy(policy, demand),
-        make_planner(planner, demand, max_warm=max_warm, pinned=pinned),
+        make_planner(planner, demand, max_warm=max_warm, pinned=config.warm_at_start),
         schedule,
         seed,
         config,

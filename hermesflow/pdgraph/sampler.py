@@ -70,11 +70,8 @@ class RemainingDraws:
     """
 
     work_by_backend_s: dict[str, np.ndarray]
+    work_s: np.ndarray
     first_need_s: dict[str, np.ndarray]
-
-    @property
-    def work_s(self) -> np.ndarray:
-        return sum(self.work_by_backend_s.values())
 
 
 class _Successors:
@@ -236,7 +233,7 @@ class CompiledGraph:
         for _ in range(MAX_STAGES_PER_RUN):
             active = current != self.end
             if not active.any():
-                return RemainingDraws(work_by_backend_s=work, first_need_s=first_need)
+                return RemainingDraws(work, sum(work.values()), first_need)
             for s in np.unique(current[active]):
                 rows = np.flatnonzero(current == s)
                 counts[rows, s] += 1
