@@ -60,6 +60,15 @@ class PDGraphSnapshot(Base):
     graph: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class CallPhase(IntEnum):
+    """Where one call of a step is, in order. DONE is written once: a late duplicate result of
+    a call that was retried is ignored, so a call completes exactly once."""
+
+    QUEUED = auto()
+    RUNNING = auto()
+    DONE = auto()
+
+
 class Run(Base):
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -72,6 +81,32 @@ class Run(Base):
     cold_start_s: Mapped[float | None]
     attained_s: Mapped[float | None]
     labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None]
+
+
+class StepCall(Base):
+    """One call of one step of a run: stored before it is dispatched, completed once."""
+
+    __tablename__ = "step_calls"
+    __table_args__ = (UniqueConstraint("run_id", "step", "call_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    step: Mapped[int]
+    call_index: Mapped[int]
+    stage: Mapped[str]
+    backend: Mapped[str]
+    call: Mapped[dict[str, Any]] = mapped_column(JSON)
+    phase: Mapped[CallPhase] = mapped_column(Enum(CallPhase, native_enum=False, length=16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    queued_s: Mapped[float]
+    started_s: Mapped[float | None]
+    finished_s: Mapped[float | None]
 
 
 class StepObservation(Base):

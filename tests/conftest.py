@@ -92,3 +92,35 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     _admin_execute(server_url, "CREATE DATABASE {}", name)
     yield make_url(server_url).set(database=name).render_as_string(False)
     _admin_execute(server_url, "DROP DATABASE {} WITH (FORCE)", name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray: one local cluster on loopback for the whole session (Ray is imported lazily).
+# ---------------------------------------------------------------------------------------------
+
+RAY_TEST_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+"""Bind every Ray process to 127.0.0.1 and skip token auth (loopback-only test cluster)."""
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A local Ray cluster with a capped object store, shared by every Ray test.
+
+    Four logical CPUs on a 2-core machine: backend actors reserve one CPU each, the scheduler
+    and the HTTP actor none, and the LLM sets its own torch threads.
+    """
+    os.environ.update(RAY_TEST_ENV)
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        object_store_memory=256 * 2**20,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent / "support")}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

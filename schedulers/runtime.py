@@ -1,0 +1,832 @@
+"""The Hermesflow scheduler on Ray: a detached, named async actor that serves applications.
+
+It owns the live applications, keeps one `RequestQueue` per backend ordered by the same
+`Policy` objects the simulator uses, dispatches each backend's queue head whenever the backend
+has a free slot (never more than its capacity in flight, so ordering stays the scheduler's),
+and asks the same `PrewarmPlanner` what to warm and release on every event that changes demand
+and on a timer. Decide, then apply: the policy and planner only return decisions; this actor
+applies them to `BackendSlot`s (real Ray actors).
+
+Durability: every admission, step, dispatch, completion and warm/release decision is a
+`RunJournal` transaction before it takes effect, so a restarted actor (Ray restarts it; it is
+created with `max_restarts=-1`) reloads its live runs from the store and goes on: finished
+calls are not run again, runs finish exactly once. A call whose backend actor dies is
+re-queued and retried up to `max_attempts` times.
+
+Applications come in two shapes. A *program* run (`submit`) advances through its class's
+`AppProgram`: each step's calls are stored, queued and dispatched, and when the last result is
+in, the program picks the next step from the real outputs. An *open* run (`submit_step`, the
+OpenAI-compatible gateway and Airflow tasks) receives its steps one by one from a client; its
+requests are ranked as one application all the same. Each finished step becomes a
+`StageObservation`; a background task refits each class's PDGraph from its recent observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
+from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.journal import NewStep, RunEnd, RunJournal, StoredCall, StoredRun
+from hermesflow.pdgraph.demand import DemandEstimator, GraphState
+from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
+from hermesflow.pdgraph.refit import StageObservation, refit
+from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, RequestRecord
+from hermesflow.schedulers.open_apps import grow_open_graph, open_class_prior
+from hermesflow.schedulers.policies import make_policy
+from hermesflow.schedulers.prewarm import make_planner
+from hermesflow.schedulers.queues import RequestQueue
+from hermesflow.schedulers.runtime_backends import BackendDied, BackendSlot
+from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME, RuntimeConfig
+from hermesflow.store import CallPhase, DecisionRow, RunPhase, Store
+
+log = logging.getLogger(__name__)
+_CALL = TypeAdapter(Call)
+
+
+class SubmissionError(ValueError):
+    """A submission the scheduler refuses (unknown class, invalid inputs); says how to fix it."""
+
+
+@dataclass(eq=False)
+class _LiveRun:
+    """A run in memory: its scheduling record and where its current step is."""
+
+    record: AppRecord
+    key: str
+    program: AppProgram | None
+    inputs: BaseModel | None
+    doc: dict[str, Any]
+    plan: StepPlan | None = None
+    calls: dict[int, StoredCall] = field(default_factory=dict)
+    results: dict[int, CallResult] = field(default_factory=dict)
+    stage_cold_s: float = 0.0
+    step_started_s: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: dict[int, asyncio.Future] = field(default_factory=dict)
+    sinks: dict[int, asyncio.Queue] = field(default_factory=dict)
+    pending_observation: StageObservation | None = None
+    last_activity_s: float = field(default_factory=time.time)
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class HermesScheduler:
+    """The scheduler actor's logic (module docstring); `SchedulerActor` is its Ray actor."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = RuntimeConfig.model_validate(config)
+        self.store = Store(self.config.db_url)
+        self.journal = RunJournal(self.store)
+        self.programs: dict[str, AppProgram] = {
+            name: _import(path)() for name, path in self.config.programs.items()
+        }
+        self.demand = DemandEstimator(self._initial_graphs(), self.config.costs)
+        self.policy = make_policy(self.config.policy, self.demand)
+        if self.policy.needs_oracle:
+            raise ValueError(f"policy {self.policy.name!r} needs future knowledge; it runs only in the simulator")
+        self.planner = make_planner(
+            self.config.planner, self.demand, pinned=self.config.warm_at_start, **self.config.planner_options
+        )
+        self.slots = {spec.name: BackendSlot(spec, self._kick) for spec in self.config.backends}
+        self.queues = {name: RequestQueue(self.policy) for name in self.slots}
+        self.live: dict[int, _LiveRun] = {}
+        self.by_key: dict[str, _LiveRun] = {}
+        self._arrivals: deque[tuple[float, str]] = deque()
+        self._refitted_at: dict[str, tuple] = {}
+        self._attempts: dict[int, int] = {}
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._busy_s = 0.0
+        self._completed_calls = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._spawn(self._main())
+
+    # -- set-up and background loops -----------------------------------------------------------
+
+    def _initial_graphs(self) -> dict[str, PDGraph]:
+        known = set(self.store.list_classes())
+        graphs = {}
+        for name, program in self.programs.items():
+            if name in known:
+                graphs[name] = self.store.load_pdgraph(name)
+            else:
+                graphs[name] = program.prior()
+                self.store.save_pdgraph(graphs[name], source="prior")
+        for name in known - set(graphs):
+            graphs[name] = self.store.load_pdgraph(name)
+        return graphs
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _main(self) -> None:
+        self._recover()
+        for name in self.config.warm_at_start:
+            if name not in self.slots:
+                raise ValueError(f"warm_at_start names {name!r}, which is not a configured backend")
+            self._spawn(self._warm(name))
+        self._ready.set()
+        self._spawn(self._plan_timer())
+        self._spawn(self._refit_loop())
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._timed(self._dispatch)
+
+    async def _plan_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.planner_interval_s)
+            self._timed(self._plan)
+            self._close_idle_open_runs()
+
+    async def _refit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.refit_interval_s)
+            for app_class in self.demand.classes:
+                try:
+                    await self._refit(app_class)
+                except ValueError as error:  # an invalid refit keeps the current graph
+                    log.warning("refit of %s skipped: %s", app_class, error)
+
+    async def _refit(self, app_class: str) -> None:
+        """Refit a class whose window holds observations newer than its last refit."""
+        observations = await asyncio.to_thread(self.store.observations, app_class, self.config.refit_window)
+        if len(observations) < self.config.refit_min_samples:
+            return
+        newest = (observations[-1].run_id, observations[-1].step, observations[-1].finished_s)
+        if self._refitted_at.get(app_class) == newest:
+            return
+        self._refitted_at[app_class] = newest
+        graph = self.demand.compiled(app_class).graph
+        if app_class not in self.programs:
+            graph = grow_open_graph(graph, observations, self._backend_kind)
+        graph = refit(
+            graph,
+            observations,
+            window=self.config.refit_window,
+            min_samples=self.config.refit_min_samples,
+        )
+        await asyncio.to_thread(self.store.save_pdgraph, graph, "refit")
+        self.demand.replace_graph(graph)
+        for live in self.live.values():
+            if live.record.app_class == app_class:
+                self._changed(live)
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def _timed(self, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._busy_s += time.perf_counter() - start
+
+    # -- public API (called through the actor) -------------------------------------------------
+
+    async def ready(self) -> bool:
+        await self._ready.wait()
+        return True
+
+    async def submit(
+        self,
+        app_class: str,
+        inputs: dict[str, Any],
+        key: str | None = None,
+        labels: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Admit a program run; the same `key` again returns the same run."""
+        await self._ready.wait()
+        if key is not None and (existing := self.journal.run(key)) is not None:
+            return self._view_stored(existing)
+        program = self.programs.get(app_class)
+        if program is None:
+            raise SubmissionError(
+                f"unknown application class {app_class!r}; this scheduler runs: {sorted(self.programs)}. "
+                "Register its program in RuntimeConfig.programs, or send single steps with submit_step"
+            )
+        try:
+            validated = program.validate_inputs(inputs)
+            transition = program.start(validated)
+        except ValidationError as error:
+            raise SubmissionError(f"invalid inputs for class {app_class!r}: {error}") from None
+        return self._timed(self._admit_program_run, app_class, program, validated, transition, key, labels)
+
+    def _admit_program_run(self, app_class, program, inputs, transition: Transition, key, labels):
+        now = time.time()
+        key = key or uuid.uuid4().hex
+        first = transition.next
+        doc = {"step": 0, "program": transition.state, "visits": {}, "attained_s": 0.0, "cold_s": 0.0}
+        if isinstance(first, StepPlan):
+            doc["plan"] = first.model_dump(mode="json")
+            doc["visits"] = {first.stage: 1}
+        admit = DecisionRow(now, "admit", detail={"class": app_class, "key": key})
+        run, created = self.journal.admit(
+            key, app_class, self.policy.name, now, inputs.model_dump(mode="json"), labels, doc, admit
+        )
+        if not created:
+            return self._view_stored(run)
+        live = self._new_live(run, program, inputs, doc)
+        self.policy.on_admit(live.record, now)
+        if isinstance(first, Finished):
+            self._end(live, RunEnd(RunPhase.FINISHED, first.result), None, None, 0)
+        else:
+            calls = self.journal.start_step(run.id, doc, _new_step(0, first), now)
+            self._begin_step(live, first, calls)
+        return self._view(live)
+
+    def _new_live(self, run: StoredRun, program, inputs, doc) -> _LiveRun:
+        state = self.demand.initial_state(run.app_class)
+        record = AppRecord(run.id, run.app_class, run.submitted_s, state, attained_s=doc.get("attained_s", 0.0))
+        live = _LiveRun(record, run.key, program, inputs, doc)
+        self.live[run.id] = live
+        self.by_key[run.key] = live
+        self._arrivals.append((run.submitted_s, run.app_class))
+        return live
+
+    async def submit_step(
+        self,
+        key: str,
+        app_class: str,
+        stage: str,
+        call: dict[str, Any],
+        backend: str | None = None,
+        labels: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one step of an open application and return its result (JSON)."""
+        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, stream=False)
+        return (await future).model_dump(mode="json")
+
+    async def stream_step(
+        self,
+        key: str,
+        app_class: str,
+        stage: str,
+        call: dict[str, Any],
+        backend: str | None = None,
+        labels: dict[str, Any] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`."""
+        future, sink = await self._open_step(key, app_class, stage, call, backend, labels, stream=True)
+        while True:
+            getter = asyncio.ensure_future(sink.get())
+            done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield {"delta": getter.result()}
+                continue
+            getter.cancel()
+            while not sink.empty():
+                yield {"delta": sink.get_nowait()}
+            yield {"result": future.result().model_dump(mode="json")}
+            return
+
+    async def _open_step(self, key, app_class, stage, call, backend, labels, stream):
+        await self._ready.wait()
+        try:
+            parsed = _CALL.validate_python(call)
+        except ValidationError as error:
+            raise SubmissionError(f"invalid call for step {stage!r}: {error}") from None
+        backend = backend or (LLM_BACKEND if isinstance(parsed, LLMCall) else None)
+        if backend not in self.slots:
+            raise SubmissionError(
+                f"unknown backend {backend!r} for step {stage!r}; configured backends: {sorted(self.slots)}"
+            )
+        return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
+
+    def _admit_open_step(self, key, app_class, stage, call, backend, labels, stream):
+        now = time.time()
+        live = self.by_key.get(key)
+        if live is None:
+            if self.journal.run(key) is not None:
+                raise SubmissionError(f"application {key!r} has finished; use a new application id")
+            if app_class in self.programs:
+                raise SubmissionError(
+                    f"class {app_class!r} is a program class; submit whole runs of it, or name an open class"
+                )
+            self._ensure_open_class(app_class, stage, backend)
+            doc = {"step": -1, "open": True, "visits": {}, "attained_s": 0.0, "cold_s": 0.0}
+            admit = DecisionRow(now, "admit", detail={"class": app_class, "key": key, "open": True})
+            run, _ = self.journal.admit(key, app_class, self.policy.name, now, None, labels, doc, admit)
+            live = self._new_live(run, None, None, doc)
+            self.policy.on_admit(live.record, now)
+        elif live.program is not None:
+            raise SubmissionError(f"application {key!r} is a program run; it takes no external steps")
+        if live.pending_observation is not None:
+            self._record_open_observation(live, stage)
+        live.doc["step"] += 1
+        live.doc["visits"][stage] = live.doc["visits"].get(stage, 0) + 1
+        plan = StepPlan(stage=stage, backend=backend, calls=[call])
+        calls = self.journal.start_step(live.record.app_id, live.doc, _new_step(live.doc["step"], plan), now)
+        future = asyncio.get_running_loop().create_future()
+        live.waiters[calls[0].id] = future
+        sink: asyncio.Queue | None = asyncio.Queue() if stream else None
+        if sink is not None:
+            live.sinks[calls[0].id] = sink
+        live.last_activity_s = now
+        self._begin_step(live, plan, calls)
+        return future, sink
+
+    def _ensure_open_class(self, app_class: str, stage: str, backend: str) -> None:
+        if app_class in self.demand.classes:
+            return
+        graph = open_class_prior(app_class, stage, backend, self._backend_kind(backend))
+        self.store.save_pdgraph(graph, source="open-prior")
+        self.demand.replace_graph(graph)
+
+    def _backend_kind(self, backend: str) -> StageKind:
+        if backend not in self.slots:
+            return StageKind.TOOL
+        backend_type = self.slots[backend].spec.type
+        return StageKind.LLM if backend_type in ("transformers", "vllm", "openai") else StageKind.TOOL
+
+    async def finish_app(self, key: str) -> dict[str, Any]:
+        """End an open application (its client has no more steps)."""
+        await self._ready.wait()
+        live = self.by_key.get(key)
+        if live is None:
+            stored = self.journal.run(key)
+            if stored is None:
+                raise SubmissionError(f"no application {key!r}")
+            return self._view_stored(stored)
+        if live.program is not None:
+            raise SubmissionError(f"application {key!r} is a program run; it ends by itself")
+        if live.waiters:
+            raise SubmissionError(f"application {key!r} still has {len(live.waiters)} step(s) running")
+        self._timed(self._end_open, live)
+        return self._view_stored(self.journal.run(key))
+
+    async def app(self, key: str) -> dict[str, Any]:
+        await self._ready.wait()
+        live = self.by_key.get(key)
+        if live is not None:
+            return self._view(live)
+        stored = self.journal.run(key)
+        if stored is None:
+            raise SubmissionError(f"no application {key!r}; submit it first")
+        return self._view_stored(stored)
+
+    async def wait(self, key: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """The application's view once it has ended (or when `timeout_s` passes)."""
+        await self._ready.wait()
+        live = self.by_key.get(key)
+        if live is not None:
+            try:
+                await asyncio.wait_for(live.done.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        return await self.app(key)
+
+    async def events(self, key: str, after: int = 0) -> list[dict[str, Any]]:
+        await self._ready.wait()
+        stored = self.journal.run(key)
+        if stored is None:
+            raise SubmissionError(f"no application {key!r}; submit it first")
+        return [
+            {"id": e.id, "at_s": e.at_s, "kind": e.kind, "backend": e.backend, "detail": e.detail}
+            for e in self.journal.events(stored.id, after)
+        ]
+
+    async def backends(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "type": slot.spec.type,
+                "phase": slot.phase.name.lower(),
+                "warmup_s": slot.warmup_s,
+                "capacity": slot.capacity,
+                "in_flight": slot.in_flight,
+                "queued": len(self.queues[name]),
+                "last_error": slot.last_error,
+            }
+            for name, slot in self.slots.items()
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters for benchmarks: the scheduler's own time per completed call."""
+        return {
+            "policy": self.policy.name,
+            "planner": self.planner.name,
+            "live_apps": len(self.live),
+            "completed_calls": self._completed_calls,
+            "busy_s": self._busy_s,
+            "overhead_ms_per_step": 1e3 * self._busy_s / max(self._completed_calls, 1),
+            "classes": list(self.demand.classes),
+        }
+
+    async def backend_pid(self, name: str) -> int | None:
+        """The process id of a backend's actor, None while it is cold."""
+        if name not in self.slots:
+            raise SubmissionError(f"unknown backend {name!r}; configured backends: {sorted(self.slots)}")
+        return await self.slots[name].pid()
+
+    async def graph(self, app_class: str) -> dict[str, Any]:
+        return self.demand.compiled(app_class).graph.model_dump(mode="json")
+
+    async def shutdown(self) -> None:
+        """Release every backend (kills their actors)."""
+        for slot in self.slots.values():
+            slot.shutdown()
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _begin_step(self, live: _LiveRun, plan: StepPlan, calls: list[StoredCall]) -> None:
+        """Queue a stored step's unfinished calls and update the run's graph state (the step is
+        already counted in `live.doc["visits"]`)."""
+        app = live.record
+        compiled = self.demand.compiled(app.app_class)
+        visits = live.doc["visits"]
+        live.plan = plan
+        if live.program is not None:
+            live.calls, live.results = {}, {}
+            live.stage_cold_s = 0.0
+            live.step_started_s = None
+        for stored in calls:
+            live.calls[stored.id] = stored
+            if stored.phase is CallPhase.DONE:
+                live.results[stored.call_index] = CallResult.model_validate(stored.result)
+        pending = sum(1 for c in live.calls.values() if c.call_index not in live.results)
+        stage = plan.stage if plan.stage in compiled.index else None
+        counts = [0] * compiled.end
+        for name, count in visits.items():
+            if name in compiled.index:
+                counts[compiled.index[name]] = count
+        app.state = GraphState(app.app_class, stage, tuple(counts), pending)
+        app.phase = AppPhase.RUNNING
+        app.stage_running_since_s = None
+        app.version += 1
+        for stored in calls:
+            if stored.phase is not CallPhase.DONE:
+                self._queue(live, stored)
+        if pending == 0 and live.program is not None:
+            self._advance(live)
+        self._kick()
+
+    def _queue(self, live: _LiveRun, stored: StoredCall) -> None:
+        call = stored.call
+        input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
+        request = RequestRecord(
+            stored.id, live.record, stored.backend, stored.queued_s, None, input_tokens, call.get("max_tokens", 0)
+        )
+        self.queues[stored.backend].push(request)
+        slot = self.slots[stored.backend]
+        if slot.phase is BackendPhase.COLD:
+            self._plan()
+        elif slot.phase is BackendPhase.DRAINING:
+            slot.revive()
+
+    def _dispatch(self) -> None:
+        for name, slot in self.slots.items():
+            queue = self.queues[name]
+            while slot.free > 0:
+                request = queue.pop()
+                if request is None:
+                    break
+                self._start_call(slot, request)
+
+    def _start_call(self, slot: BackendSlot, request: RequestRecord) -> None:
+        now = time.time()
+        live = self.live[request.app.app_id]
+        stored = live.calls[request.request_id]
+        if request.app.stage_running_since_s is None:
+            request.app.stage_running_since_s = now
+            live.step_started_s = live.step_started_s or now
+        live.stage_cold_s = max(live.stage_cold_s, max(0.0, min(slot.warm_since_s, now) - request.ready_s))
+        priority = self.policy.key(request)
+        self.journal.dispatch(
+            stored.id,
+            now,
+            DecisionRow(now, "dispatch", slot.name, live.record.app_id, {"step": stored.step, "call": stored.call_index, "rank": priority}),
+        )
+        self._spawn(self._execute(slot, live, stored, request, priority))
+
+    async def _execute(self, slot: BackendSlot, live: _LiveRun, stored: StoredCall, request, priority) -> None:
+        sink = live.sinks.get(stored.id)
+        try:
+            result = await slot.call(stored.call, priority, None if sink is None else sink.put_nowait)
+        except BackendDied as error:
+            self._timed(self._retry, live, stored, request, str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - a failing call is a result the program sees
+            result = CallResult(finish_reason="error", error=f"{type(error).__name__}: {error}")
+        self._timed(self._complete, live, stored, result)
+
+    def _retry(self, live: _LiveRun, stored: StoredCall, request: RequestRecord, reason: str) -> None:
+        now = time.time()
+        attempts = self._attempts.get(stored.id, 0) + 1
+        self._attempts[stored.id] = attempts
+        if attempts >= self.config.max_attempts:
+            error = f"{reason}; gave up after {attempts} attempts"
+            self._fail(live, error)
+            return
+        self.journal.requeue(stored.id, DecisionRow(now, "retry", stored.backend, live.record.app_id, {"call": stored.call_index, "reason": reason}))
+        self.queues[stored.backend].push(request)
+        self._plan()
+        self._kick()
+
+    def _complete(self, live: _LiveRun, stored: StoredCall, result: CallResult) -> None:
+        now = time.time()
+        if live.record.app_id not in self.live:
+            return  # the run ended meanwhile (failed)
+        decision = DecisionRow(now, "complete", stored.backend, live.record.app_id, {"step": stored.step, "call": stored.call_index, "seconds": result.seconds})
+        if not self.journal.complete(stored.id, result.model_dump(mode="json"), now, decision):
+            return
+        self._completed_calls += 1
+        app = live.record
+        work = self._work_s(stored.backend, result)
+        app.attained_s += work
+        live.doc["attained_s"] = app.attained_s
+        live.last_activity_s = now
+        live.results[stored.call_index] = result
+        state = app.state
+        app.state = GraphState(state.app_class, state.stage, state.visits, max(state.pending - 1, 0))
+        app.version += 1
+        self.policy.on_service(app, work, now)
+        if live.program is None:
+            self._complete_open(live, stored, result, work, now)
+        elif len(live.results) == len(live.plan.calls):
+            self._advance(live)
+        else:
+            self.queues[stored.backend].rekey(app)
+        self._kick()
+
+    def _work_s(self, backend: str, result: CallResult) -> float:
+        if backend in self.config.costs.llm:
+            return self.config.costs.engine(backend).work_s(result.input_tokens, result.output_tokens)
+        return result.seconds
+
+    def _observation(
+        self, live: _LiveRun, plan: StepPlan, step: int, next_stage: str, results: list[CallResult],
+        calls: list[StoredCall], now: float,
+    ) -> StageObservation:
+        return StageObservation(
+            app_class=live.record.app_class,
+            run_id=live.record.app_id,
+            stage=plan.stage,
+            step=step,
+            visit=max(live.doc["visits"].get(plan.stage, 1), 1),
+            next_stage=next_stage,
+            fanout=len(results),
+            input_tokens=tuple(r.input_tokens for r in results),
+            output_tokens=tuple(r.output_tokens for r in results),
+            exec_s=tuple(r.seconds for r in results),
+            backend=plan.backend,
+            work_s=sum(self._work_s(plan.backend, r) for r in results),
+            started_s=min((c.queued_s for c in calls), default=now),
+            finished_s=now,
+        )
+
+    def _advance(self, live: _LiveRun) -> None:
+        """The current step of a program run is complete: ask the program what comes next."""
+        now = time.time()
+        plan = live.plan
+        results = [live.results[i] for i in range(len(plan.calls))]
+        live.doc["cold_s"] = live.doc.get("cold_s", 0.0) + live.stage_cold_s
+        live.stage_cold_s = 0.0
+        try:
+            transition = live.program.advance(live.inputs, live.doc["program"], plan, results)
+            following = transition.next
+            if isinstance(following, StepPlan) and following.backend not in self.slots:
+                raise ValueError(f"step {following.stage!r} names backend {following.backend!r}, which is not configured")
+        except Exception as error:  # noqa: BLE001 - a program bug fails its run, not the scheduler
+            log.exception("program of %s failed", live.key)
+            self._fail(live, f"the {live.record.app_class} program failed after step {plan.stage!r}: {error}")
+            return
+        next_stage = following.stage if isinstance(following, StepPlan) else END
+        finished_step = live.doc["step"]
+        observation = self._observation(live, plan, finished_step, next_stage, results, list(live.calls.values()), now)
+        doc = dict(live.doc, program=transition.state, visits=dict(live.doc["visits"]))
+        if isinstance(following, Finished):
+            doc.pop("plan", None)
+            self._end(live, RunEnd(RunPhase.FINISHED, following.result), observation, doc, finished_step)
+            return
+        doc["step"] = finished_step + 1
+        doc["plan"] = following.model_dump(mode="json")
+        doc["visits"][following.stage] = doc["visits"].get(following.stage, 0) + 1
+        calls = self.journal.advance(
+            live.record.app_id, finished_step, observation, doc, _new_step(doc["step"], following), None, now,
+            [DecisionRow(now, "step", following.backend, detail={"stage": following.stage, "calls": len(following.calls)})],
+        )
+        if calls is None:
+            return
+        live.doc = doc
+        self._begin_step(live, following, calls)
+
+    def _end(self, live: _LiveRun, end: RunEnd, observation, doc, finished_step: int) -> None:
+        now = time.time()
+        end = RunEnd(end.phase, end.result, end.error, live.doc.get("cold_s", 0.0), live.record.attained_s)
+        kind = "finish" if end.phase is RunPhase.FINISHED else "fail"
+        self.journal.advance(
+            live.record.app_id, finished_step, observation, doc or live.doc, None, end, now,
+            [DecisionRow(now, kind, detail={"error": end.error} if end.error else None)],
+        )
+        self._forget(live)
+
+    def _fail(self, live: _LiveRun, error: str) -> None:
+        self._end(live, RunEnd(RunPhase.FAILED, None, error), None, None, live.doc["step"])
+        for future in live.waiters.values():
+            if not future.done():
+                future.set_exception(RuntimeError(error))
+
+    def _forget(self, live: _LiveRun) -> None:
+        app = live.record
+        app.phase = AppPhase.FINISHED
+        self.live.pop(app.app_id, None)
+        self.by_key.pop(live.key, None)
+        self.policy.on_finish(app, time.time())
+        live.done.set()
+
+    # -- open runs ------------------------------------------------------------------------------
+
+    def _complete_open(self, live: _LiveRun, stored: StoredCall, result: CallResult, work: float, now: float) -> None:
+        call = live.calls.pop(stored.id)
+        live.results.pop(stored.call_index, None)
+        plan = StepPlan(stage=call.stage, backend=call.backend, calls=[_CALL.validate_python(call.call)])
+        live.pending_observation = self._observation(live, plan, call.step, END, [result], [call], now)
+        live.doc["cold_s"] = live.doc.get("cold_s", 0.0) + live.stage_cold_s
+        live.stage_cold_s = 0.0
+        future = live.waiters.pop(stored.id, None)
+        live.sinks.pop(stored.id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def _record_open_observation(self, live: _LiveRun, next_stage: str) -> None:
+        obs = live.pending_observation
+        live.pending_observation = None
+        self.store.record_observations(live.record.app_id, [dataclasses.replace(obs, next_stage=next_stage)])
+
+    def _end_open(self, live: _LiveRun) -> None:
+        observation = live.pending_observation
+        live.pending_observation = None
+        self._end(live, RunEnd(RunPhase.FINISHED), observation, None, live.doc["step"])
+
+    def _close_idle_open_runs(self) -> None:
+        cutoff = time.time() - self.config.open_app_idle_s
+        for live in list(self.live.values()):
+            if live.program is None and not live.waiters and live.last_activity_s < cutoff:
+                self._timed(self._end_open, live)
+
+    # -- prewarm --------------------------------------------------------------------------------
+
+    def _arrival_rates(self) -> dict[str, float]:
+        window = self.config.arrival_rate_window_s
+        now = time.time()
+        while self._arrivals and self._arrivals[0][0] < now - window:
+            self._arrivals.popleft()
+        rates: dict[str, float] = {}
+        for _, app_class in self._arrivals:
+            rates[app_class] = rates.get(app_class, 0.0) + 1.0 / window
+        return rates
+
+    def _plan(self) -> None:
+        now = time.time()
+        decision = self.planner.plan(
+            now,
+            [live.record for live in self.live.values()],
+            {name: slot.status(len(self.queues[name])) for name, slot in self.slots.items()},
+            self._arrival_rates(),
+        )
+        rows = []
+        for name in decision.release:
+            rows.append(DecisionRow(now, "release", name))
+            self._spawn(self.slots[name].release())
+        for name in decision.warm:
+            rows.append(DecisionRow(now, "warm", name, detail={"expected_s": self.slots[name].warmup_s}))
+            self._spawn(self._warm(name))
+        if rows:
+            self.journal.record(rows)
+
+    async def _warm(self, name: str) -> None:
+        slot = self.slots[name]
+        await slot.warm()
+        if slot.phase is BackendPhase.COLD and slot.failures >= self.config.max_warm_failures:
+            self._timed(self._fail_waiting, name, slot.last_error)
+
+    def _fail_waiting(self, backend: str, error: str | None) -> None:
+        """A backend that cannot warm fails the runs waiting for it rather than hang them."""
+        queue = self.queues[backend]
+        while (request := queue.pop()) is not None:
+            live = self.live.get(request.app.app_id)
+            if live is not None:
+                self._fail(live, f"backend {backend!r} could not be warmed: {error}")
+        self.slots[backend].failures = 0
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Reload unfinished runs from the store and queue their unfinished calls."""
+        runs = self.journal.live_runs()
+        for run, calls in runs:
+            program = self.programs.get(run.app_class)
+            doc = dict(run.state or {})
+            if doc.get("open"):
+                live = self._new_live(run, None, None, doc)
+                if not calls:
+                    continue
+                plan = StepPlan(stage=calls[0].stage, backend=calls[0].backend, calls=[_CALL.validate_python(c.call) for c in calls])
+                live.plan = plan
+                pending = [c for c in calls if c.phase is not CallPhase.DONE]
+                for stored in pending:  # nobody waits for them any more; finish them for the record
+                    live.calls[stored.id] = stored
+                    self._queue(live, stored)
+                continue
+            if program is None:
+                continue
+            inputs = program.validate_inputs(run.inputs or {})
+            live = self._new_live(run, program, inputs, doc)
+            plan = StepPlan.model_validate(doc["plan"])
+            if not calls:
+                calls = self.journal.start_step(run.id, doc, _new_step(doc["step"], plan), time.time())
+            self._begin_step(live, plan, calls)
+        if runs:
+            self.journal.record([DecisionRow(time.time(), "recover", detail={"runs": len(runs)})])
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def _view(self, live: _LiveRun) -> dict[str, Any]:
+        return {
+            "app_id": live.key,
+            "app_class": live.record.app_class,
+            "phase": "running" if live.record.phase is AppPhase.RUNNING else "admitted",
+            "submitted_at": live.record.arrival_s,
+            "finished_at": None,
+            "act_s": None,
+            "cold_start_s": live.doc.get("cold_s", 0.0),
+            "attained_s": live.record.attained_s,
+            "stage": live.plan.stage if live.plan else None,
+            "step": live.doc.get("step"),
+            "result": None,
+            "error": None,
+        }
+
+    @staticmethod
+    def _view_stored(run: StoredRun) -> dict[str, Any]:
+        return {
+            "app_id": run.key,
+            "app_class": run.app_class,
+            "phase": run.phase.name.lower(),
+            "submitted_at": run.submitted_s,
+            "finished_at": run.finished_s,
+            "act_s": run.act_s,
+            "cold_start_s": run.cold_start_s,
+            "attained_s": run.attained_s,
+            "stage": None,
+            "step": (run.state or {}).get("step"),
+            "result": run.result,
+            "error": run.error,
+        }
+
+
+def _new_step(step: int, plan: StepPlan) -> NewStep:
+    return NewStep(step, plan.stage, plan.backend, [c.model_dump(mode="json") for c in plan.calls])
+
+
+SchedulerActor = ray.remote(HermesScheduler)
+
+
+def start_scheduler(
+    config: RuntimeConfig, name: str = SCHEDULER_NAME, namespace: str = NAMESPACE
+) -> Any:
+    """The named detached scheduler actor, created if it does not exist yet (Ray must be
+    initialised). Ray restarts it after a crash, with the same configuration."""
+    handle = SchedulerActor.options(
+        name=name,
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,
+        max_concurrency=10_000,
+    ).remote(config.model_dump(mode="json"))
+    ray.get(handle.ready.remote())
+    return handle
+
+
+def get_scheduler(name: str = SCHEDULER_NAME, namespace: str = NAMESPACE) -> Any:
+    """The running scheduler actor; a clear error when `hermesflow serve` is not running."""
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise RuntimeError(
+            f"no Hermesflow scheduler named {name!r} in Ray namespace {namespace!r}; start one with "
+            "`hermesflow serve` (or start_scheduler(config)) on this Ray cluster"
+        ) from None

@@ -1,0 +1,57 @@
+"""Configuration of the Ray runtime: policy, prewarm planner, backends, programs, store.
+
+Kept apart from `runtime.py` so the CLI and the HTTP layer can build and validate a
+configuration without importing Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from hermesflow.backends.base import BackendSpec
+from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
+from hermesflow.pdgraph.model import LLM_BACKEND
+
+SCHEDULER_NAME = "scheduler"
+NAMESPACE = "hermesflow"
+
+CPU_MODEL_COST = CostModel(
+    llm={
+        LLM_BACKEND: LLMEngineCost(
+            prefill_s_per_token=1.5e-3, decode_s_per_token=8e-3, max_batch=8, kv_tokens=16_384
+        )
+    }
+)
+"""SmolLM2-135M on 2 CPU cores in bf16, batch 8 (measured; see docs/benchmarks.md): the work
+of an LLM call in engine-seconds at full batch. `hermesflow calibrate` refits it from runs."""
+
+
+class RuntimeConfig(BaseModel):
+    """Everything the scheduler actor is built from; it is stored with the actor, so a
+    restarted actor comes back with the same configuration.
+
+    `programs` maps application classes to their `AppProgram` (`module:Class`); `warm_at_start`
+    backends are warmed when the scheduler starts and pinned warm. `max_attempts` bounds how
+    often a call is retried after its backend died.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = "gittins"
+    planner: str = "pdgraph"
+    planner_options: dict[str, Any] = Field(default_factory=dict)
+    db_url: str | None = None
+    backends: list[BackendSpec] = Field(default_factory=list)
+    programs: dict[str, str] = Field(default_factory=dict)
+    warm_at_start: tuple[str, ...] = ()
+    costs: CostModel = CPU_MODEL_COST
+    planner_interval_s: PositiveFloat = 0.5
+    arrival_rate_window_s: PositiveFloat = 60.0
+    refit_interval_s: PositiveFloat = 10.0
+    refit_window: PositiveInt = 500
+    refit_min_samples: PositiveInt = 5
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    max_warm_failures: Annotated[int, Field(ge=1)] = 3
+    open_app_idle_s: PositiveFloat = 300.0

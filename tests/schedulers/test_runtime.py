@@ -1,0 +1,156 @@
+"""The Ray scheduler actor end to end: real Ray actors, real tool processes, a real store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from hermesflow.backends.base import BackendSpec  # noqa: E402
+from hermesflow.journal import RunJournal  # noqa: E402
+from hermesflow.store import CallPhase, RunPhase, Store  # noqa: E402
+from hermesflow.schedulers.runtime import SubmissionError, start_scheduler  # noqa: E402
+from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
+
+TOOLS = BackendSpec(name="tools", type="python-tools", options={"workers": 4}, expected_warmup_s=2.0)
+
+
+def _config(db_url: str, **overrides) -> RuntimeConfig:
+    return RuntimeConfig(
+        db_url=db_url,
+        backends=[TOOLS],
+        programs={"sleep_chain": "runtime_programs:SleepChain"},
+        refit_interval_s=1.0,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def scheduler(ray_cluster, tmp_path):
+    """A fresh scheduler actor (unique name) over a fresh SQLite store."""
+    db_url = f"sqlite:///{tmp_path / 'hermes.db'}"
+    name = f"scheduler-{uuid.uuid4().hex[:8]}"
+    handle = start_scheduler(_config(db_url), name=name)
+    yield handle, db_url, name
+    ray.get(handle.shutdown.remote())
+    ray.kill(handle, no_restart=True)
+
+
+def _submit(handle, steps: int, seconds: float, key: str | None = None, fanout: int = 1) -> str:
+    inputs = {"steps": steps, "seconds": seconds, "fanout": fanout}
+    return ray.get(handle.submit.remote("sleep_chain", inputs, key))["app_id"]
+
+
+def _wait_all(handle, keys, timeout_s: float = 60.0) -> list[dict]:
+    deadline = time.time() + timeout_s
+    views = []
+    for key in keys:
+        views.append(ray.get(handle.wait.remote(key, max(deadline - time.time(), 0.1))))
+    return views
+
+
+def test_runs_complete_with_their_results_observations_and_decisions(scheduler):
+    handle, db_url, _ = scheduler
+    keys = [_submit(handle, steps=3, seconds=0.05, fanout=2) for _ in range(4)]
+    views = _wait_all(handle, keys)
+    assert [v["phase"] for v in views] == ["finished"] * 4
+    assert all(v["result"] == {"steps": 3, "calls": 2} for v in views)
+    assert all(v["act_s"] > 0 and v["attained_s"] > 0 for v in views)
+    store = Store(db_url)
+    journal = RunJournal(store)
+    run = journal.run(keys[0])
+    kinds = Counter(e.kind for e in journal.events(run.id))
+    assert kinds["admit"] == 1 and kinds["finish"] == 1
+    assert kinds["dispatch"] == kinds["complete"] == 6
+    observations = store.observations("sleep_chain", limit=100)
+    assert len(observations) == 12
+    assert {o.next_stage for o in observations} == {"nap", "__end__"}
+    assert all(o.fanout == 2 and len(o.exec_s) == 2 for o in observations)
+    backend_kinds = {d.kind for d in store.decisions() if d.backend == "tools"}
+    assert "warm" in backend_kinds
+
+
+def test_same_key_is_one_run(scheduler):
+    handle, _, _ = scheduler
+    first = ray.get(handle.submit.remote("sleep_chain", {"steps": 1, "seconds": 0.0}, "same-key"))
+    again = ray.get(handle.submit.remote("sleep_chain", {"steps": 5, "seconds": 0.0}, "same-key"))
+    assert first["app_id"] == again["app_id"] == "same-key"
+    assert ray.get(handle.wait.remote("same-key", 30))["result"]["steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("app_class", "inputs", "message"),
+    [
+        ("no_such_class", {}, "unknown application class 'no_such_class'"),
+        ("sleep_chain", {"steps": 0, "seconds": 1}, "invalid inputs for class 'sleep_chain'"),
+        ("sleep_chain", {"steps": 1}, "seconds"),
+    ],
+)
+def test_malformed_submissions_are_refused_with_a_clear_error(scheduler, app_class, inputs, message):
+    handle, _, _ = scheduler
+    with pytest.raises(SubmissionError, match=message):
+        ray.get(handle.submit.remote(app_class, inputs))
+
+
+def test_open_application_steps_run_as_one_application(scheduler):
+    handle, db_url, _ = scheduler
+    call = {"kind": "tool", "tool": "calculator", "args": {"expression": "6*7"}}
+    first = ray.get(handle.submit_step.remote("open-1", "notebook", "calc", call, "tools"))
+    second = ray.get(handle.submit_step.remote("open-1", "notebook", "calc", call, "tools"))
+    assert first["value"] == second["value"] == 42
+    view = ray.get(handle.finish_app.remote("open-1"))
+    assert view["phase"] == "finished"
+    observations = Store(db_url).observations("notebook", limit=10)
+    assert [o.next_stage for o in observations] == ["calc", "__end__"]
+    with pytest.raises(SubmissionError, match="has finished"):
+        ray.get(handle.submit_step.remote("open-1", "notebook", "calc", call, "tools"))
+
+
+def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(scheduler):
+    handle, db_url, name = scheduler
+    keys = [_submit(handle, steps=4, seconds=0.3) for _ in range(6)]
+    time.sleep(1.5)  # some steps done, some running, some queued
+    ray.kill(handle, no_restart=False)
+    views = _wait_all(handle, keys, timeout_s=90)
+    assert [v["phase"] for v in views] == ["finished"] * 6
+    assert all(v["result"]["steps"] == 4 for v in views)
+    journal = RunJournal(Store(db_url))
+    for key in keys:
+        run = journal.run(key)
+        calls = journal.calls(run.id)
+        assert [(c.step, c.phase) for c in calls] == [(s, CallPhase.DONE) for s in range(4)]
+        kinds = Counter(e.kind for e in journal.events(run.id))
+        assert kinds["finish"] == 1 and kinds["complete"] == 4
+    assert any(d.kind == "recover" for d in Store(db_url).decisions())
+
+
+def test_backend_that_dies_mid_step_is_restarted_and_the_step_retried_once(scheduler):
+    handle, db_url, _ = scheduler
+    key = _submit(handle, steps=1, seconds=3.0)
+    deadline = time.time() + 30
+    while (pid := ray.get(handle.backend_pid.remote("tools"))) is None or not _dispatched(db_url, key):
+        assert time.time() < deadline, "the tools backend never started the step"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    view = ray.get(handle.wait.remote(key, 60))
+    assert view["phase"] == "finished" and view["result"] == {"steps": 1, "calls": 1}
+    journal = RunJournal(Store(db_url))
+    run = journal.run(key)
+    [call] = journal.calls(run.id)
+    assert call.phase is CallPhase.DONE and call.attempts == 2
+    kinds = Counter(e.kind for e in journal.events(run.id))
+    assert kinds["retry"] == 1 and kinds["complete"] == 1
+    assert ray.get(handle.backend_pid.remote("tools")) != pid
+
+
+def _dispatched(db_url: str, key: str) -> bool:
+    journal = RunJournal(Store(db_url))
+    run = journal.run(key)
+    return run is not None and any(c.phase is CallPhase.RUNNING for c in journal.calls(run.id))
