@@ -22,11 +22,14 @@ to the decisions table, which is the run's event stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.store import (
@@ -36,9 +39,10 @@ from hermesflow.store import (
     Run,
     RunPhase,
     StepCall,
+    StepObservation,
     Store,
-    _observation_row,
     _require_class,
+    observation_values,
 )
 
 
@@ -106,6 +110,15 @@ class NewStep:
 
 
 @dataclass(frozen=True, slots=True)
+class CompletedCall:
+    """A call's result to store (once) with the decision that records it."""
+
+    call_id: int
+    result: dict[str, Any]
+    decision: DecisionRow
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnd:
     """How a run ends."""
 
@@ -121,6 +134,9 @@ class RunJournal:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._deferred: list[tuple[int, float, DecisionRow]] = []
+        self.busy_s = 0.0
+        """Seconds spent in journal transactions (the durable share of scheduler overhead)."""
 
     def admit(
         self,
@@ -134,7 +150,7 @@ class RunJournal:
         decision: DecisionRow,
     ) -> tuple[StoredRun, bool]:
         """The run under `key`, created now if new; the flag says whether it was created."""
-        with self.store.session() as session:
+        with self._transaction() as session:
             existing = session.scalar(select(Run).where(Run.key == key))
             if existing is not None:
                 return _stored_run(existing), False
@@ -154,62 +170,60 @@ class RunJournal:
             session.add(_decision(decision, run.id))
             return _stored_run(run), True
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """A transaction that first writes the deferred dispatch marks (see `dispatch`)."""
+        deferred, self._deferred = self._deferred, []
+        start = time.perf_counter()
+        with self.store.session() as session:
+            if deferred:
+                calls = StepCall.__table__
+                session.connection().execute(
+                    update(calls)
+                    .where(calls.c.id == bindparam("call_id"))
+                    .values(phase=CallPhase.RUNNING, started_s=bindparam("at_s"), attempts=calls.c.attempts + 1),
+                    [{"call_id": call_id, "at_s": at_s} for call_id, at_s, _ in deferred],
+                )
+                _insert_decisions(session, [d for _, _, d in deferred])
+            yield session
+        self.busy_s += time.perf_counter() - start
+
     def start_step(
         self, run_id: int, state: dict[str, Any], step: NewStep, at_s: float, decisions: Iterable[DecisionRow] = ()
     ) -> list[StoredCall]:
         """Store the run's new state and the step's calls (QUEUED); returns the stored calls."""
-        with self.store.session() as session:
-            run = session.get(Run, run_id)
-            run.state, run.phase = state, RunPhase.RUNNING
-            rows = [
-                StepCall(
-                    run_id=run_id,
-                    step=step.step,
-                    call_index=index,
-                    stage=step.stage,
-                    backend=step.backend,
-                    call=call,
-                    phase=CallPhase.QUEUED,
-                    attempts=0,
-                    queued_s=at_s,
-                )
-                for index, call in enumerate(step.calls)
-            ]
-            session.add_all(rows)
-            session.add_all(_decision(d, run_id) for d in decisions)
-            session.flush()
-            return [_stored_call(row) for row in rows]
+        with self._transaction() as session:
+            runs = Run.__table__
+            session.connection().execute(update(runs).where(runs.c.id == run_id).values(state=state, phase=RunPhase.RUNNING))
+            _insert_decisions(session, list(decisions), run_id)
+            return _insert_calls(session, run_id, step, at_s)
 
     def dispatch(self, call_id: int, at_s: float, decision: DecisionRow) -> None:
-        with self.store.session() as session:
-            session.execute(
-                update(StepCall)
-                .where(StepCall.id == call_id)
-                .values(phase=CallPhase.RUNNING, started_s=at_s, attempts=StepCall.attempts + 1)
-            )
-            session.add(_decision(decision, decision.run_id))
+        """Mark a call RUNNING and count its attempt — deferred to the next transaction (or
+        `flush`): losing the mark in a crash is harmless, because a restarted scheduler queues
+        RUNNING and QUEUED calls alike, and it saves a commit per call."""
+        self._deferred.append((call_id, at_s, decision))
+
+    def flush(self) -> None:
+        """Write the deferred dispatch marks now (the scheduler calls this on a timer)."""
+        if self._deferred:
+            with self._transaction():
+                pass
 
     def requeue(self, call_id: int, decision: DecisionRow) -> None:
         """A call whose backend died goes back to QUEUED (its attempt stays counted)."""
-        with self.store.session() as session:
+        with self._transaction() as session:
             session.execute(
                 update(StepCall)
                 .where(StepCall.id == call_id, StepCall.phase != CallPhase.DONE)
                 .values(phase=CallPhase.QUEUED, started_s=None)
             )
-            session.add(_decision(decision, decision.run_id))
+            _insert_decisions(session, [decision])
 
     def complete(self, call_id: int, result: dict[str, Any], at_s: float, decision: DecisionRow) -> bool:
         """Store a call's result unless it already has one; False for a duplicate."""
-        with self.store.session() as session:
-            done = session.execute(
-                update(StepCall)
-                .where(StepCall.id == call_id, StepCall.phase != CallPhase.DONE)
-                .values(phase=CallPhase.DONE, result=result, finished_s=at_s)
-            ).rowcount
-            if done:
-                session.add(_decision(decision, decision.run_id))
-            return bool(done)
+        with self._transaction() as session:
+            return _complete(session, CompletedCall(call_id, result, decision), at_s)
 
     def advance(
         self,
@@ -221,40 +235,33 @@ class RunJournal:
         end: RunEnd | None,
         at_s: float,
         decisions: Iterable[DecisionRow] = (),
+        completed: CompletedCall | None = None,
     ) -> list[StoredCall] | None:
         """Record step `finished_step`'s observation and move on: store `next_step`'s calls, or
-        end the run. Returns the new calls, or None when the run had already moved past that
-        step (a duplicate advance) or has ended."""
-        with self.store.session() as session:
-            run = session.get(Run, run_id)
-            if run.phase >= RunPhase.FINISHED or (run.state or {}).get("step") != finished_step:
+        end the run. `completed` is the step's last call, stored in the same transaction.
+        Returns the new calls, or None when the run had already moved past that step, has
+        ended, or `completed` was a duplicate — then nothing is written."""
+        with self._transaction() as session:
+            phase, stored_state, submitted_s = session.execute(
+                select(Run.phase, Run.state, Run.submitted_s).where(Run.id == run_id)
+            ).one()
+            if phase in (RunPhase.FINISHED, RunPhase.FAILED) or (stored_state or {}).get("step") != finished_step:
+                return None
+            if completed is not None and not _complete(session, completed, at_s):
+                session.rollback()
                 return None
             if observation is not None:
-                session.add(_observation_row(observation))
-            session.add_all(_decision(d, run_id) for d in decisions)
-            run.state = state
+                session.connection().execute(insert(StepObservation.__table__), [observation_values(observation)])
+            _insert_decisions(session, list(decisions), run_id)
+            values: dict[str, Any] = {"state": state}
             if end is not None:
-                run.phase, run.finished_s, run.act_s = end.phase, at_s, at_s - run.submitted_s
-                run.result, run.error = end.result, end.error
-                run.cold_start_s, run.attained_s = end.cold_start_s, end.attained_s
-                return []
-            rows = [
-                StepCall(
-                    run_id=run_id,
-                    step=next_step.step,
-                    call_index=index,
-                    stage=next_step.stage,
-                    backend=next_step.backend,
-                    call=call,
-                    phase=CallPhase.QUEUED,
-                    attempts=0,
-                    queued_s=at_s,
-                )
-                for index, call in enumerate(next_step.calls)
-            ]
-            session.add_all(rows)
-            session.flush()
-            return [_stored_call(row) for row in rows]
+                values |= {
+                    "phase": end.phase, "finished_s": at_s, "act_s": at_s - submitted_s, "result": end.result,
+                    "error": end.error, "cold_start_s": end.cold_start_s, "attained_s": end.attained_s,
+                }
+            runs = Run.__table__
+            session.connection().execute(update(runs).where(runs.c.id == run_id).values(**values))
+            return [] if end is not None else _insert_calls(session, run_id, next_step, at_s)
 
     def record(self, decisions: Iterable[DecisionRow]) -> None:
         self.store.record_decisions(decisions)
@@ -296,11 +303,59 @@ class RunJournal:
         with self.store.session() as session:
             return [EventRow(d.id, d.at_s, d.kind, d.backend, d.detail) for d in session.scalars(query)]
 
+    def call_results(self, backend: str) -> list[dict[str, Any]]:
+        """The stored results of every finished call on `backend` (what calibration reads)."""
+        query = select(StepCall.result).where(StepCall.backend == backend, StepCall.phase == CallPhase.DONE)
+        with self.store.session() as session:
+            return list(session.scalars(query.order_by(StepCall.id)))
+
     def calls(self, run_id: int) -> list[StoredCall]:
         """Every call of a run, in step and call order (what a test checks exactly-once on)."""
         with self.store.session() as session:
             query = select(StepCall).where(StepCall.run_id == run_id).order_by(StepCall.step, StepCall.call_index)
             return [_stored_call(c) for c in session.scalars(query)]
+
+
+def _insert_decisions(session: Session, rows: list[DecisionRow], run_id: int | None = None) -> None:
+    """Insert decisions in one statement; `run_id` fills rows that name no run."""
+    if rows:
+        session.connection().execute(
+            insert(Decision.__table__),
+            [
+                {"at_s": r.at_s, "kind": r.kind, "backend": r.backend, "run_id": r.run_id or run_id, "detail": r.detail}
+                for r in rows
+            ],
+        )
+
+
+def _insert_calls(session: Session, run_id: int, step: NewStep, at_s: float) -> list[StoredCall]:
+    rows = [
+        {
+            "run_id": run_id, "step": step.step, "call_index": index, "stage": step.stage,
+            "backend": step.backend, "call": call, "phase": CallPhase.QUEUED, "attempts": 0,
+            "queued_s": at_s, "result": None, "started_s": None,
+        }
+        for index, call in enumerate(step.calls)
+    ]
+    table = StepCall.__table__
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    ids = session.connection().execute(statement, rows).scalars().all()
+    return [
+        StoredCall(id_, run_id, step.step, r["call_index"], step.stage, step.backend, r["call"], CallPhase.QUEUED, 0, None, at_s, None)
+        for id_, r in zip(ids, rows, strict=True)
+    ]
+
+
+def _complete(session: Session, completed: CompletedCall, at_s: float) -> bool:
+    calls = StepCall.__table__
+    done = session.connection().execute(
+        update(calls)
+        .where(calls.c.id == completed.call_id, calls.c.phase != CallPhase.DONE)
+        .values(phase=CallPhase.DONE, result=completed.result, finished_s=at_s)
+    ).rowcount
+    if done:
+        _insert_decisions(session, [completed.decision])
+    return bool(done)
 
 
 def _decision(row: DecisionRow, run_id: int | None) -> Decision:

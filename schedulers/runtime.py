@@ -39,7 +39,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
 from hermesflow.backends.calls import Call, CallResult, LLMCall
-from hermesflow.journal import NewStep, RunEnd, RunJournal, StoredCall, StoredRun
+from hermesflow.journal import CompletedCall, NewStep, RunEnd, RunJournal, StoredCall, StoredRun
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
 from hermesflow.pdgraph.refit import StageObservation, refit
@@ -113,6 +113,7 @@ class HermesScheduler:
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._busy_s = 0.0
+        self._started_s = time.time()
         self._completed_calls = 0
         self._tasks: set[asyncio.Task] = set()
         self._spawn(self._main())
@@ -135,8 +136,13 @@ class HermesScheduler:
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler task failed", exc_info=task.exception())
 
     async def _main(self) -> None:
         self._recover()
@@ -156,6 +162,7 @@ class HermesScheduler:
         while True:
             await asyncio.sleep(self.config.planner_interval_s)
             self._timed(self._plan)
+            self._timed(self.journal.flush)
             self._close_idle_open_runs()
 
     async def _refit_loop(self) -> None:
@@ -189,7 +196,13 @@ class HermesScheduler:
         self.demand.replace_graph(graph)
         for live in self.live.values():
             if live.record.app_class == app_class:
-                self._changed(live)
+                self._rekey(live)
+
+    def _rekey(self, live: _LiveRun) -> None:
+        """The run's key may have changed: re-rank its waiting calls in every queue."""
+        live.record.version += 1
+        for backend in {call.backend for call in live.calls.values()}:
+            self.queues[backend].rekey(live.record)
 
     def _kick(self) -> None:
         self._wake.set()
@@ -429,6 +442,7 @@ class HermesScheduler:
             "completed_calls": self._completed_calls,
             "busy_s": self._busy_s,
             "overhead_ms_per_step": 1e3 * self._busy_s / max(self._completed_calls, 1),
+            "journal_ms_per_step": 1e3 * self.journal.busy_s / max(self._completed_calls, 1),
             "classes": list(self.demand.classes),
         }
 
@@ -543,12 +557,19 @@ class HermesScheduler:
         self._kick()
 
     def _complete(self, live: _LiveRun, stored: StoredCall, result: CallResult) -> None:
+        """A call finished: account its service, then either advance the run (the step's last
+        call of a program run, stored in the same transaction) or store it alone."""
         now = time.time()
         if live.record.app_id not in self.live:
             return  # the run ended meanwhile (failed)
-        decision = DecisionRow(now, "complete", stored.backend, live.record.app_id, {"step": stored.step, "call": stored.call_index, "seconds": result.seconds})
-        if not self.journal.complete(stored.id, result.model_dump(mode="json"), now, decision):
-            return
+        decision = DecisionRow(
+            now, "complete", stored.backend, live.record.app_id,
+            {"step": stored.step, "call": stored.call_index, "seconds": result.seconds},
+        )
+        completion = CompletedCall(stored.id, result.model_dump(mode="json"), decision)
+        ends_step = live.program is not None and len(live.results) + 1 == len(live.plan.calls)
+        if not ends_step and not self.journal.complete(completion.call_id, completion.result, now, decision):
+            return  # a duplicate result
         self._completed_calls += 1
         app = live.record
         work = self._work_s(stored.backend, result)
@@ -562,8 +583,8 @@ class HermesScheduler:
         self.policy.on_service(app, work, now)
         if live.program is None:
             self._complete_open(live, stored, result, work, now)
-        elif len(live.results) == len(live.plan.calls):
-            self._advance(live)
+        elif ends_step:
+            self._advance(live, completion)
         else:
             self.queues[stored.backend].rekey(app)
         self._kick()
@@ -594,8 +615,9 @@ class HermesScheduler:
             finished_s=now,
         )
 
-    def _advance(self, live: _LiveRun) -> None:
-        """The current step of a program run is complete: ask the program what comes next."""
+    def _advance(self, live: _LiveRun, completion: CompletedCall | None = None) -> None:
+        """The current step of a program run is complete: ask the program what comes next.
+        `completion` is the step's last call, stored with the transition."""
         now = time.time()
         plan = live.plan
         results = [live.results[i] for i in range(len(plan.calls))]
@@ -616,7 +638,7 @@ class HermesScheduler:
         doc = dict(live.doc, program=transition.state, visits=dict(live.doc["visits"]))
         if isinstance(following, Finished):
             doc.pop("plan", None)
-            self._end(live, RunEnd(RunPhase.FINISHED, following.result), observation, doc, finished_step)
+            self._end(live, RunEnd(RunPhase.FINISHED, following.result), observation, doc, finished_step, completion)
             return
         doc["step"] = finished_step + 1
         doc["plan"] = following.model_dump(mode="json")
@@ -624,19 +646,21 @@ class HermesScheduler:
         calls = self.journal.advance(
             live.record.app_id, finished_step, observation, doc, _new_step(doc["step"], following), None, now,
             [DecisionRow(now, "step", following.backend, detail={"stage": following.stage, "calls": len(following.calls)})],
+            completion,
         )
         if calls is None:
             return
         live.doc = doc
         self._begin_step(live, following, calls)
 
-    def _end(self, live: _LiveRun, end: RunEnd, observation, doc, finished_step: int) -> None:
+    def _end(self, live: _LiveRun, end: RunEnd, observation, doc, finished_step: int, completion=None) -> None:
         now = time.time()
         end = RunEnd(end.phase, end.result, end.error, live.doc.get("cold_s", 0.0), live.record.attained_s)
         kind = "finish" if end.phase is RunPhase.FINISHED else "fail"
         self.journal.advance(
             live.record.app_id, finished_step, observation, doc or live.doc, None, end, now,
             [DecisionRow(now, kind, detail={"error": end.error} if end.error else None)],
+            completion,
         )
         self._forget(live)
 
@@ -687,10 +711,12 @@ class HermesScheduler:
     # -- prewarm --------------------------------------------------------------------------------
 
     def _arrival_rates(self) -> dict[str, float]:
-        window = self.config.arrival_rate_window_s
+        """Admissions per second per class over the last `arrival_rate_window_s` — or since the
+        scheduler started, when that is shorter, so a young scheduler does not under-estimate."""
         now = time.time()
-        while self._arrivals and self._arrivals[0][0] < now - window:
+        while self._arrivals and self._arrivals[0][0] < now - self.config.arrival_rate_window_s:
             self._arrivals.popleft()
+        window = min(self.config.arrival_rate_window_s, max(now - self._started_s, 1.0))
         rates: dict[str, float] = {}
         for _, app_class in self._arrivals:
             rates[app_class] = rates.get(app_class, 0.0) + 1.0 / window

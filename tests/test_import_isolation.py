@@ -12,8 +12,13 @@ import pytest
 
 HEAVY = ("airflow", "ray")
 PACKAGES = ("hermesflow.pdgraph", "hermesflow.schedulers")
-EXCLUDED = {"hermesflow.schedulers.runtime"}
-"""The Ray scheduler actor: the one module allowed to import Ray."""
+EXCLUDED = {
+    "hermesflow.schedulers.runtime",
+    "hermesflow.schedulers.runtime_backends",
+    "hermesflow.schedulers.runtime_experiment",
+}
+"""The Ray runtime: the scheduler actor, its backend slots and its experiment driver are the
+modules of these packages allowed to import Ray."""
 
 _PROBE = f"""
 import importlib, json, pkgutil, sys

@@ -1,0 +1,124 @@
+"""Calibrating the simulator from a real run, and checking how well it then predicts.
+
+The simulator's LLM engine follows `LLMEngineCost`: a decode iteration over n running requests
+takes t_iter(n) = t_fixed + t_seq * n, prefill costs `prefill_s_per_token` per input token. A
+real run stores every call's `CallResult`; an LLM call's decode time over its decode steps is
+one sample of t_iter at its mean batch size, so a least-squares line through those samples
+gives t_fixed and t_seq, and prefill seconds over input tokens the prefill rate. Tool stages
+need no model: the refit PDGraphs carry their measured seconds.
+
+`fidelity` then replays the real run's arrivals (times and classes) through the simulator with
+the run's own refitted PDGraphs, its calibrated engine and its measured warm-up times, under
+the same policy and planner, and compares mean ACT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hermesflow.backends.calls import CallResult
+from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
+from hermesflow.pdgraph.demand import DemandEstimator
+from hermesflow.journal import RunJournal
+from hermesflow.pdgraph.model import PDGraph
+from hermesflow.pdgraph.refit import refit
+from hermesflow.store import Store
+from hermesflow.schedulers.policies import make_policy
+from hermesflow.schedulers.prewarm import make_planner
+from hermesflow.schedulers.simulator import SimulationConfig, Simulator
+from hermesflow.schedulers.workload import Arrival
+
+MIN_CALLS = 5
+"""Fewer timed LLM calls than this give no calibration (the prior cost model stays)."""
+
+
+def calibrate_engine(results: Sequence[CallResult], prior: LLMEngineCost) -> LLMEngineCost:
+    """The engine timing that best explains the calls' measured prefill and decode times."""
+    decoded = [r for r in results if r.output_tokens > 1 and r.decode_s > 0]
+    prefilled = [r for r in results if r.input_tokens > 0 and r.prefill_s > 0]
+    if len(decoded) < MIN_CALLS or len(prefilled) < MIN_CALLS:
+        return prior
+    batch = np.array([r.batch_size for r in decoded], dtype=float)
+    t_iter = np.array([r.decode_s / (r.output_tokens - 1) for r in decoded])
+    if np.ptp(batch) > 0:
+        t_seq, t_fixed = np.polyfit(batch, t_iter, 1)
+    else:  # one batch size seen: attribute it all per sequence, keep the prior's split
+        t_fixed = prior.fixed_fraction * float(t_iter.mean())
+        t_seq = (float(t_iter.mean()) - t_fixed) / batch[0]
+    t_fixed, t_seq = max(float(t_fixed), 0.0), max(float(t_seq), 1e-6)
+    full = t_fixed + t_seq * prior.max_batch
+    prefill = sum(r.prefill_s for r in prefilled) / sum(r.input_tokens for r in prefilled)
+    return prior.model_copy(
+        update={
+            "decode_s_per_token": full / prior.max_batch,
+            "fixed_fraction": min(t_fixed / full, 0.95),
+            "prefill_s_per_token": prefill,
+        }
+    )
+
+
+def learned_from_run(
+    db_url: str, priors: Mapping[str, PDGraph], prior_costs: CostModel, min_samples: int = 3
+) -> tuple[dict[str, PDGraph], CostModel]:
+    """The PDGraphs refitted from a run's observations and the engine calibrated from its LLM
+    calls, read from the run's store."""
+    store = Store(db_url)
+    journal = RunJournal(store)
+    graphs = {}
+    for name, prior in priors.items():
+        observations = store.observations(name, limit=10_000)
+        graphs[name] = refit(prior, observations, window=10_000, min_samples=min_samples) if observations else prior
+    engines = {
+        backend: calibrate_engine(
+            [CallResult.model_validate(r) for r in journal.call_results(backend)], engine
+        )
+        for backend, engine in prior_costs.llm.items()
+    }
+    store.close()
+    return graphs, prior_costs.model_copy(update={"llm": engines})
+
+
+@dataclass(frozen=True, slots=True)
+class Fidelity:
+    """Mean ACT of a real run and of its simulated replay."""
+
+    policy: str
+    real_mean_act_s: float
+    simulated_mean_act_s: float
+
+    @property
+    def difference(self) -> float:
+        """(simulated - real) / real."""
+        return self.simulated_mean_act_s / self.real_mean_act_s - 1.0
+
+
+def fidelity(
+    *,
+    policy: str,
+    planner: str,
+    graphs: Mapping[str, PDGraph],
+    costs: CostModel,
+    arrivals: Sequence[Arrival],
+    warmup_by_kind: Mapping[str, float],
+    warm_at_start: Sequence[str],
+    real_mean_act_s: float,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> Fidelity:
+    """Replay the arrivals in the simulator (mean over `seeds` of sampled run plans)."""
+    config = SimulationConfig(costs=costs, warmup_s=dict(warmup_by_kind), warm_at_start=tuple(warm_at_start))
+    means = []
+    for seed in seeds:
+        demand = DemandEstimator(graphs, costs, seed=seed)
+        simulator = Simulator(
+            demand,
+            make_policy(policy, demand),
+            make_planner(planner, demand, pinned=config.warm_at_start),
+            list(arrivals),
+            seed,
+            config,
+        )
+        means.append(float(simulator.run().acts.mean()))
+    return Fidelity(policy, real_mean_act_s, float(np.mean(means)))
