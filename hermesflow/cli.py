@@ -1,10 +1,12 @@
-"""The `hermesflow` command: simulate policies, inspect PDGraphs, list policies, run the demo."""
+"""The `hermesflow` command: simulate policies, inspect PDGraphs, list policies, run the demo,
+serve the scheduler and its HTTP API on Ray, submit runs to it."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -124,14 +126,15 @@ def pdgraph_show(app_class: Annotated[str, typer.Argument(help="application clas
     out.print(f"demand per run (backend-seconds): mean {demand.mean():.2f}, P95 {np.percentile(demand, 95):.2f}")
 
 
-@app.command("demo")
-def demo_command(
+@app.command("compare")
+def compare_command(
     load: Annotated[float, typer.Option()] = 0.9,
     apps: Annotated[int, typer.Option()] = 500,
     seed: Annotated[int, typer.Option()] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line (bench format)")] = False,
 ) -> None:
-    """Hermesflow-Gittins with prewarm against request-FCFS with load-on-demand, same arrivals."""
+    """Simulated: Hermesflow-Gittins with prewarm against request-FCFS with load-on-demand on the
+    Hermes mix, same arrivals (seconds; the real thing is `hermesflow demo`)."""
     graphs = hermes_mix()
     runs = [("gittins", "pdgraph"), ("fcfs", "on-demand")]
     rows = [
@@ -147,4 +150,223 @@ def demo_command(
     )
     if json_output:
         results = [{"name": r["policy"], **{k: v for k, v in r.items() if k != "policy"}} for r in rows]
-        print(json.dumps({"bench": "demo", "results": results}))
+        print(json.dumps({"bench": "compare", "results": results}))
+
+
+# -- serving: the scheduler and the HTTP API on Ray -----------------------------------------------
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TOKEN_ENVVAR = "HERMES_API_TOKEN"
+URL_ENVVAR = "HERMES_API_URL"
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to join, e.g. 'auto' or '127.0.0.1:6379' (default: start a local loopback one)"),
+]
+SchedulerNameOption = Annotated[str, typer.Option(help="Ray actor name of the scheduler")]
+GatewayNameOption = Annotated[str, typer.Option(help="Ray actor name of the HTTP gateway")]
+
+
+@app.command("demo")
+def demo_command(
+    apps: Annotated[int, typer.Option(help="applications per run")] = 24,
+    load: Annotated[float, typer.Option(help="offered LLM work / engine capacity")] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports"),
+    json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line (bench format)")] = False,
+) -> None:
+    """Serve the reference application mix for real (SmolLM2 on the CPU, real tools, local Ray)
+    twice with the same arrivals: Hermesflow-Gittins with PDGraph prewarm, then request-FCFS with
+    load on demand. Prints mean and P95 ACT, their ratio and the cold-start share; writes an HTML
+    report under --reports."""
+    from hermesflow.demo import run_demo
+
+    results, report = run_demo(apps, load, seed, reports, show_progress=not json_output)
+    rows = [r.summary() for r in results]
+    table = Table("policy", "prewarm", "apps", "mean ACT s", "P95 ACT s", "cold share", "sched ms/step")
+    for r in rows:
+        table.add_row(
+            str(r["policy"]), str(r["planner"]), f"{r['apps_completed']}/{apps}", f"{r['mean_act_s']:.1f}",
+            f"{r['p95_act_s']:.1f}", f"{r['cold_start_share']:.1%}", f"{r['overhead_ms_per_step']:.2f}",
+        )
+    out = Console(stderr=json_output)
+    out.print(table)
+    gittins, fcfs = rows
+    out.print(
+        f"Hermesflow / request-FCFS: mean ACT x{gittins['mean_act_s'] / fcfs['mean_act_s']:.2f}, "
+        f"P95 ACT x{gittins['p95_act_s'] / fcfs['p95_act_s']:.2f}; cold-start share "
+        f"{gittins['cold_start_share']:.1%} vs {fcfs['cold_start_share']:.1%}. Report: {report}"
+    )
+    if json_output:
+        results_json = [{"name": r["policy"], **{k: v for k, v in r.items() if k != "policy"}} for r in rows]
+        print(json.dumps({"bench": "demo", "results": results_json}))
+
+
+def _warm_names(warm: str, known: list[str]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in warm.split(",") if n.strip())
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise typer.BadParameter(f"unknown backend(s) {unknown}; the suite's backends are: {', '.join(known)}", param_hint="--warm")
+    return names
+
+
+@app.command("serve")
+def serve_command(
+    address: AddressOption = None,
+    host: Annotated[str, typer.Option(help="address the HTTP API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8000,
+    token: Annotated[
+        str | None, typer.Option(envvar=TOKEN_ENVVAR, help="require 'Authorization: Bearer <token>' on the API")
+    ] = None,
+    policy: Annotated[str, typer.Option(help=f"one of: {', '.join(POLICIES)}")] = "gittins",
+    planner: Annotated[str, typer.Option(help=f"prewarm planner, one of: {', '.join(PLANNERS)}")] = "pdgraph",
+    db_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store (default: HERMES_DB_URL or SQLite)")] = None,
+    warm: Annotated[str, typer.Option(help="backends warmed at start and kept warm, comma-separated ('' for none)")] = "llm",
+    detach: Annotated[bool, typer.Option(help="leave the scheduler and API running and exit (needs --address)")] = False,
+    dashboard: Annotated[bool, typer.Option(help="start Ray's dashboard (local cluster only; needed by `ray job submit`)")] = False,
+    num_cpus: Annotated[int | None, typer.Option(help="logical CPUs of a local cluster (default: all)")] = None,
+    scheduler_name: SchedulerNameOption = "scheduler",
+    gateway_name: GatewayNameOption = "gateway",
+) -> None:
+    """Run the scheduler and the HTTP API (OpenAI-compatible and control API) on Ray.
+
+    The scheduler runs the reference application suite on its backends; the API's URL is
+    printed on stdout. Blocks until Ctrl-C, then stops both, unless --detach.
+    """
+    from hermesflow.apps.suite import program_paths, suite_backends
+    from hermesflow.schedulers.runtime_config import RuntimeConfig
+
+    for name, known, hint in ((policy, POLICIES, "--policy"), (planner, PLANNERS, "--planner")):
+        if name not in known:
+            raise typer.BadParameter(f"unknown name {name!r}; choose one of: {', '.join(known)}", param_hint=hint)
+    if detach and address is None:
+        raise typer.BadParameter(
+            "a local cluster started by `serve` ends with it; start Ray first (`ray start --head`) and pass "
+            "--address auto to leave the scheduler running",
+            param_hint="--detach",
+        )
+    backends = suite_backends()
+    config = RuntimeConfig(
+        policy=policy,
+        planner=planner,
+        db_url=db_url,
+        backends=backends,
+        programs=program_paths(),
+        warm_at_start=_warm_names(warm, [b.name for b in backends]),
+    )
+    from hermesflow.ray_cluster import connect  # sets Ray's environment before Ray is imported
+
+    connect(address, dashboard=dashboard, num_cpus=num_cpus)
+    from hermesflow.gateway import start_gateway
+    from hermesflow.schedulers.runtime import start_scheduler
+
+    console.print(f"starting the scheduler ({policy} + {planner}) and the API ...")
+    start_scheduler(config, name=scheduler_name)
+    try:
+        url = start_gateway(host, port, token, scheduler_name, name=gateway_name)
+    except Exception:
+        if not detach:
+            _stop_serving(scheduler_name, gateway_name)
+        raise
+    print(url, flush=True)
+    if detach:
+        console.print(f"running detached; stop with `hermesflow stop --address {address}`")
+        return
+    console.print("serving; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        _stop_serving(scheduler_name, gateway_name)
+        from hermesflow.ray_cluster import disconnect
+
+        disconnect()
+
+
+def _stop_serving(scheduler_name: str, gateway_name: str) -> list[str]:
+    """Kill the gateway, release the scheduler's backends and kill the scheduler."""
+    import ray
+
+    from hermesflow.gateway import stop_gateway
+    from hermesflow.schedulers.runtime_config import NAMESPACE
+
+    stopped = [gateway_name] if stop_gateway(gateway_name, NAMESPACE) else []
+    try:
+        scheduler = ray.get_actor(scheduler_name, namespace=NAMESPACE)
+    except ValueError:
+        return stopped
+    try:
+        ray.get(scheduler.shutdown.remote(), timeout=30)
+    except (ray.exceptions.RayError, TimeoutError) as error:
+        console.print(f"the scheduler did not release its backends cleanly: {error}", markup=False)
+    ray.kill(scheduler, no_restart=True)
+    return [*stopped, scheduler_name]
+
+
+@app.command("stop")
+def stop_command(
+    address: Annotated[str, typer.Option(help="the Ray cluster the scheduler runs on")] = "auto",
+    scheduler_name: SchedulerNameOption = "scheduler",
+    gateway_name: GatewayNameOption = "gateway",
+) -> None:
+    """Stop a detached `hermesflow serve`: the HTTP API, the scheduler and its backends."""
+    from hermesflow.ray_cluster import connect
+
+    connect(address)
+    stopped = _stop_serving(scheduler_name, gateway_name)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command("submit")
+def submit_command(
+    app_class: Annotated[str, typer.Argument(help="application class, e.g. map_reduce")],
+    inputs: Annotated[str, typer.Option(help="the class's inputs as a JSON object")] = "{}",
+    wait: Annotated[bool, typer.Option(help="wait until the run ends and print its final state")] = False,
+    url: Annotated[str, typer.Option(envvar=URL_ENVVAR, help="base URL of the Hermesflow API")] = DEFAULT_API_URL,
+    token: Annotated[str | None, typer.Option(envvar=TOKEN_ENVVAR, help="the API's bearer token")] = None,
+    app_id: Annotated[str | None, typer.Option(help="idempotency key: the same id is the same run")] = None,
+    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 600.0,
+) -> None:
+    """Submit a run over the HTTP API and print its state as JSON (exit 1 if it failed)."""
+    import httpx
+
+    from hermesflow.api_models import AppSubmission, AppView
+
+    try:
+        parsed = json.loads(inputs)
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"not JSON: {error}", param_hint="--inputs") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("give a JSON object, e.g. '{\"text\": \"...\"}'", param_hint="--inputs")
+    body = AppSubmission(app_class=app_class, inputs=parsed, app_id=app_id)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + timeout
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=90.0)) as client:
+            view = AppView.model_validate(_checked(client.post("/v1/apps", json=body.model_dump(exclude_none=True))))
+            while wait and not view.ended and time.monotonic() < deadline:
+                poll = min(60.0, max(deadline - time.monotonic(), 0.0))
+                view = AppView.model_validate(_checked(client.get(f"/v1/apps/{view.app_id}", params={"wait": poll})))
+    except httpx.TransportError as error:
+        console.print(f"cannot reach the Hermesflow API at {url}: {error}; is `hermesflow serve` running?", markup=False)
+        raise typer.Exit(2) from None
+    print(view.model_dump_json(indent=2))
+    if view.phase == "failed":
+        raise typer.Exit(1)
+    if wait and not view.ended:
+        console.print(f"still {view.phase} after {timeout:.0f} s")
+        raise typer.Exit(3)
+
+
+def _checked(response: Any) -> Any:
+    """The JSON body of a successful response; the server's message and exit 1 otherwise."""
+    if response.is_success:
+        return response.json()
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    console.print(f"HTTP {response.status_code}: {detail}", markup=False, highlight=False)
+    raise typer.Exit(1)

@@ -60,6 +60,14 @@ class SubmissionError(ValueError):
     """A submission the scheduler refuses (unknown class, invalid inputs); says how to fix it."""
 
 
+class UnknownApplication(SubmissionError, LookupError):
+    """No application has this id."""
+
+
+class ApplicationFinished(SubmissionError):
+    """A step was sent to an application that has already ended."""
+
+
 @dataclass(eq=False)
 class _LiveRun:
     """A run in memory: its scheduling record and where its current step is."""
@@ -77,7 +85,7 @@ class _LiveRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: dict[int, asyncio.Future] = field(default_factory=dict)
     sinks: dict[int, asyncio.Queue] = field(default_factory=dict)
-    pending_observation: StageObservation | None = None
+    pending_observations: list[StageObservation] = field(default_factory=list)
     last_activity_s: float = field(default_factory=time.time)
 
 
@@ -229,6 +237,8 @@ class HermesScheduler:
     ) -> dict[str, Any]:
         """Admit a program run; the same `key` again returns the same run."""
         await self._ready.wait()
+        if key is not None and key in self.by_key:
+            return self._view(self.by_key[key])
         if key is not None and (existing := self.journal.run(key)) is not None:
             return self._view_stored(existing)
         program = self.programs.get(app_class)
@@ -330,7 +340,7 @@ class HermesScheduler:
         live = self.by_key.get(key)
         if live is None:
             if self.journal.run(key) is not None:
-                raise SubmissionError(f"application {key!r} has finished; use a new application id")
+                raise ApplicationFinished(f"application {key!r} has finished; use a new application id")
             if app_class in self.programs:
                 raise SubmissionError(
                     f"class {app_class!r} is a program class; submit whole runs of it, or name an open class"
@@ -343,8 +353,7 @@ class HermesScheduler:
             self.policy.on_admit(live.record, now)
         elif live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it takes no external steps")
-        if live.pending_observation is not None:
-            self._record_open_observation(live, stage)
+        self._record_open_observations(live, stage)
         live.doc["step"] += 1
         live.doc["visits"][stage] = live.doc["visits"].get(stage, 0) + 1
         plan = StepPlan(stage=stage, backend=backend, calls=[call])
@@ -378,7 +387,7 @@ class HermesScheduler:
         if live is None:
             stored = self.journal.run(key)
             if stored is None:
-                raise SubmissionError(f"no application {key!r}")
+                raise UnknownApplication(f"no application {key!r}")
             return self._view_stored(stored)
         if live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it ends by itself")
@@ -392,9 +401,9 @@ class HermesScheduler:
         live = self.by_key.get(key)
         if live is not None:
             return self._view(live)
-        stored = self.journal.run(key)
+        stored = await asyncio.to_thread(self.journal.run, key)
         if stored is None:
-            raise SubmissionError(f"no application {key!r}; submit it first")
+            raise UnknownApplication(f"no application {key!r}; submit it first")
         return self._view_stored(stored)
 
     async def wait(self, key: str, timeout_s: float | None = None) -> dict[str, Any]:
@@ -410,13 +419,11 @@ class HermesScheduler:
 
     async def events(self, key: str, after: int = 0) -> list[dict[str, Any]]:
         await self._ready.wait()
-        stored = self.journal.run(key)
+        stored = await asyncio.to_thread(self.journal.run, key)
         if stored is None:
-            raise SubmissionError(f"no application {key!r}; submit it first")
-        return [
-            {"id": e.id, "at_s": e.at_s, "kind": e.kind, "backend": e.backend, "detail": e.detail}
-            for e in self.journal.events(stored.id, after)
-        ]
+            raise UnknownApplication(f"no application {key!r}; submit it first")
+        events = await asyncio.to_thread(self.journal.events, stored.id, after)
+        return [{"id": e.id, "at_s": e.at_s, "kind": e.kind, "backend": e.backend, "detail": e.detail} for e in events]
 
     async def backends(self) -> list[dict[str, Any]]:
         return [
@@ -684,7 +691,7 @@ class HermesScheduler:
         call = live.calls.pop(stored.id)
         live.results.pop(stored.call_index, None)
         plan = StepPlan(stage=call.stage, backend=call.backend, calls=[_CALL.validate_python(call.call)])
-        live.pending_observation = self._observation(live, plan, call.step, END, [result], [call], now)
+        live.pending_observations.append(self._observation(live, plan, call.step, END, [result], [call], now))
         live.doc["cold_s"] = live.doc.get("cold_s", 0.0) + live.stage_cold_s
         live.stage_cold_s = 0.0
         future = live.waiters.pop(stored.id, None)
@@ -692,15 +699,16 @@ class HermesScheduler:
         if future is not None and not future.done():
             future.set_result(result)
 
-    def _record_open_observation(self, live: _LiveRun, next_stage: str) -> None:
-        obs = live.pending_observation
-        live.pending_observation = None
-        self.store.record_observations(live.record.app_id, [dataclasses.replace(obs, next_stage=next_stage)])
+    def _record_open_observations(self, live: _LiveRun, next_stage: str) -> None:
+        """Steps of an open run learn their successor when the next step arrives (or END)."""
+        if live.pending_observations:
+            finished = [dataclasses.replace(o, next_stage=next_stage) for o in live.pending_observations]
+            live.pending_observations.clear()
+            self.store.record_observations(live.record.app_id, finished)
 
     def _end_open(self, live: _LiveRun) -> None:
-        observation = live.pending_observation
-        live.pending_observation = None
-        self._end(live, RunEnd(RunPhase.FINISHED), observation, None, live.doc["step"])
+        self._record_open_observations(live, END)
+        self._end(live, RunEnd(RunPhase.FINISHED), None, None, live.doc["step"])
 
     def _close_idle_open_runs(self) -> None:
         cutoff = time.time() - self.config.open_app_idle_s

@@ -1,0 +1,316 @@
+"""The request and response bodies of the Hermesflow HTTP API (`hermesflow.gateway`).
+
+Pydantic only — no FastAPI, no Ray — so HTTP clients (the CLI's `submit`, the Airflow hook and
+triggers) validate what they send and read with the same models the server declares in its
+OpenAPI schema. Two families live here:
+
+* the **control API** (`/v1/apps`, `/v1/backends`, ...): submit application runs and single
+  steps, read their state and event stream;
+* the **OpenAI-compatible API** (`/v1/models`, `/v1/chat/completions`, `/v1/completions`): the
+  subset of OpenAI's request fields Hermesflow honours, and the response and stream-chunk
+  shapes OpenAI clients parse. Request models accept (and ignore) the OpenAI fields they do not
+  use, so a stock client's extra parameters do not fail a request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hermesflow.backends.calls import Call, CallResult, ChatMessage
+
+__all__ = [
+    "APP_HEADER",
+    "CLASS_HEADER",
+    "STAGE_HEADER",
+    "AppEvent",
+    "AppSubmission",
+    "AppView",
+    "BackendView",
+    "CallResult",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "Completion",
+    "CompletionRequest",
+    "ModelList",
+    "OpenAIError",
+    "SchedulerStats",
+    "StepSubmission",
+]
+
+APP_HEADER = "X-Hermesflow-App"
+"""OpenAI-compatible requests carrying the same application id are ranked as one application."""
+CLASS_HEADER = "X-Hermesflow-Class"
+"""The application class of such requests (default `openai`); each class learns its own PDGraph."""
+STAGE_HEADER = "X-Hermesflow-Stage"
+"""The stage name of one request in its class's graph (default `chat` or `completion`)."""
+
+TERMINAL_PHASES = frozenset({"finished", "failed"})
+"""Phases an application never leaves; a client stops waiting once it sees one."""
+
+JSON = dict[str, Any]
+
+
+# -- control API ---------------------------------------------------------------------------------
+
+
+class AppSubmission(BaseModel):
+    """A run of a program class. Submitting the same `app_id` again returns the same run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_class: Annotated[str, Field(min_length=1, description="a program class the scheduler runs")]
+    inputs: JSON = Field(
+        default_factory=dict, description="the class's inputs (validated by its program)"
+    )
+    app_id: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
+        default=None, description="client-chosen id that makes the submission idempotent"
+    )
+    labels: JSON | None = None
+
+
+class AppView(BaseModel):
+    """One application run as the scheduler sees it (live) or the store recorded it (ended)."""
+
+    app_id: str
+    app_class: str
+    phase: Literal["admitted", "running", "finished", "failed"]
+    submitted_at: float = Field(description="Unix time of admission")
+    finished_at: float | None = None
+    act_s: float | None = Field(default=None, description="application completion time, seconds")
+    cold_start_s: float | None = Field(
+        default=None, description="seconds spent waiting for cold backends"
+    )
+    attained_s: float | None = Field(default=None, description="backend-seconds of service so far")
+    stage: str | None = None
+    step: int | None = None
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+class AppEvent(BaseModel):
+    """One scheduling decision about a run (admit, step, dispatch, complete, retry, finish, fail)."""
+
+    id: int
+    at_s: float
+    kind: str
+    backend: str | None = None
+    detail: JSON | None = None
+
+
+class StepSubmission(BaseModel):
+    """One step of an open application: its call runs on `backend` (default: `llm` for an LLM
+    call) and is ranked with the application's other steps. The first step opens the
+    application; `POST /v1/apps/{app_id}/finish` closes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_class: Annotated[
+        str, Field(min_length=1, description="an open class (not a program class)")
+    ]
+    stage: Annotated[str, Field(min_length=1, description="the step's stage in the class's graph")]
+    backend: Annotated[str | None, Field(min_length=1)] = None
+    call: Call
+    labels: JSON | None = None
+    stream: bool = Field(default=False, description="answer with Server-Sent Events of text deltas")
+
+
+class BackendView(BaseModel):
+    """One backend's lifecycle phase, capacity and load."""
+
+    name: str
+    type: str
+    phase: Literal["cold", "warming", "warm", "draining"]
+    warmup_s: float
+    capacity: int
+    in_flight: int
+    queued: int
+    last_error: str | None = None
+
+
+class SchedulerStats(BaseModel):
+    """The scheduler's counters; `overhead_ms_per_step` is its own time per completed call."""
+
+    policy: str
+    planner: str
+    live_apps: int
+    completed_calls: int
+    busy_s: float
+    overhead_ms_per_step: float
+    classes: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+# -- OpenAI-compatible API -----------------------------------------------------------------------
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error envelope, returned by the OpenAI-compatible routes."""
+
+    error: OpenAIErrorBody
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content (`{"type": "text", "text": ...}`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class RequestMessage(BaseModel):
+    """A chat message as OpenAI clients send it; `developer` is treated as `system`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def to_chat_message(self) -> ChatMessage:
+        if isinstance(self.content, list):
+            text = "".join(part.text for part in self.content)
+        else:
+            text = self.content or ""
+        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _GenerationRequest(BaseModel):
+    """The generation parameters both OpenAI endpoints share. Unset `temperature` means greedy
+    decoding (Hermesflow's default, so a replayed call gives the same text)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="llm", description="the LLM backend to run on (see GET /v1/models)")
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
+    stop: str | list[str] | None = None
+    n: Annotated[int, Field(ge=1, le=1, description="only one choice per request")] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(
+        default=None, description=f"application id when no {APP_HEADER} header is sent"
+    )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[RequestMessage] = Field(min_length=1)
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="one prompt (a list holding one string is accepted too)"
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class _Reply(BaseModel):
+    """What every reply and stream chunk of one request shares."""
+
+    id: str
+    created: int = Field(description="Unix time")
+    model: str
+
+
+class ChatCompletion(_Reply):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(_Reply):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class Completion(_Reply):
+    """A text completion; stream chunks have the same shape (`usage` only in the last one)."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "hermesflow"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]

@@ -1,0 +1,331 @@
+"""The Hermesflow HTTP API: one FastAPI app in front of the scheduler actor, served by uvicorn
+inside a detached Ray actor.
+
+`build_app(scheduler, token)` assembles the app from its route groups — the control API
+(`hermesflow.gateway_control`) and the OpenAI-compatible API (`hermesflow.gateway_openai`) —
+plus `/healthz` and the OpenAPI documents. Every route awaits one method of the scheduler actor;
+the app holds no state of its own, so any number of gateways may front one scheduler.
+
+Auth: with a `token`, every route but `/healthz` needs `Authorization: Bearer <token>` (401
+without it, 403 with another; compared in constant time), `/docs` and `/openapi.json` included.
+
+Serving: `GatewayActor` is a plain detached Ray actor that binds the listening socket itself
+(a taken port fails its creation with a clear error rather than uvicorn's `sys.exit`) and runs
+`uvicorn.Server` as a task on its own event loop; 127.0.0.1 by default. On one machine this is
+cheaper and faster than Ray Serve, whose replicas also open a gRPC port on every interface
+(docs/STACK §10). `start_gateway` creates it (or finds it) and waits until `/healthz` answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+from typing import Any
+
+import httpx
+import ray
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hermesflow.api_models import Health
+from hermesflow.gateway_control import control_router
+from hermesflow.gateway_openai import OpenAIRoute, error_document, openai_router
+from hermesflow.gateway_scheduler import ApiError, SchedulerProxy
+from hermesflow.schedulers.runtime import get_scheduler
+from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME
+
+GATEWAY_NAME = "gateway"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+TOKEN_ENV = "HERMES_API_TOKEN"
+"""Environment variable the CLI reads the API token from."""
+GRACEFUL_SHUTDOWN_S = 5.0
+"""How long a stopping gateway lets open responses (event streams) finish."""
+
+_TAGS = [
+    {"name": "health", "description": "Liveness of the HTTP server (no auth)."},
+    {"name": "applications", "description": "Submit program runs, read their state and events."},
+    {
+        "name": "steps",
+        "description": "Single steps of open applications (Airflow tasks, custom clients).",
+    },
+    {"name": "backends", "description": "Backends' lifecycle phases and the scheduler's counters."},
+    {"name": "classes", "description": "Application classes and their PDGraphs."},
+    {
+        "name": "openai",
+        "description": "OpenAI-compatible endpoints; each request is a step of an application.",
+    },
+]
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+
+def _token_guard(token: str) -> Any:
+    """A dependency that admits only `Authorization: Bearer <token>`."""
+    bearer = HTTPBearer(
+        auto_error=False, description="the token `hermesflow serve` was started with"
+    )
+    expected = token.encode()
+
+    async def require_token(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> None:
+        # (a default, not `Annotated`: the annotation is a string that cannot see `bearer`)
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "missing bearer token: send 'Authorization: Bearer <token>' (the token the server was started with)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(403, "invalid bearer token")
+
+    return require_token
+
+
+# -- errors: one format per route family ---------------------------------------------------------
+
+
+def _is_openai_route(request: Request) -> bool:
+    return isinstance(request.scope.get("route"), OpenAIRoute)
+
+
+def _openai_error(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_document(error), status_code=error.status, headers=headers)
+
+
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    if _is_openai_route(request):
+        return _openai_error(error)
+    return JSONResponse({"detail": error.message}, status_code=error.status)
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> Any:
+    if _is_openai_route(request):
+        kind = (
+            "authentication_error" if error.status_code in (401, 403) else "invalid_request_error"
+        )
+        return _openai_error(
+            ApiError(error.status_code, str(error.detail), type=kind), error.headers
+        )
+    return await http_exception_handler(request, error)
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Any:
+    """FastAPI's 422 on the control API; OpenAI's 400 `invalid_request_error` on its routes."""
+    if not _is_openai_route(request):
+        return await request_validation_exception_handler(request, error)
+    problems = error.errors()
+    first = problems[0] if problems else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in problems
+    )
+    return _openai_error(ApiError(400, message or "invalid request", param=param))
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def build_app(
+    scheduler: Any, token: str | None = None, *, event_poll_s: float | None = None
+) -> FastAPI:
+    """The HTTP API in front of `scheduler` (the scheduler actor's handle)."""
+    guard = [Depends(_token_guard(token))] if token else []
+    app = FastAPI(
+        title="Hermesflow",
+        summary="Serve multi-step LLM applications sooner: Gittins scheduling on demand graphs, with prewarming.",
+        version="1",
+        openapi_tags=_TAGS,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness", response_model=Health)
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Hermesflow API")
+
+    proxy = SchedulerProxy(scheduler)
+    options = {} if event_poll_s is None else {"poll_s": event_poll_s}
+    app.include_router(control_router(proxy, **options), dependencies=guard)
+    app.include_router(openai_router(proxy), dependencies=guard)
+    return app
+
+
+# -- serving on Ray ------------------------------------------------------------------------------
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port), family=_family(host))
+    except OSError as error:
+        raise RuntimeError(
+            f"the gateway cannot listen on {host}:{port} ({error.strerror}); choose another --port "
+            "or stop what is using it"
+        ) from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:  # a host name
+        return socket.AF_INET
+
+
+def _url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = ray.util.get_node_ip_address()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@ray.remote
+class GatewayActor:
+    """uvicorn serving `build_app` on this actor's event loop (module docstring). It starts
+    serving in its constructor, so a restarted actor serves again by itself."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        scheduler_name: str,
+        namespace: str,
+        log_level: str = "warning",
+    ) -> None:
+        app = build_app(get_scheduler(scheduler_name, namespace), token)
+        self._socket = _listen(host, port)
+        bound_port = self._socket.getsockname()[1]
+        self._settings = _settings(host, bound_port, token, scheduler_name)
+        self._url = _url(host, bound_port)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.get_running_loop().create_task(
+            self._server.serve(sockets=[self._socket])
+        )
+
+    async def url(self) -> str:
+        """The base URL, once uvicorn accepts connections."""
+        while not self._server.started:
+            if self._serving.done():
+                raise RuntimeError(
+                    f"the gateway stopped while starting: {self._serving.exception()!r}"
+                )
+            await asyncio.sleep(0.01)
+        return self._url
+
+    async def settings(self) -> dict[str, Any]:
+        """What it was started with (the token as a digest), to tell a caller that asks for
+        other settings under the same name."""
+        return self._settings
+
+    async def stop(self) -> None:
+        """Stop accepting, let open responses finish (bounded), and return."""
+        self._server.should_exit = True
+        await self._serving
+
+
+def start_gateway(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    scheduler_name: str = SCHEDULER_NAME,
+    namespace: str = NAMESPACE,
+    *,
+    name: str = GATEWAY_NAME,
+    log_level: str = "warning",
+    timeout_s: float = 60.0,
+) -> str:
+    """Start the gateway actor (or find the running one of that name) in front of the named
+    scheduler and return its base URL once `/healthz` answers. Ray must be initialised and
+    the scheduler running. `port=0` picks a free port. The actor is placed on this driver's
+    node (soft), so a loopback address is reachable from here."""
+    get_scheduler(scheduler_name, namespace)  # a clear error here rather than a dead actor
+    handle = GatewayActor.options(
+        name=name,
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_restarts=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=True
+        ),
+    ).remote(host, port, token, scheduler_name, namespace, log_level)
+    url = ray.get(handle.url.remote(), timeout=timeout_s)
+    running = ray.get(handle.settings.remote())
+    wanted = _settings(host, port or running["port"], token, scheduler_name)
+    if running != wanted:
+        differ = sorted(k for k in wanted if wanted[k] != running[k])
+        raise RuntimeError(
+            f"a gateway named {name!r} already runs at {url} with other settings ({', '.join(differ)}); "
+            "stop it first (`hermesflow stop`) or give this one another name"
+        )
+    _wait_healthy(url, timeout_s)
+    return url
+
+
+def _settings(host: str, port: int, token: str | None, scheduler_name: str) -> dict[str, Any]:
+    digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+    return {"host": host, "port": port, "token_sha256": digest, "scheduler": scheduler_name}
+
+
+def _wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if (
+                httpx.get(f"{url}/healthz", timeout=5.0, trust_env=False).status_code == 200
+            ):  # no proxies
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the gateway at {url} did not answer /healthz within {timeout_s:.0f} s"
+            )
+        time.sleep(0.1)
+
+
+def stop_gateway(name: str = GATEWAY_NAME, namespace: str = NAMESPACE) -> bool:
+    """Stop and kill the named gateway actor; False if there was none."""
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    try:
+        ray.get(handle.stop.remote(), timeout=GRACEFUL_SHUTDOWN_S + 5)
+    except (ray.exceptions.RayError, TimeoutError):
+        pass  # it is killed below either way
+    ray.kill(handle)
+    return True

@@ -1,0 +1,514 @@
+"""The HTTP API end to end: one scheduler and one gateway actor on the session's Ray cluster, a
+real CPU LLM and a real tool pool, driven over HTTP by httpx and by the official `openai`
+client."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray")
+openai = pytest.importorskip("openai")
+
+from hermesflow.backends.base import BackendSpec  # noqa: E402
+from hermesflow.gateway import start_gateway, stop_gateway  # noqa: E402
+from hermesflow.journal import RunJournal  # noqa: E402
+from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
+from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
+from hermesflow.store import Store  # noqa: E402
+
+try:
+    from hermesflow.apps.suite import REFERENCE_APPS
+except ImportError:  # the suite is optional for these tests
+    REFERENCE_APPS = {}
+
+TOKEN = f"test-token-{uuid.uuid4().hex}"
+PROGRAM = "map_reduce"
+"""The reference class submitted as a program run: own short text, one chunk (two LLM calls)."""
+MAX_TOKENS = 8
+BACKENDS = [
+    BackendSpec(name="tools", type="python-tools", options={"workers": 2}, expected_warmup_s=2.0),
+    BackendSpec(
+        name="llm", type="transformers", options={"max_batch": 4}, num_cpus=1, expected_warmup_s=5.0
+    ),
+]
+CALCULATE = {"kind": "tool", "tool": "calculator", "args": {"expression": "2 + 3 * 4"}}
+
+
+@dataclass
+class Served:
+    url: str
+    db_url: str
+    scheduler_name: str
+    gateway_name: str
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One scheduler (tools + the CPU LLM, both warm) and one gateway with a token, under
+    names no other test module uses."""
+    suffix = uuid.uuid4().hex[:8]
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('gateway') / 'hermes.db'}"
+    programs = {}
+    if PROGRAM in REFERENCE_APPS:
+        cls = REFERENCE_APPS[PROGRAM]
+        programs[PROGRAM] = f"{cls.__module__}:{cls.__qualname__}"
+    config = RuntimeConfig(
+        db_url=db_url, backends=BACKENDS, programs=programs, warm_at_start=("llm", "tools")
+    )
+    scheduler_name, gateway_name = f"gw-scheduler-{suffix}", f"gw-gateway-{suffix}"
+    scheduler = start_scheduler(config, name=scheduler_name)
+    try:
+        url = start_gateway(port=0, token=TOKEN, scheduler_name=scheduler_name, name=gateway_name)
+        yield Served(url, db_url, scheduler_name, gateway_name)
+    finally:
+        stop_gateway(gateway_name)
+        ray.get(scheduler.shutdown.remote())
+        ray.kill(scheduler, no_restart=True)
+
+
+@pytest.fixture
+def api(served: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=served.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def client(served: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+
+
+def _sse_documents(response: httpx.Response) -> list[Any]:
+    """The `data:` documents of a Server-Sent Events response (`[DONE]` kept as a string)."""
+    documents = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            text = line.removeprefix("data: ")
+            documents.append(text if text == "[DONE]" else json.loads(text))
+    return documents
+
+
+def _events(api: httpx.Client, app_id: str) -> list[dict[str, Any]]:
+    response = api.get(f"/v1/apps/{app_id}/events", params={"follow": "false"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# -- health, auth, schema ------------------------------------------------------------------------
+
+
+def test_healthz_needs_no_token(served: Served) -> None:
+    response = httpx.get(f"{served.url}/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/v1/backends", "/v1/models", "/openapi.json", "/docs"])
+def test_routes_need_the_bearer_token(served: Served, path: str) -> None:
+    missing = httpx.get(f"{served.url}{path}")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.get(f"{served.url}{path}", headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 403
+    right = httpx.get(f"{served.url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert right.status_code == 200
+
+
+def test_openai_routes_answer_auth_errors_in_openai_format(served: Served) -> None:
+    bad = openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        bad.models.list()
+    assert raised.value.body["type"] == "authentication_error"
+
+
+def test_openapi_schema_lists_every_route_with_tags(api: httpx.Client) -> None:
+    schema = api.get("/openapi.json").json()
+    paths = schema["paths"]
+    expected = {
+        "/healthz": "get",
+        "/v1/apps": "post",
+        "/v1/apps/{app_id}": "get",
+        "/v1/apps/{app_id}/events": "get",
+        "/v1/apps/{app_id}/steps": "post",
+        "/v1/apps/{app_id}/finish": "post",
+        "/v1/backends": "get",
+        "/v1/stats": "get",
+        "/v1/classes/{name}/graph": "get",
+        "/v1/models": "get",
+        "/v1/chat/completions": "post",
+        "/v1/completions": "post",
+    }
+    for path, method in expected.items():
+        operation = paths[path][method]
+        assert operation["tags"] and operation["summary"], path
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert {"AppSubmission", "AppView", "StepSubmission", "ChatCompletionRequest"} <= set(
+        schema["components"]["schemas"]
+    )
+
+
+# -- OpenAI-compatible API -----------------------------------------------------------------------
+
+
+def test_models_are_the_llm_backends(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["llm"]
+
+
+def test_chat_completion_is_a_one_step_application(
+    client: openai.OpenAI, api: httpx.Client
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="llm", messages=[{"role": "user", "content": "Say hello."}], max_tokens=MAX_TOKENS
+    )
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < completion.usage.completion_tokens <= MAX_TOKENS
+    assert (
+        completion.usage.total_tokens
+        == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    app_id = raw.headers["x-hermesflow-app"]
+    view = api.get(f"/v1/apps/{app_id}").json()
+    assert view["app_class"] == "openai" and view["phase"] == "finished"
+
+
+def test_chat_completion_streams_deltas_and_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="llm",
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a colour."},
+        ],
+        max_completion_tokens=MAX_TOKENS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert text and finishes in (["stop"], ["length"])
+    assert len({c.id for c in chunks}) == 1
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and 0 < usage.completion_tokens <= MAX_TOKENS
+
+
+def test_completion_streams_text(client: openai.OpenAI) -> None:
+    stream = client.completions.create(
+        model="llm", prompt="The capital of France is", max_tokens=MAX_TOKENS, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks)
+    assert text.strip()
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(c.object == "text_completion" for c in chunks)
+
+
+def test_completion_without_stream(client: openai.OpenAI) -> None:
+    completion = client.completions.create(
+        model="llm", prompt="1, 2, 3,", max_tokens=4, stop=["\n"]
+    )
+    assert completion.choices[0].text is not None and completion.usage.completion_tokens <= 4
+
+
+def test_requests_with_the_same_user_are_one_application(
+    client: openai.OpenAI, api: httpx.Client
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    for question in ("Say one.", "Say two."):
+        client.chat.completions.create(
+            model="llm", messages=[{"role": "user", "content": question}], max_tokens=4, user=user
+        )
+    kinds = [e["kind"] for e in _events(api, user)]
+    assert kinds.count("admit") == 1 and kinds.count("complete") == 2
+    view = api.get(f"/v1/apps/{user}").json()
+    assert view["app_class"] == "openai" and view["phase"] == "running" and view["step"] == 1
+    assert api.post(f"/v1/apps/{user}/finish").json()["phase"] == "finished"
+
+
+def test_headers_name_the_application_class_and_stage(
+    client: openai.OpenAI, api: httpx.Client, served: Served
+) -> None:
+    app_id = f"agent-{uuid.uuid4().hex[:8]}"
+    headers = {
+        "X-Hermesflow-App": app_id,
+        "X-Hermesflow-Class": "my_agent",
+        "X-Hermesflow-Stage": "plan",
+    }
+    client.chat.completions.create(
+        model="llm",
+        messages=[{"role": "user", "content": "Plan."}],
+        max_tokens=4,
+        extra_headers=headers,
+    )
+    api.post(f"/v1/apps/{app_id}/finish")
+    run = RunJournal(Store(served.db_url)).run(app_id)
+    assert run.app_class == "my_agent"
+    assert [c.stage for c in RunJournal(Store(served.db_url)).calls(run.id)] == ["plan"]
+
+
+def test_unknown_model_is_a_404_in_openai_format(client: openai.OpenAI, served: Served) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(
+            model="gpt-nope", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raised.value.body["code"] == "model_not_found"
+    response = httpx.post(
+        f"{served.url}/v1/completions",
+        json={"model": "tools", "prompt": "x"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 404
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert response.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"model": "llm", "messages": []}, "messages"),
+        (
+            {"model": "llm", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            "max_tokens",
+        ),
+        ({"model": "llm", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        (
+            {"model": "llm", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100_000},
+            "max_tokens",
+        ),
+    ],
+)
+def test_invalid_openai_requests_are_400_in_openai_format(
+    api: httpx.Client, body: dict, problem: str
+) -> None:
+    response = api.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and problem in error["message"]
+
+
+# -- control API ---------------------------------------------------------------------------------
+
+
+def _require_program() -> None:
+    if PROGRAM not in REFERENCE_APPS:
+        pytest.skip(f"hermesflow.apps.suite has no {PROGRAM!r} program yet")
+
+
+def test_program_run_long_poll_and_event_stream(api: httpx.Client) -> None:
+    _require_program()
+    app_id = f"run-{uuid.uuid4().hex[:8]}"
+    body = {
+        "app_class": PROGRAM,
+        "inputs": {"text": "Cats sleep a lot. They also purr.", "max_chunks": 1},
+        "app_id": app_id,
+    }
+    created = api.post("/v1/apps", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["app_id"] == app_id and created.json()["phase"] in ("admitted", "running")
+    again = api.post("/v1/apps", json={**body, "inputs": {"text": "Something else entirely."}})
+    assert (
+        again.json()["app_id"] == app_id
+        and again.json()["submitted_at"] == created.json()["submitted_at"]
+    )
+    with api.stream("GET", f"/v1/apps/{app_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = _sse_documents(stream)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "admit" and kinds[-1] == "finish"
+    assert kinds.count("complete") == 2  # map (one chunk), then reduce
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    view = api.get(f"/v1/apps/{app_id}", params={"wait": 60}).json()
+    assert view["phase"] == "finished" and view["act_s"] > 0
+    assert view["result"]["summary"] and view["result"]["chunks"] == 1
+    after = events[-2]["id"]
+    assert [
+        e["kind"]
+        for e in api.get(
+            f"/v1/apps/{app_id}/events", params={"follow": "false", "after": after}
+        ).json()
+    ] == ["finish"]
+
+
+def test_long_poll_returns_after_the_timeout_for_a_running_app(api: httpx.Client) -> None:
+    app_id = f"open-{uuid.uuid4().hex[:8]}"
+    api.post(
+        f"/v1/apps/{app_id}/steps",
+        json={"app_class": "notebook", "stage": "calc", "backend": "tools", "call": CALCULATE},
+    )
+    view = api.get(f"/v1/apps/{app_id}", params={"wait": 0.3}).json()
+    assert view["phase"] == "running"
+    assert api.post(f"/v1/apps/{app_id}/finish").json()["phase"] == "finished"
+
+
+def test_single_tool_steps_of_an_open_application(api: httpx.Client, served: Served) -> None:
+    app_id = f"steps-{uuid.uuid4().hex[:8]}"
+    step = {"app_class": "notebook", "stage": "calc", "backend": "tools", "call": CALCULATE}
+    first = api.post(f"/v1/apps/{app_id}/steps", json=step)
+    assert first.status_code == 200, first.text
+    assert first.json()["value"] == 14 and first.json()["finish_reason"] == "stop"
+    with api.stream("POST", f"/v1/apps/{app_id}/steps", json={**step, "stream": True}) as stream:
+        documents = _sse_documents(stream)
+    assert documents[-1]["result"]["value"] == 14
+    finished = api.post(f"/v1/apps/{app_id}/finish")
+    assert finished.status_code == 200 and finished.json()["phase"] == "finished"
+    observations = Store(served.db_url).observations("notebook", limit=10)
+    assert [
+        o.next_stage
+        for o in observations
+        if o.run_id == RunJournal(Store(served.db_url)).run(app_id).id
+    ] == [
+        "calc",
+        "__end__",
+    ]
+    with api.stream(
+        "GET", f"/v1/apps/{app_id}/events"
+    ) as stream:  # ended: the stream closes at once
+        assert _sse_documents(stream)[-1]["kind"] == "finish"
+
+
+def test_streamed_llm_step_sends_deltas_then_the_result(api: httpx.Client) -> None:
+    app_id = f"llm-step-{uuid.uuid4().hex[:8]}"
+    call = {"kind": "llm", "prompt": "Once upon a time", "max_tokens": MAX_TOKENS}
+    with api.stream(
+        "POST",
+        f"/v1/apps/{app_id}/steps",
+        json={"app_class": "notebook", "stage": "write", "call": call, "stream": True},
+    ) as stream:
+        documents = _sse_documents(stream)
+    deltas = "".join(d["delta"] for d in documents[:-1])
+    result = documents[-1]["result"]
+    assert result["text"] == deltas and 0 < result["output_tokens"] <= MAX_TOKENS
+    api.post(f"/v1/apps/{app_id}/finish")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "problem"),
+    [
+        (
+            "/v1/apps",
+            {"app_class": "no_such_class", "inputs": {}},
+            422,
+            "unknown application class 'no_such_class'",
+        ),
+        ("/v1/apps", {"inputs": {}}, 422, "app_class"),
+        ("/v1/apps", {"app_class": "x", "inputs": []}, 422, "inputs"),
+        (
+            "/v1/apps/s1/steps",
+            {"app_class": "n", "stage": "s", "call": {"kind": "tool"}},
+            422,
+            "tool",
+        ),
+        (
+            "/v1/apps/s1/steps",
+            {"app_class": "n", "stage": "s", "call": {"kind": "fax"}},
+            422,
+            "call",
+        ),
+        (
+            "/v1/apps/s1/steps",
+            {"app_class": "n", "stage": "s", "call": {"kind": "llm"}},
+            422,
+            "exactly one of 'messages'",
+        ),
+        (
+            "/v1/apps/s2/steps",
+            {"app_class": "n", "stage": "s", "backend": "gpu", "call": CALCULATE},
+            422,
+            "unknown backend 'gpu'",
+        ),
+    ],
+)
+def test_malformed_submissions_are_422_naming_the_problem(
+    api: httpx.Client, path: str, body: dict, status: int, problem: str
+) -> None:
+    response = api.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert problem in json.dumps(response.json())
+
+
+def test_invalid_program_inputs_are_422(api: httpx.Client) -> None:
+    _require_program()
+    response = api.post("/v1/apps", json={"app_class": PROGRAM, "inputs": {"max_chunks": 0}})
+    assert response.status_code == 422
+    assert f"invalid inputs for class '{PROGRAM}'" in response.json()["detail"]
+
+
+def test_steps_of_a_program_class_are_refused(api: httpx.Client) -> None:
+    _require_program()
+    step = {"app_class": PROGRAM, "stage": "map", "backend": "tools", "call": CALCULATE}
+    response = api.post(f"/v1/apps/p-{uuid.uuid4().hex[:6]}/steps", json=step)
+    assert response.status_code == 422 and "program class" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/apps/nobody"),
+        ("GET", "/v1/apps/nobody?wait=1"),
+        ("GET", "/v1/apps/nobody/events"),
+        ("GET", "/v1/apps/nobody/events?follow=false"),
+        ("POST", "/v1/apps/nobody/finish"),
+        ("GET", "/v1/classes/nobody/graph"),
+    ],
+)
+def test_unknown_applications_and_classes_are_404(
+    api: httpx.Client, method: str, path: str
+) -> None:
+    response = api.request(method, path)
+    assert response.status_code == 404 and "nobody" in response.json()["detail"]
+
+
+def test_backends_stats_and_class_graph(api: httpx.Client) -> None:
+    backends = {b["name"]: b for b in api.get("/v1/backends").json()}
+    assert set(backends) == {"tools", "llm"} and backends["llm"]["type"] == "transformers"
+    stats = api.get("/v1/stats").json()
+    assert stats["policy"] == "gittins" and stats["completed_calls"] >= 0
+    api.post(
+        "/v1/apps/graph-probe/steps",
+        json={"app_class": "probe_class", "stage": "calc", "backend": "tools", "call": CALCULATE},
+    )
+    api.post("/v1/apps/graph-probe/finish")
+    graph = api.get("/v1/classes/probe_class/graph").json()
+    assert graph["name"] == "probe_class" and "calc" in graph["stages"]
+
+
+# -- starting gateways -----------------------------------------------------------------------------
+
+
+def test_a_taken_port_fails_with_a_clear_error(served: Served) -> None:
+    port = int(served.url.rsplit(":", 1)[1])
+    with pytest.raises(Exception, match=f"cannot listen on 127.0.0.1:{port}"):
+        start_gateway(
+            port=port, scheduler_name=served.scheduler_name, name=f"gw-taken-{uuid.uuid4().hex[:6]}"
+        )
+
+
+def test_the_same_name_with_other_settings_is_refused(served: Served) -> None:
+    assert (
+        start_gateway(
+            port=0, token=TOKEN, scheduler_name=served.scheduler_name, name=served.gateway_name
+        )
+        == served.url
+    )
+    with pytest.raises(RuntimeError, match="token_sha256"):
+        start_gateway(
+            port=0, token=None, scheduler_name=served.scheduler_name, name=served.gateway_name
+        )
+
+
+def test_a_gateway_needs_its_scheduler(ray_cluster: None) -> None:
+    with pytest.raises(RuntimeError, match="no Hermesflow scheduler named 'nobody'"):
+        start_gateway(port=0, scheduler_name="nobody", name=f"gw-orphan-{uuid.uuid4().hex[:6]}")
