@@ -169,8 +169,8 @@ GatewayNameOption = Annotated[str, typer.Option(help="Ray actor name of the HTTP
 
 @app.command("demo")
 def demo_command(
-    apps: Annotated[int, typer.Option(help="applications per run")] = 24,
-    load: Annotated[float, typer.Option(help="offered LLM work / engine capacity")] = 1.0,
+    apps: Annotated[int, typer.Option(help="applications per run")] = 32,
+    load: Annotated[float, typer.Option(help="offered LLM work / engine capacity (declared PDGraphs)")] = 1.2,
     seed: Annotated[int, typer.Option()] = 0,
     reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports"),
     json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line (bench format)")] = False,

@@ -11,6 +11,7 @@ from hermesflow.apps.suite import (
     DEMO_MIX,
     REFERENCE_APPS,
     TOOL_FUNCTIONS,
+    SEARCH_WARMUP_S,
     get_program,
     program_paths,
     suite_backends,
@@ -58,7 +59,7 @@ def test_the_backends_are_exactly_those_the_programs_use() -> None:
         1,
         5,
     )
-    assert (specs["search"].type, specs["search"].expected_warmup_s) == ("search", 3)
+    assert (specs["search"].type, specs["search"].expected_warmup_s) == ("search", SEARCH_WARMUP_S)
     assert specs["code"].type == "code" and specs["tools"].type == "python-tools"
     assert specs["tools"].options == {"tools": dict(TOOL_FUNCTIONS)}
 
