@@ -90,7 +90,11 @@ class Grouping:
         self.app_id, self.app_class, self.stage = app_id, app_class, stage
 
     def step(self, user: str | None, default_stage: str, model: str) -> _Step:
-        return _Step(self.app_id or user, self.app_class, self.stage or default_stage, model)
+        step = _Step(self.app_id or user, self.app_class, self.stage or default_stage, model)
+        # An id from `user` names a client session, not one run: after its application ended
+        # (idle timeout), the next request starts the session's next application.
+        step.reopen = self.app_id is None and user is not None
+        return step
 
 
 class _Step:
@@ -102,9 +106,11 @@ class _Step:
         self.app_class = app_class or OPEN_CLASS
         self.stage = stage
         self.model = model
+        self.reopen = False
 
     def kwargs(self, call: LLMCall) -> dict[str, Any]:
         return {
+            "reopen": self.reopen,
             "key": self.key,
             "app_class": self.app_class,
             "stage": self.stage,

@@ -298,9 +298,12 @@ class HermesScheduler:
         call: dict[str, Any],
         backend: str | None = None,
         labels: dict[str, Any] | None = None,
+        reopen: bool = False,
     ) -> dict[str, Any]:
-        """Run one step of an open application and return its result (JSON)."""
-        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, stream=False)
+        """Run one step of an open application and return its result (JSON). With `reopen`,
+        `key` names a client session: once its application has ended, the step starts the
+        session's next application (`key#2`, `key#3`, ...) instead of being refused."""
+        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=False)
         return (await future).model_dump(mode="json")
 
     async def stream_step(
@@ -311,9 +314,10 @@ class HermesScheduler:
         call: dict[str, Any],
         backend: str | None = None,
         labels: dict[str, Any] | None = None,
+        reopen: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`."""
-        future, sink = await self._open_step(key, app_class, stage, call, backend, labels, stream=True)
+        future, sink = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=True)
         while True:
             getter = asyncio.ensure_future(sink.get())
             done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
@@ -326,7 +330,7 @@ class HermesScheduler:
             yield {"result": future.result().model_dump(mode="json")}
             return
 
-    async def _open_step(self, key, app_class, stage, call, backend, labels, stream):
+    async def _open_step(self, key, app_class, stage, call, backend, labels, reopen, stream):
         await self._ready.wait()
         try:
             parsed = _CALL.validate_python(call)
@@ -337,7 +341,17 @@ class HermesScheduler:
             raise SubmissionError(
                 f"unknown backend {backend!r} for step {stage!r}; configured backends: {sorted(self.slots)}"
             )
+        if reopen:
+            key = self._session_key(key)
         return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
+
+    def _session_key(self, session: str) -> str:
+        """The key of the session's live application, or of its next one."""
+        key, generation = session, 1
+        while key not in self.by_key and self.journal.run(key) is not None:
+            generation += 1
+            key = f"{session}#{generation}"
+        return key
 
     def _admit_open_step(self, key, app_class, stage, call, backend, labels, stream):
         now = time.time()

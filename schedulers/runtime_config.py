@@ -47,7 +47,7 @@ class RuntimeConfig(BaseModel):
     programs: dict[str, str] = Field(default_factory=dict)
     warm_at_start: tuple[str, ...] = ()
     costs: CostModel = CPU_MODEL_COST
-    planner_interval_s: PositiveFloat = 0.5
+    planner_interval_s: PositiveFloat = 1.0
     arrival_rate_window_s: PositiveFloat = 60.0
     refit_interval_s: PositiveFloat = 10.0
     refit_window: PositiveInt = 500

@@ -112,6 +112,18 @@ def test_open_application_steps_run_as_one_application(scheduler):
         ray.get(handle.submit_step.remote("open-1", "notebook", "calc", call, "tools"))
 
 
+def test_a_session_key_reopens_as_its_next_application(scheduler):
+    handle, db_url, _ = scheduler
+    call = {"kind": "tool", "tool": "calculator", "args": {"expression": "1+1"}}
+    ray.get(handle.submit_step.remote("session", "notebook", "calc", call, "tools", None, True))
+    ray.get(handle.finish_app.remote("session"))
+    ray.get(handle.submit_step.remote("session", "notebook", "calc", call, "tools", None, True))
+    ray.get(handle.submit_step.remote("session", "notebook", "calc", call, "tools", None, True))
+    assert ray.get(handle.app.remote("session"))["phase"] == "finished"
+    assert ray.get(handle.app.remote("session#2"))["phase"] == "running"
+    assert ray.get(handle.app.remote("session#2"))["step"] == 1
+
+
 def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(scheduler):
     handle, db_url, name = scheduler
     keys = [_submit(handle, steps=4, seconds=0.3) for _ in range(6)]
