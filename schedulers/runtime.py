@@ -519,6 +519,8 @@ class HermesScheduler:
                 self._queue(live, stored)
         if pending == 0 and live.program is not None:
             self._advance(live)
+            return
+        self._plan()  # a new stage changes what the live PDGraph states say is needed next
         self._kick()
 
     def _queue(self, live: _LiveRun, stored: StoredCall) -> None:
@@ -529,9 +531,7 @@ class HermesScheduler:
         )
         self.queues[stored.backend].push(request)
         slot = self.slots[stored.backend]
-        if slot.phase is BackendPhase.COLD:
-            self._plan()
-        elif slot.phase is BackendPhase.DRAINING:
+        if slot.phase is BackendPhase.DRAINING:
             slot.revive()
 
     def _dispatch(self) -> None:
