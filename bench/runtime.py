@@ -6,8 +6,9 @@ actor with real backends (SmolLM2-135M on the CPU, a Python tool pool, a code sa
 embedding search): Hermesflow (Gittins + PDGraph prewarm) and the baseline (request-FCFS, load
 on demand). It reports mean and P95 ACT and their ratio, the cold-start share, the scheduler's
 own time per step, then calibrates the simulator from each run (engine timing from the LLM
-calls, PDGraphs refitted from the observations, measured warm-ups), replays the same arrivals
-in it, and reports the simulated mean ACT and its difference from the real one.
+calls, PDGraphs refitted from the observations, measured warm-ups), replays in it the very runs
+that happened at the same arrival times, and reports the simulated mean ACT and its difference
+from the real one.
 
 Targets (runtime issue): mean ACT gittins <= 0.5 x fcfs; cold starts < 5 % of ACT; scheduler
 overhead < 2 ms per step; simulated mean ACT within 20 % of the real one, per policy.
@@ -29,7 +30,7 @@ from hermesflow.apps.suite import REFERENCE_APPS
 from hermesflow.demo import demo_arrivals, run_comparison
 from hermesflow.pdgraph.model import StageKind
 from hermesflow.ray_cluster import connect
-from hermesflow.schedulers.calibration import fidelity, learned_from_run
+from hermesflow.schedulers.calibration import fidelity, learned_from_run, observed_plans
 from hermesflow.schedulers.runtime_config import CPU_MODEL_COST
 from hermesflow.schedulers.workload import Arrival
 
@@ -67,6 +68,7 @@ def main() -> None:
             runs = run_comparison(planned, Path(tmp) / f"load-{load}")
             for run in runs:
                 graphs, costs = learned_from_run(run.db_url, priors, CPU_MODEL_COST)
+                plans = observed_plans(run.db_url, costs)
                 warmups = {kinds[name]: seconds for name, seconds in run.warmup_s.items() if name in kinds}
                 summary = run.summary()
                 check = fidelity(
@@ -78,12 +80,14 @@ def main() -> None:
                     warmup_by_kind=warmups,
                     warm_at_start=("llm",) if run.planner != "on-demand" else (),
                     real_mean_act_s=summary["mean_act_s"],
+                    plans=plans,
                 )
                 bound = None
                 if run.policy == "gittins":  # what a clairvoyant SRPT would reach on the same model
                     bound = fidelity(
                         policy="srpt", planner=run.planner, graphs=graphs, costs=costs, arrivals=arrivals,
                         warmup_by_kind=warmups, warm_at_start=("llm",), real_mean_act_s=summary["mean_act_s"],
+                        plans=plans,
                     ).simulated_mean_act_s
                 results.append(
                     {

@@ -7,9 +7,11 @@ one sample of t_iter at its mean batch size, so a least-squares line through tho
 gives t_fixed and t_seq, and prefill seconds over input tokens the prefill rate. Tool stages
 need no model: the refit PDGraphs carry their measured seconds.
 
-`fidelity` then replays the real run's arrivals (times and classes) through the simulator with
-the run's own refitted PDGraphs, its calibrated engine and its measured warm-up times, under
-the same policy and planner, and compares mean ACT.
+`fidelity` then replays the real run through the simulator — the same arrival times and, with
+`observed_plans`, the very runs that happened (stages, fan-outs, tokens, tool seconds) — with
+the run's own refitted PDGraphs (what the policy and planner believe), its calibrated engine and
+its measured warm-up times, under the same policy and planner, and compares mean ACT. Without
+observed plans it draws runs from the refitted graphs instead (a coarser check).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.model import PDGraph
-from hermesflow.pdgraph.refit import refit
+from hermesflow.pdgraph.refit import StageObservation, refit
+from hermesflow.pdgraph.sampler import PlannedRequest, PlannedStage, RunPlan
 from hermesflow.store import Store
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
@@ -81,6 +84,33 @@ def learned_from_run(
     return graphs, prior_costs.model_copy(update={"llm": engines})
 
 
+def observed_plans(db_url: str, costs: CostModel) -> list[RunPlan]:
+    """The runs of a real experiment as they happened — every stage, fan-out and token count —
+    in admission order, with LLM work priced by `costs` (the calibrated engine)."""
+    store = Store(db_url)
+    runs = store.runs()
+    by_run: dict[int, list[StageObservation]] = {run.id: [] for run in runs}
+    for app_class in {run.app_class for run in runs}:
+        for obs in store.observations(app_class, limit=1_000_000):
+            by_run[obs.run_id].append(obs)
+    store.close()
+    plans = []
+    for run in runs:
+        stages = []
+        for obs in sorted(by_run[run.id], key=lambda o: o.step):
+            if obs.backend in costs.llm:
+                engine = costs.engine(obs.backend)
+                requests = tuple(
+                    PlannedRequest(engine.work_s(i, o), i, o)
+                    for i, o in zip(obs.input_tokens, obs.output_tokens, strict=True)
+                )
+            else:
+                requests = tuple(PlannedRequest(s) for s in obs.exec_s)
+            stages.append(PlannedStage(obs.stage, obs.backend, requests))
+        plans.append(RunPlan(run.app_class, tuple(stages)))
+    return plans
+
+
 @dataclass(frozen=True, slots=True)
 class Fidelity:
     """Mean ACT of a real run and of its simulated replay."""
@@ -106,8 +136,10 @@ def fidelity(
     warm_at_start: Sequence[str],
     real_mean_act_s: float,
     seeds: Sequence[int] = (0, 1, 2),
+    plans: Sequence[RunPlan] | None = None,
 ) -> Fidelity:
-    """Replay the arrivals in the simulator (mean over `seeds` of sampled run plans)."""
+    """Replay the arrivals in the simulator: the observed `plans` when given (one replay), else
+    run plans drawn from the graphs (mean over `seeds`)."""
     config = SimulationConfig(costs=costs, warmup_s=dict(warmup_by_kind), warm_at_start=tuple(warm_at_start))
     means = []
     for seed in seeds:
@@ -119,6 +151,9 @@ def fidelity(
             list(arrivals),
             seed,
             config,
+            plans=plans,
         )
         means.append(float(simulator.run().acts.mean()))
+        if plans is not None:
+            break
     return Fidelity(policy, real_mean_act_s, float(np.mean(means)))

@@ -142,14 +142,21 @@ class Simulator:
         seed: int,
         config: SimulationConfig | None = None,
         on_progress: Callable[[int], None] | None = None,
+        plans: Sequence[RunPlan] | None = None,
     ) -> None:
+        """`plans`, when given, are the runs to replay (one per arrival, e.g. observed in a real
+        run); otherwise each arrival's run is drawn from its class's PDGraph."""
         self.demand, self.policy, self.planner = demand, policy, planner
         if not arrivals:
             raise ValueError("no arrivals to simulate; give at least one application")
         self.config = config or SimulationConfig()
         self.on_progress = on_progress
-        rng = np.random.default_rng(seed)
-        self._arrivals = [(a, demand.compiled(a.app_class).sample_run(rng)) for a in arrivals]
+        if plans is None:
+            rng = np.random.default_rng(seed)
+            plans = [demand.compiled(a.app_class).sample_run(rng) for a in arrivals]
+        elif [p.app_class for p in plans] != [a.app_class for a in arrivals]:
+            raise ValueError("plans must give one run per arrival, of the arrival's class, in order")
+        self._arrivals = list(zip(arrivals, plans, strict=True))
         self.backends = self._build_backends(arrivals)
         self.queues = {name: RequestQueue(policy) for name in self.backends}
         self._events: list[tuple[float, int, int, _Event, object]] = []

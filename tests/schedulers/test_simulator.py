@@ -10,6 +10,7 @@ import itertools
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
@@ -241,3 +242,29 @@ def test_an_empty_workload_is_refused_or_summarised(demand: DemandEstimator) -> 
         warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no ACTs may be NaN
         summary = sim.run().summary()
     assert summary["apps_completed"] == 0
+
+
+# --------------------------------------------------------------------------- replaying given runs
+
+
+def _plans(demand: DemandEstimator, arrivals: Sequence[Arrival], seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    return [demand.compiled(a.app_class).sample_run(rng) for a in arrivals]
+
+
+def test_given_plans_are_replayed_whatever_the_seed(demand: DemandEstimator, arrivals: list[Arrival]) -> None:
+    plans = _plans(demand, arrivals, seed=11)
+    results = [
+        Simulator(demand, make_policy("fcfs", demand), make_planner("on-demand", demand), arrivals, seed, plans=plans).run()
+        for seed in (1, 2)
+    ]
+    assert _comparable(results[0]) == _comparable(results[1])
+    assert [o.work_s for o in results[0].outcomes] == [p.work_s for p in plans]
+
+
+def test_plans_of_the_wrong_classes_are_refused(demand: DemandEstimator, arrivals: list[Arrival]) -> None:
+    plans = _plans(demand, arrivals, seed=11)[::-1]
+    if [p.app_class for p in plans] == [a.app_class for a in arrivals]:
+        pytest.skip("the reversed mix happens to match")
+    with pytest.raises(ValueError, match="one run per arrival"):
+        Simulator(demand, make_policy("fcfs", demand), make_planner("on-demand", demand), arrivals, 0, plans=plans)
