@@ -20,12 +20,17 @@ NAMESPACE = "hermesflow"
 CPU_MODEL_COST = CostModel(
     llm={
         LLM_BACKEND: LLMEngineCost(
-            prefill_s_per_token=1.5e-3, decode_s_per_token=8e-3, max_batch=8, kv_tokens=16_384
+            prefill_s_per_token=1.5e-3,
+            decode_s_per_token=8e-3,
+            max_batch=8,
+            kv_tokens=16_384,
+            prefill_stalls=True,
         )
     }
 )
 """SmolLM2-135M on 2 CPU cores in bf16, batch 8 (measured; see docs/benchmarks.md): the work
-of an LLM call in engine-seconds at full batch. `hermesflow calibrate` refits it from runs."""
+of an LLM call in engine-seconds at full batch; admission prefills in a pass of its own.
+`schedulers/calibration.py` refits it from a real run."""
 
 
 class RuntimeConfig(BaseModel):

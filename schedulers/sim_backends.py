@@ -5,8 +5,11 @@ requests progress:
 
 * `SimEngine`: up to `max_batch` requests run together; each receives
   `work_rate_per_request(n)` engine-seconds of work per second (`LLMEngineCost`), so the
-  iteration time grows with the batch. Between events the batch is fixed, so progress is exact
-  (no per-iteration stepping).
+  iteration time grows with the batch. With `prefill_stalls`, a request that joins is first
+  prefilled in a forward pass of its own, `input_tokens * prefill_s_per_token` seconds during
+  which no running request decodes (the CPU backend), and the batch shares only the decode work;
+  otherwise prefill is chunked into the iterations and shared like decode (vLLM). Between events the batch is fixed, so progress is exact (no per-iteration
+  stepping).
 * `SimPool`: `slots` requests run in parallel, each for its own execution time (tools, search,
   code execution, DNNs).
 """
@@ -77,6 +80,7 @@ class SimEngine(SimBackend):
     version: int = 0
     scheduled_version: int = -1
     kv_in_use: int = 0
+    stalled_until_s: float = 0.0
 
     def fits(self, request: RequestRecord) -> bool:
         """KV-cache admission; a request larger than the whole cache runs alone."""
@@ -87,22 +91,27 @@ class SimEngine(SimBackend):
         self.advance(now)
         self.kv_in_use += request.input_tokens + request.output_tokens
         self.running[request.request_id] = request
-        self.remaining[request.request_id] = request.work_s
+        prefill_s = 0.0
+        if self.cost.prefill_stalls:
+            prefill_s = min(request.input_tokens * self.cost.prefill_s_per_token, request.work_s)
+        self.stalled_until_s = max(self.stalled_until_s, now) + prefill_s
+        self.remaining[request.request_id] = request.work_s - prefill_s
         self.version += 1
 
     def advance(self, now: float) -> None:
-        """Progress every running request to `now`."""
-        if self.remaining and now > self.clock_s:
-            done = (now - self.clock_s) * self.cost.work_rate_per_request(len(self.remaining))
+        """Progress every running request to `now` (no decoding while a prefill stalls)."""
+        decoding_s = now - max(self.clock_s, self.stalled_until_s)
+        if self.remaining and decoding_s > 0:
+            done = decoding_s * self.cost.work_rate_per_request(len(self.remaining))
             for request_id in self.remaining:
                 self.remaining[request_id] -= done
-        self.clock_s = now
+        self.clock_s = max(self.clock_s, now)
 
     def next_completion_s(self) -> float | None:
         if not self.remaining:
             return None
         rate = self.cost.work_rate_per_request(len(self.remaining))
-        return self.clock_s + max(min(self.remaining.values()), 0.0) / rate
+        return max(self.clock_s, self.stalled_until_s) + max(min(self.remaining.values()), 0.0) / rate
 
     def pop_finished(self, now: float) -> list[RequestRecord]:
         self.advance(now)

@@ -38,6 +38,10 @@ class LLMEngineCost(BaseModel):
     max_batch: PositiveInt = 32
     kv_tokens: PositiveInt = 65_536
     fixed_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
+    prefill_stalls: bool = False
+    """True when admitting a request runs its prefill as a forward pass of its own that pauses
+    the batch (the CPU transformers engine); False when prefill is chunked into the batch's
+    iterations and shared like decode (vLLM's default)."""
 
     @property
     def full_iteration_s(self) -> float:

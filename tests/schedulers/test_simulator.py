@@ -15,7 +15,8 @@ import pytest
 
 from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator
-from hermesflow.schedulers.interface import BackendPhase, RequestRecord
+from hermesflow.pdgraph.demand import GraphState
+from hermesflow.schedulers.interface import AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.policies import POLICIES, ClairvoyantSRPT, make_policy
 from hermesflow.schedulers.prewarm import PLANNERS, make_planner
 from hermesflow.schedulers.sim_backends import SimEngine
@@ -268,3 +269,17 @@ def test_plans_of_the_wrong_classes_are_refused(demand: DemandEstimator, arrival
         pytest.skip("the reversed mix happens to match")
     with pytest.raises(ValueError, match="one run per arrival"):
         Simulator(demand, make_policy("fcfs", demand), make_planner("on-demand", demand), arrivals, 0, plans=plans)
+
+
+def test_a_stalling_prefill_pauses_the_batch_and_is_not_shared() -> None:
+    cost = LLMEngineCost(prefill_s_per_token=0.01, decode_s_per_token=0.1, max_batch=2, prefill_stalls=True)
+    engine = SimEngine("llm", 1.0, 2, cost=cost, phase=BackendPhase.WARM)
+    app = AppRecord(0, "c", 0.0, GraphState("c", None, (0,)))
+    first = RequestRecord(0, app, "llm", 0.0, work_s=cost.work_s(0, 10), input_tokens=0, output_tokens=10)
+    second = RequestRecord(1, app, "llm", 0.0, work_s=cost.work_s(100, 1), input_tokens=100, output_tokens=1)
+    engine.start(first, 0.0)
+    engine.start(second, 0.5)  # its prefill takes 1 s alone, and the first request waits for it
+    assert engine.stalled_until_s == pytest.approx(1.5)
+    engine.advance(1.5)
+    assert engine.remaining[0] == pytest.approx(1.0 - 0.5 * cost.work_rate_per_request(1))
+    assert engine.remaining[1] == pytest.approx(0.1)
