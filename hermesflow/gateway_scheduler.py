@@ -20,7 +20,7 @@ from fastapi.sse import format_sse_event
 from pydantic import BaseModel
 from ray.exceptions import RayError, RayTaskError
 
-from hermesflow.schedulers.runtime import SubmissionError
+from hermesflow.schedulers.runtime_state import SubmissionError
 
 
 class ApiError(Exception):

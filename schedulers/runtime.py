@@ -24,77 +24,45 @@ requests are ranked as one application all the same. Each finished step becomes 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import importlib
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
-from hermesflow.backends.calls import Call, CallResult, LLMCall
-from hermesflow.journal import CompletedCall, NewStep, RunEnd, RunJournal, StoredCall, StoredRun
+from hermesflow.backends.calls import Call, CallResult
+from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall, StoredRun
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
-from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
+from hermesflow.pdgraph.model import END, PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, RequestRecord
-from hermesflow.schedulers.open_apps import grow_open_graph, open_class_prior
+from hermesflow.schedulers.open_apps import grow_open_graph
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.queues import RequestQueue
 from hermesflow.schedulers.runtime_backends import BackendDied, BackendSlot
 from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME, RuntimeConfig
+from hermesflow.schedulers.runtime_open import OpenRunsMixin
+from hermesflow.schedulers.runtime_state import (
+    LiveRun,
+    SubmissionError,
+    UnknownApplication,
+    import_path,
+    new_step,
+    view_live,
+    view_stored,
+)
 from hermesflow.store import CallPhase, DecisionRow, RunPhase, Store
 
 log = logging.getLogger(__name__)
 _CALL = TypeAdapter(Call)
 
 
-class SubmissionError(ValueError):
-    """A submission the scheduler refuses (unknown class, invalid inputs); says how to fix it."""
-
-
-class UnknownApplication(SubmissionError, LookupError):
-    """No application has this id."""
-
-
-class ApplicationFinished(SubmissionError):
-    """A step was sent to an application that has already ended."""
-
-
-@dataclass(eq=False)
-class _LiveRun:
-    """A run in memory: its scheduling record and where its current step is."""
-
-    record: AppRecord
-    key: str
-    program: AppProgram | None
-    inputs: BaseModel | None
-    doc: dict[str, Any]
-    plan: StepPlan | None = None
-    calls: dict[int, StoredCall] = field(default_factory=dict)
-    results: dict[int, CallResult] = field(default_factory=dict)
-    stage_cold_s: float = 0.0
-    step_started_s: float | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    waiters: dict[int, asyncio.Future] = field(default_factory=dict)
-    sinks: dict[int, asyncio.Queue] = field(default_factory=dict)
-    pending_observations: list[StageObservation] = field(default_factory=list)
-    last_activity_s: float = field(default_factory=time.time)
-
-
-def _import(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-class HermesScheduler:
+class HermesScheduler(OpenRunsMixin):
     """The scheduler actor's logic (module docstring); `SchedulerActor` is its Ray actor."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -102,7 +70,7 @@ class HermesScheduler:
         self.store = Store(self.config.db_url)
         self.journal = RunJournal(self.store)
         self.programs: dict[str, AppProgram] = {
-            name: _import(path)() for name, path in self.config.programs.items()
+            name: import_path(path)() for name, path in self.config.programs.items()
         }
         self.demand = DemandEstimator(self._initial_graphs(), self.config.costs)
         self.policy = make_policy(self.config.policy, self.demand)
@@ -113,8 +81,8 @@ class HermesScheduler:
         )
         self.slots = {spec.name: BackendSlot(spec, self._kick) for spec in self.config.backends}
         self.queues = {name: RequestQueue(self.policy) for name in self.slots}
-        self.live: dict[int, _LiveRun] = {}
-        self.by_key: dict[str, _LiveRun] = {}
+        self.live: dict[int, LiveRun] = {}
+        self.by_key: dict[str, LiveRun] = {}
         self._arrivals: deque[tuple[float, str]] = deque()
         self._refitted_at: dict[str, tuple] = {}
         self._attempts: dict[int, int] = {}
@@ -207,7 +175,7 @@ class HermesScheduler:
             if live.record.app_class == app_class:
                 self._rekey(live)
 
-    def _rekey(self, live: _LiveRun) -> None:
+    def _rekey(self, live: LiveRun) -> None:
         """The run's key may have changed: re-rank its waiting calls in every queue."""
         live.record.version += 1
         for backend in {call.backend for call in live.calls.values()}:
@@ -242,9 +210,9 @@ class HermesScheduler:
         """Admit a program run; the same `key` again returns the same run."""
         await self._ready.wait()
         if key is not None and key in self.by_key:
-            return self._view(self.by_key[key])
+            return view_live(self.by_key[key])
         if key is not None and (existing := self.journal.run(key)) is not None:
-            return self._view_stored(existing)
+            return view_stored(existing)
         program = self.programs.get(app_class)
         if program is None:
             raise SubmissionError(
@@ -271,158 +239,34 @@ class HermesScheduler:
             key, app_class, self.policy.name, now, inputs.model_dump(mode="json"), labels, doc, admit
         )
         if not created:
-            return self._view_stored(run)
+            return view_stored(run)
         live = self._new_live(run, program, inputs, doc)
         self.policy.on_admit(live.record, now)
         if isinstance(first, Finished):
             self._end(live, RunEnd(RunPhase.FINISHED, first.result), None, None, 0)
         else:
-            calls = self.journal.start_step(run.id, doc, _new_step(0, first), now)
+            calls = self.journal.start_step(run.id, doc, new_step(0, first), now)
             self._begin_step(live, first, calls)
-        return self._view(live)
+        return view_live(live)
 
-    def _new_live(self, run: StoredRun, program, inputs, doc) -> _LiveRun:
+    def _new_live(self, run: StoredRun, program, inputs, doc) -> LiveRun:
         state = self.demand.initial_state(run.app_class)
         record = AppRecord(run.id, run.app_class, run.submitted_s, state, attained_s=doc.get("attained_s", 0.0))
-        live = _LiveRun(record, run.key, program, inputs, doc)
+        live = LiveRun(record, run.key, program, inputs, doc)
         self.live[run.id] = live
         self.by_key[run.key] = live
         self._arrivals.append((run.submitted_s, run.app_class))
         return live
 
-    async def submit_step(
-        self,
-        key: str,
-        app_class: str,
-        stage: str,
-        call: dict[str, Any],
-        backend: str | None = None,
-        labels: dict[str, Any] | None = None,
-        reopen: bool = False,
-    ) -> dict[str, Any]:
-        """Run one step of an open application and return its result (JSON). With `reopen`,
-        `key` names a client session: once its application has ended, the step starts the
-        session's next application (`key#2`, `key#3`, ...) instead of being refused."""
-        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=False)
-        return (await future).model_dump(mode="json")
-
-    async def stream_step(
-        self,
-        key: str,
-        app_class: str,
-        stage: str,
-        call: dict[str, Any],
-        backend: str | None = None,
-        labels: dict[str, Any] | None = None,
-        reopen: bool = False,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`."""
-        future, sink = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=True)
-        while True:
-            getter = asyncio.ensure_future(sink.get())
-            done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield {"delta": getter.result()}
-                continue
-            getter.cancel()
-            while not sink.empty():
-                yield {"delta": sink.get_nowait()}
-            yield {"result": future.result().model_dump(mode="json")}
-            return
-
-    async def _open_step(self, key, app_class, stage, call, backend, labels, reopen, stream):
-        await self._ready.wait()
-        try:
-            parsed = _CALL.validate_python(call)
-        except ValidationError as error:
-            raise SubmissionError(f"invalid call for step {stage!r}: {error}") from None
-        backend = backend or (LLM_BACKEND if isinstance(parsed, LLMCall) else None)
-        if backend not in self.slots:
-            raise SubmissionError(
-                f"unknown backend {backend!r} for step {stage!r}; configured backends: {sorted(self.slots)}"
-            )
-        if reopen:
-            key = self._session_key(key)
-        return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
-
-    def _session_key(self, session: str) -> str:
-        """The key of the session's live application, or of its next one."""
-        key, generation = session, 1
-        while key not in self.by_key and self.journal.run(key) is not None:
-            generation += 1
-            key = f"{session}#{generation}"
-        return key
-
-    def _admit_open_step(self, key, app_class, stage, call, backend, labels, stream):
-        now = time.time()
-        live = self.by_key.get(key)
-        if live is None:
-            if self.journal.run(key) is not None:
-                raise ApplicationFinished(f"application {key!r} has finished; use a new application id")
-            if app_class in self.programs:
-                raise SubmissionError(
-                    f"class {app_class!r} is a program class; submit whole runs of it, or name an open class"
-                )
-            self._ensure_open_class(app_class, stage, backend)
-            doc = {"step": -1, "open": True, "visits": {}, "attained_s": 0.0, "cold_s": 0.0}
-            admit = DecisionRow(now, "admit", detail={"class": app_class, "key": key, "open": True})
-            run, _ = self.journal.admit(key, app_class, self.policy.name, now, None, labels, doc, admit)
-            live = self._new_live(run, None, None, doc)
-            self.policy.on_admit(live.record, now)
-        elif live.program is not None:
-            raise SubmissionError(f"application {key!r} is a program run; it takes no external steps")
-        self._record_open_observations(live, stage)
-        live.doc["step"] += 1
-        live.doc["visits"][stage] = live.doc["visits"].get(stage, 0) + 1
-        plan = StepPlan(stage=stage, backend=backend, calls=[call])
-        calls = self.journal.start_step(live.record.app_id, live.doc, _new_step(live.doc["step"], plan), now)
-        future = asyncio.get_running_loop().create_future()
-        live.waiters[calls[0].id] = future
-        sink: asyncio.Queue | None = asyncio.Queue() if stream else None
-        if sink is not None:
-            live.sinks[calls[0].id] = sink
-        live.last_activity_s = now
-        self._begin_step(live, plan, calls)
-        return future, sink
-
-    def _ensure_open_class(self, app_class: str, stage: str, backend: str) -> None:
-        if app_class in self.demand.classes:
-            return
-        graph = open_class_prior(app_class, stage, backend, self._backend_kind(backend))
-        self.store.save_pdgraph(graph, source="open-prior")
-        self.demand.replace_graph(graph)
-
-    def _backend_kind(self, backend: str) -> StageKind:
-        if backend not in self.slots:
-            return StageKind.TOOL
-        backend_type = self.slots[backend].spec.type
-        return StageKind.LLM if backend_type in ("transformers", "vllm", "openai") else StageKind.TOOL
-
-    async def finish_app(self, key: str) -> dict[str, Any]:
-        """End an open application (its client has no more steps)."""
-        await self._ready.wait()
-        live = self.by_key.get(key)
-        if live is None:
-            stored = self.journal.run(key)
-            if stored is None:
-                raise UnknownApplication(f"no application {key!r}")
-            return self._view_stored(stored)
-        if live.program is not None:
-            raise SubmissionError(f"application {key!r} is a program run; it ends by itself")
-        if live.waiters:
-            raise SubmissionError(f"application {key!r} still has {len(live.waiters)} step(s) running")
-        self._timed(self._end_open, live)
-        return self._view_stored(self.journal.run(key))
-
     async def app(self, key: str) -> dict[str, Any]:
         await self._ready.wait()
         live = self.by_key.get(key)
         if live is not None:
-            return self._view(live)
+            return view_live(live)
         stored = await asyncio.to_thread(self.journal.run, key)
         if stored is None:
             raise UnknownApplication(f"no application {key!r}; submit it first")
-        return self._view_stored(stored)
+        return view_stored(stored)
 
     async def wait(self, key: str, timeout_s: float | None = None) -> dict[str, Any]:
         """The application's view once it has ended (or when `timeout_s` passes)."""
@@ -489,7 +333,7 @@ class HermesScheduler:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _begin_step(self, live: _LiveRun, plan: StepPlan, calls: list[StoredCall]) -> None:
+    def _begin_step(self, live: LiveRun, plan: StepPlan, calls: list[StoredCall]) -> None:
         """Queue a stored step's unfinished calls and update the run's graph state (the step is
         already counted in `live.doc["visits"]`)."""
         app = live.record
@@ -523,7 +367,7 @@ class HermesScheduler:
         self._plan()  # a new stage changes what the live PDGraph states say is needed next
         self._kick()
 
-    def _queue(self, live: _LiveRun, stored: StoredCall) -> None:
+    def _queue(self, live: LiveRun, stored: StoredCall) -> None:
         call = stored.call
         input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
         request = RequestRecord(
@@ -559,7 +403,7 @@ class HermesScheduler:
         )
         self._spawn(self._execute(slot, live, stored, request, priority))
 
-    async def _execute(self, slot: BackendSlot, live: _LiveRun, stored: StoredCall, request, priority) -> None:
+    async def _execute(self, slot: BackendSlot, live: LiveRun, stored: StoredCall, request, priority) -> None:
         sink = live.sinks.get(stored.id)
         try:
             result = await slot.call(stored.call, priority, None if sink is None else sink.put_nowait)
@@ -570,7 +414,7 @@ class HermesScheduler:
             result = CallResult(finish_reason="error", error=f"{type(error).__name__}: {error}")
         self._timed(self._complete, live, stored, result)
 
-    def _retry(self, live: _LiveRun, stored: StoredCall, request: RequestRecord, reason: str) -> None:
+    def _retry(self, live: LiveRun, stored: StoredCall, request: RequestRecord, reason: str) -> None:
         now = time.time()
         attempts = self._attempts.get(stored.id, 0) + 1
         self._attempts[stored.id] = attempts
@@ -583,7 +427,7 @@ class HermesScheduler:
         self._plan()
         self._kick()
 
-    def _complete(self, live: _LiveRun, stored: StoredCall, result: CallResult) -> None:
+    def _complete(self, live: LiveRun, stored: StoredCall, result: CallResult) -> None:
         """A call finished: account its service, then either advance the run (the step's last
         call of a program run, stored in the same transaction) or store it alone."""
         now = time.time()
@@ -622,7 +466,7 @@ class HermesScheduler:
         return result.seconds
 
     def _observation(
-        self, live: _LiveRun, plan: StepPlan, step: int, next_stage: str, results: list[CallResult],
+        self, live: LiveRun, plan: StepPlan, step: int, next_stage: str, results: list[CallResult],
         calls: list[StoredCall], now: float,
     ) -> StageObservation:
         return StageObservation(
@@ -642,7 +486,7 @@ class HermesScheduler:
             finished_s=now,
         )
 
-    def _advance(self, live: _LiveRun, completion: CompletedCall | None = None) -> None:
+    def _advance(self, live: LiveRun, completion: CompletedCall | None = None) -> None:
         """The current step of a program run is complete: ask the program what comes next.
         `completion` is the step's last call, stored with the transition."""
         now = time.time()
@@ -671,7 +515,7 @@ class HermesScheduler:
         doc["plan"] = following.model_dump(mode="json")
         doc["visits"][following.stage] = doc["visits"].get(following.stage, 0) + 1
         calls = self.journal.advance(
-            live.record.app_id, finished_step, observation, doc, _new_step(doc["step"], following), None, now,
+            live.record.app_id, finished_step, observation, doc, new_step(doc["step"], following), None, now,
             [DecisionRow(now, "step", following.backend, detail={"stage": following.stage, "calls": len(following.calls)})],
             completion,
         )
@@ -680,7 +524,7 @@ class HermesScheduler:
         live.doc = doc
         self._begin_step(live, following, calls)
 
-    def _end(self, live: _LiveRun, end: RunEnd, observation, doc, finished_step: int, completion=None) -> None:
+    def _end(self, live: LiveRun, end: RunEnd, observation, doc, finished_step: int, completion=None) -> None:
         now = time.time()
         end = RunEnd(end.phase, end.result, end.error, live.doc.get("cold_s", 0.0), live.record.attained_s)
         kind = "finish" if end.phase is RunPhase.FINISHED else "fail"
@@ -691,50 +535,19 @@ class HermesScheduler:
         )
         self._forget(live)
 
-    def _fail(self, live: _LiveRun, error: str) -> None:
+    def _fail(self, live: LiveRun, error: str) -> None:
         self._end(live, RunEnd(RunPhase.FAILED, None, error), None, None, live.doc["step"])
         for future in live.waiters.values():
             if not future.done():
                 future.set_exception(RuntimeError(error))
 
-    def _forget(self, live: _LiveRun) -> None:
+    def _forget(self, live: LiveRun) -> None:
         app = live.record
         app.phase = AppPhase.FINISHED
         self.live.pop(app.app_id, None)
         self.by_key.pop(live.key, None)
         self.policy.on_finish(app, time.time())
         live.done.set()
-
-    # -- open runs ------------------------------------------------------------------------------
-
-    def _complete_open(self, live: _LiveRun, stored: StoredCall, result: CallResult, work: float, now: float) -> None:
-        call = live.calls.pop(stored.id)
-        live.results.pop(stored.call_index, None)
-        plan = StepPlan(stage=call.stage, backend=call.backend, calls=[_CALL.validate_python(call.call)])
-        live.pending_observations.append(self._observation(live, plan, call.step, END, [result], [call], now))
-        live.doc["cold_s"] = live.doc.get("cold_s", 0.0) + live.stage_cold_s
-        live.stage_cold_s = 0.0
-        future = live.waiters.pop(stored.id, None)
-        live.sinks.pop(stored.id, None)
-        if future is not None and not future.done():
-            future.set_result(result)
-
-    def _record_open_observations(self, live: _LiveRun, next_stage: str) -> None:
-        """Steps of an open run learn their successor when the next step arrives (or END)."""
-        if live.pending_observations:
-            finished = [dataclasses.replace(o, next_stage=next_stage) for o in live.pending_observations]
-            live.pending_observations.clear()
-            self.store.record_observations(live.record.app_id, finished)
-
-    def _end_open(self, live: _LiveRun) -> None:
-        self._record_open_observations(live, END)
-        self._end(live, RunEnd(RunPhase.FINISHED), None, None, live.doc["step"])
-
-    def _close_idle_open_runs(self) -> None:
-        cutoff = time.time() - self.config.open_app_idle_s
-        for live in list(self.live.values()):
-            if live.program is None and not live.waiters and live.last_activity_s < cutoff:
-                self._timed(self._end_open, live)
 
     # -- prewarm --------------------------------------------------------------------------------
 
@@ -808,50 +621,10 @@ class HermesScheduler:
             live = self._new_live(run, program, inputs, doc)
             plan = StepPlan.model_validate(doc["plan"])
             if not calls:
-                calls = self.journal.start_step(run.id, doc, _new_step(doc["step"], plan), time.time())
+                calls = self.journal.start_step(run.id, doc, new_step(doc["step"], plan), time.time())
             self._begin_step(live, plan, calls)
         if runs:
             self.journal.record([DecisionRow(time.time(), "recover", detail={"runs": len(runs)})])
-
-    # -- views ----------------------------------------------------------------------------------
-
-    def _view(self, live: _LiveRun) -> dict[str, Any]:
-        return {
-            "app_id": live.key,
-            "app_class": live.record.app_class,
-            "phase": "running" if live.record.phase is AppPhase.RUNNING else "admitted",
-            "submitted_at": live.record.arrival_s,
-            "finished_at": None,
-            "act_s": None,
-            "cold_start_s": live.doc.get("cold_s", 0.0),
-            "attained_s": live.record.attained_s,
-            "stage": live.plan.stage if live.plan else None,
-            "step": live.doc.get("step"),
-            "result": None,
-            "error": None,
-        }
-
-    @staticmethod
-    def _view_stored(run: StoredRun) -> dict[str, Any]:
-        return {
-            "app_id": run.key,
-            "app_class": run.app_class,
-            "phase": run.phase.name.lower(),
-            "submitted_at": run.submitted_s,
-            "finished_at": run.finished_s,
-            "act_s": run.act_s,
-            "cold_start_s": run.cold_start_s,
-            "attained_s": run.attained_s,
-            "stage": None,
-            "step": (run.state or {}).get("step"),
-            "result": run.result,
-            "error": run.error,
-        }
-
-
-def _new_step(step: int, plan: StepPlan) -> NewStep:
-    return NewStep(step, plan.stage, plan.backend, [c.model_dump(mode="json") for c in plan.calls])
-
 
 SchedulerActor = ray.remote(HermesScheduler)
 

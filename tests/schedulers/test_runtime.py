@@ -15,7 +15,8 @@ ray = pytest.importorskip("ray")
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
 from hermesflow.store import CallPhase, RunPhase, Store  # noqa: E402
-from hermesflow.schedulers.runtime import SubmissionError, start_scheduler  # noqa: E402
+from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
+from hermesflow.schedulers.runtime_state import SubmissionError  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 
 TOOLS = BackendSpec(name="tools", type="python-tools", options={"workers": 4}, expected_warmup_s=2.0)
