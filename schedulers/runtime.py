@@ -90,6 +90,7 @@ class HermesScheduler(OpenRunsMixin):
         self._ready = asyncio.Event()
         self._busy_s = 0.0
         self._busy_cpu_s = 0.0
+        self._task_failures = 0
         self._started_s = time.time()
         self._completed_calls = 0
         self._tasks: set[asyncio.Task] = set()
@@ -119,6 +120,7 @@ class HermesScheduler(OpenRunsMixin):
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
+            self._task_failures += 1
             log.error("scheduler task failed", exc_info=task.exception())
 
     async def _main(self) -> None:
@@ -176,7 +178,9 @@ class HermesScheduler(OpenRunsMixin):
                 self._rekey(live)
 
     def _rekey(self, live: LiveRun) -> None:
-        """The run's key may have changed: re-rank its waiting calls in every queue."""
+        """Its class's graph changed: restate the run in the new graph and re-rank its waiting
+        calls in every queue."""
+        live.record.state = self._graph_state(live, live.record.state.pending)
         live.record.version += 1
         for backend in {call.backend for call in live.calls.values()}:
             self.queues[backend].rekey(live.record)
@@ -315,6 +319,7 @@ class HermesScheduler(OpenRunsMixin):
             "overhead_wall_ms_per_step": 1e3 * self._busy_s / max(self._completed_calls, 1),
             "journal_ms_per_step": 1e3 * self.journal.busy_s / max(self._completed_calls, 1),
             "classes": list(self.demand.classes),
+            "task_failures": self._task_failures,
         }
 
     async def backend_pid(self, name: str) -> int | None:
@@ -337,8 +342,6 @@ class HermesScheduler(OpenRunsMixin):
         """Queue a stored step's unfinished calls and update the run's graph state (the step is
         already counted in `live.doc["visits"]`)."""
         app = live.record
-        compiled = self.demand.compiled(app.app_class)
-        visits = live.doc["visits"]
         live.plan = plan
         if live.program is not None:
             live.calls, live.results = {}, {}
@@ -349,12 +352,7 @@ class HermesScheduler(OpenRunsMixin):
             if stored.phase is CallPhase.DONE:
                 live.results[stored.call_index] = CallResult.model_validate(stored.result)
         pending = sum(1 for c in live.calls.values() if c.call_index not in live.results)
-        stage = plan.stage if plan.stage in compiled.index else None
-        counts = [0] * compiled.end
-        for name, count in visits.items():
-            if name in compiled.index:
-                counts[compiled.index[name]] = count
-        app.state = GraphState(app.app_class, stage, tuple(counts), pending)
+        app.state = self._graph_state(live, pending)
         app.phase = AppPhase.RUNNING
         app.stage_running_since_s = None
         app.version += 1
@@ -366,6 +364,16 @@ class HermesScheduler(OpenRunsMixin):
             return
         self._plan()  # a new stage changes what the live PDGraph states say is needed next
         self._kick()
+
+    def _graph_state(self, live: LiveRun, pending: int) -> GraphState:
+        """Where the run is in its class's current graph (a refit may have added stages)."""
+        compiled = self.demand.compiled(live.record.app_class)
+        counts = [0] * compiled.end
+        for name, count in live.doc["visits"].items():
+            if name in compiled.index:
+                counts[compiled.index[name]] = count
+        stage = live.plan.stage if live.plan is not None and live.plan.stage in compiled.index else None
+        return GraphState(live.record.app_class, stage, tuple(counts), pending)
 
     def _queue(self, live: LiveRun, stored: StoredCall) -> None:
         call = stored.call

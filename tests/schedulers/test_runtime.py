@@ -125,6 +125,23 @@ def test_a_session_key_reopens_as_its_next_application(scheduler):
     assert ray.get(handle.app.remote("session#2"))["step"] == 1
 
 
+def test_an_open_class_grows_a_stage_per_new_name_while_its_runs_go_on(scheduler):
+    handle, _, _ = scheduler
+    call = {"kind": "tool", "tool": "calculator", "args": {"expression": "2*3"}}
+    for stage in ("plan", "act") * 4:
+        ray.get(handle.submit_step.remote("grower", "growing", stage, call, "tools"))
+    deadline = time.time() + 30
+    while "act" not in ray.get(handle.graph.remote("growing"))["stages"]:
+        assert time.time() < deadline, "the open class never learned its second stage"
+        time.sleep(0.5)
+    # the live run is restated in the grown graph and keeps being served
+    assert ray.get(handle.submit_step.remote("grower", "growing", "act", call, "tools"))["value"] == 6
+    assert ray.get(handle.submit_step.remote("other", "growing", "plan", call, "tools"))["value"] == 6
+    assert set(ray.get(handle.graph.remote("growing"))["stages"]["act"]["next"]) <= {"plan", "act", "__end__"}
+    time.sleep(2.5)  # the planner timer has looked at the live runs since the graph grew
+    assert ray.get(handle.stats.remote())["task_failures"] == 0
+
+
 def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(scheduler):
     handle, db_url, name = scheduler
     keys = [_submit(handle, steps=4, seconds=0.3) for _ in range(6)]
