@@ -35,7 +35,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -46,108 +46,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from hermesflow.backends.base import Backend, DeltaSink
 from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.backends.llm_text import EncodedPrompt, TextStream, encode_call
 from hermesflow.backends.model_files import ensure_smollm2
 
 DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 """The `dtype` option's values. bf16 decodes about 1.7× faster on CPUs with avx512_bf16."""
 
-_DECODE_OPTIONS = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
-"""Decoding that round-trips: no special tokens in the text, no space "clean-up" that would
-make the text of a token sequence differ from the concatenation of its pieces."""
-
 _log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompts and text
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncodedPrompt:
-    """The token ids a call is generated from; `dropped` tokens were cut from the front."""
-
-    ids: list[int]
-    dropped: int = 0
-
-
-def encode_call(tokenizer: Any, call: LLMCall, max_input_tokens: int) -> EncodedPrompt:
-    """Token ids of an LLM call: `messages` rendered with the tokenizer's chat template (with the
-    assistant's generation prompt), or `prompt` encoded as is. A prompt longer than
-    `max_input_tokens` keeps its last `max_input_tokens` tokens — the end of a conversation is
-    what the next turn depends on. Works with any tokenizer that has the Hugging Face
-    `apply_chat_template`/`encode` methods (vLLM's too)."""
-    if call.messages is not None:
-        messages = [message.model_dump() for message in call.messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = list(tokenizer.encode(text, add_special_tokens=False))  # the template has them
-    else:
-        ids = list(tokenizer.encode(call.prompt))
-    if not ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
-    dropped = max(0, len(ids) - max_input_tokens)
-    return EncodedPrompt(ids[dropped:], dropped)
-
-
-class TextStream:
-    """Turns generated token ids into text deltas whose concatenation is the final text.
-
-    Detokenisation is incremental: a token's text is released once the tokens so far decode to
-    whole characters (a multi-byte character split over tokens decodes to U+FFFD until its last
-    byte arrives). Only a short window of recent tokens is decoded, so each token costs O(1).
-    Stop strings: the text ends before the first occurrence of any of them; the last
-    `longest stop - 1` characters are held back until it is clear they do not start one.
-    """
-
-    def __init__(self, tokenizer: Any, stop: Iterable[str] = ()) -> None:
-        self._tokenizer = tokenizer
-        self._stop = [s for s in stop if s]
-        self._holdback = max((len(s) for s in self._stop), default=1) - 1
-        self._ids: list[int] = []
-        self._prefix = 0  # window start: decoding from here gives correct leading spaces
-        self._read = 0  # tokens before this are already text
-        self.text = ""
-        self._released = 0
-        self.stopped = False
-
-    def push(self, token_id: int) -> str:
-        """Add one generated token; returns the text that may be emitted now (maybe "")."""
-        self._ids.append(token_id)
-        window = self._decode(self._ids[self._prefix : self._read])
-        full = self._decode(self._ids[self._prefix :])
-        if len(full) > len(window) and not full.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self._ids)
-            self._append(full[len(window) :])
-        return self._release(final=self.stopped)
-
-    def finish(self) -> str:
-        """End of generation: decode what is left (an unfinished character becomes U+FFFD) and
-        release the held-back text."""
-        if not self.stopped and self._read < len(self._ids):
-            window = self._decode(self._ids[self._prefix : self._read])
-            self._append(self._decode(self._ids[self._prefix :])[len(window) :])
-            self._read = len(self._ids)
-        return self._release(final=True)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, **_DECODE_OPTIONS) if ids else ""
-
-    def _append(self, piece: str) -> None:
-        if self.stopped:
-            return
-        start = max(0, len(self.text) - self._holdback)  # a stop may straddle the boundary
-        self.text += piece
-        hits = [i for s in self._stop if (i := self.text.find(s, start)) >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            self.stopped = True
-
-    def _release(self, final: bool) -> str:
-        end = len(self.text) if final else len(self.text) - self._holdback
-        if end <= self._released:
-            return ""
-        delta, self._released = self.text[self._released : end], end
-        return delta
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Literal
 
 from hermesflow.backends.base import Backend, DeltaSink
 from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.backends.llm_text import encode_call
 from hermesflow.backends.model_files import ensure_smollm2
-from hermesflow.backends.transformers_llm import encode_call
 
 VLLM_INSTALL = "pip install 'hermesflow[gpu]'"
 DEFAULT_PRIORITY = 0

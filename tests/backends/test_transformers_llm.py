@@ -22,13 +22,14 @@ from pydantic import ValidationError
 from hermesflow.backends import model_files
 from hermesflow.backends.base import BackendSpec, make_backend
 from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
+from hermesflow.backends.llm_text import TextStream, encode_call
 from hermesflow.backends.model_files import (
     CONVERTED_FILES,
     ModelFilesError,
     ensure_smollm2,
     is_converted,
 )
-from hermesflow.backends.transformers_llm import TextStream, TransformersLLM, encode_call
+from hermesflow.backends.transformers_llm import TransformersLLM
 
 if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by name
     from conftest import LoopThread
