@@ -39,8 +39,10 @@ from hermesflow.store import (
     Run,
     RunPhase,
     StepCall,
+    RunRow,
     StepObservation,
     Store,
+    _copy,
     _require_class,
     observation_values,
 )
@@ -66,26 +68,6 @@ class StoredCall:
     result: dict[str, Any] | None
     queued_s: float
     started_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRun:
-    """A run with what a scheduler needs to resume it, or a client to read it."""
-
-    id: int
-    key: str
-    app_class: str
-    phase: RunPhase
-    submitted_s: float
-    finished_s: float | None
-    inputs: dict[str, Any] | None
-    state: dict[str, Any] | None
-    result: Any
-    error: str | None
-    act_s: float | None
-    cold_start_s: float | None
-    attained_s: float | None
-    labels: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +130,12 @@ class RunJournal:
         labels: dict[str, Any] | None,
         state: dict[str, Any],
         decision: DecisionRow,
-    ) -> tuple[StoredRun, bool]:
+    ) -> tuple[RunRow, bool]:
         """The run under `key`, created now if new; the flag says whether it was created."""
         with self._transaction() as session:
             existing = session.scalar(select(Run).where(Run.key == key))
             if existing is not None:
-                return _stored_run(existing), False
+                return _copy(RunRow, existing), False
             _require_class(session, app_class)
             run = Run(
                 key=key,
@@ -167,8 +149,8 @@ class RunJournal:
             )
             session.add(run)
             session.flush()
-            session.add(_decision(decision, run.id))
-            return _stored_run(run), True
+            _insert_decisions(session, [decision], run.id)
+            return _copy(RunRow, run), True
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -266,7 +248,7 @@ class RunJournal:
     def record(self, decisions: Iterable[DecisionRow]) -> None:
         self.store.record_decisions(decisions)
 
-    def live_runs(self) -> list[tuple[StoredRun, list[StoredCall]]]:
+    def live_runs(self) -> list[tuple[RunRow, list[StoredCall]]]:
         """Unfinished runs in admission order, each with the calls of its current step."""
         with self.store.session() as session:
             runs = session.scalars(
@@ -280,17 +262,17 @@ class RunJournal:
                     .where(StepCall.run_id == run.id, StepCall.step == step)
                     .order_by(StepCall.call_index)
                 ).all()
-                out.append((_stored_run(run), [_stored_call(c) for c in calls]))
+                out.append((_copy(RunRow, run), [_stored_call(c) for c in calls]))
             return out
 
-    def run(self, key: str) -> StoredRun | None:
+    def run(self, key: str) -> RunRow | None:
         with self.store.session() as session:
             run = session.scalar(select(Run).where(Run.key == key))
-            return None if run is None else _stored_run(run)
+            return None if run is None else _copy(RunRow, run)
 
-    def runs_by_keys(self, keys: Sequence[str]) -> list[StoredRun]:
+    def runs_by_keys(self, keys: Sequence[str]) -> list[RunRow]:
         with self.store.session() as session:
-            return [_stored_run(r) for r in session.scalars(select(Run).where(Run.key.in_(keys)).order_by(Run.id))]
+            return [_copy(RunRow, r) for r in session.scalars(select(Run).where(Run.key.in_(keys)).order_by(Run.id))]
 
     def events(self, run_id: int, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
         """The run's decisions after event `after_id`, oldest first."""
@@ -358,19 +340,8 @@ def _complete(session: Session, completed: CompletedCall, at_s: float) -> bool:
     return bool(done)
 
 
-def _decision(row: DecisionRow, run_id: int | None) -> Decision:
-    return Decision(at_s=row.at_s, kind=row.kind, backend=row.backend, run_id=run_id, detail=row.detail)
-
-
 def _stored_call(row: StepCall) -> StoredCall:
     return StoredCall(
         row.id, row.run_id, row.step, row.call_index, row.stage, row.backend, row.call,
         row.phase, row.attempts, row.result, row.queued_s, row.started_s,
-    )
-
-
-def _stored_run(run: Run) -> StoredRun:
-    return StoredRun(
-        run.id, run.key, run.app_class, run.phase, run.submitted_s, run.finished_s, run.inputs,
-        run.state, run.result, run.error, run.act_s, run.cold_start_s, run.attained_s, run.labels,
     )

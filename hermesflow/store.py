@@ -141,7 +141,8 @@ class Decision(Base):
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """A run as read back from the store."""
+    """A run as read back from the store. Runs of the Ray runtime also carry their client `key`,
+    `inputs`, program `state` (see `journal.py`), and `result` or `error`."""
 
     id: int
     app_class: str
@@ -153,6 +154,11 @@ class RunRow:
     cold_start_s: float | None
     attained_s: float | None
     labels: dict[str, Any] | None
+    key: str | None = None
+    inputs: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+    result: Any = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
 from hermesflow.backends.calls import Call, CallResult
-from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall, StoredRun
+from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.pdgraph.model import END, PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
@@ -56,7 +56,7 @@ from hermesflow.schedulers.runtime_state import (
     view_live,
     view_stored,
 )
-from hermesflow.store import CallPhase, DecisionRow, RunPhase, Store
+from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow, Store
 
 log = logging.getLogger(__name__)
 _CALL = TypeAdapter(Call)
@@ -253,7 +253,7 @@ class HermesScheduler(OpenRunsMixin):
             self._begin_step(live, first, calls)
         return view_live(live)
 
-    def _new_live(self, run: StoredRun, program, inputs, doc) -> LiveRun:
+    def _new_live(self, run: RunRow, program, inputs, doc) -> LiveRun:
         state = self.demand.initial_state(run.app_class)
         record = AppRecord(run.id, run.app_class, run.submitted_s, state, attained_s=doc.get("attained_s", 0.0))
         live = LiveRun(record, run.key, program, inputs, doc)

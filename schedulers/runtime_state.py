@@ -16,9 +16,10 @@ from pydantic import BaseModel
 
 from hermesflow.apps.program import AppProgram, StepPlan
 from hermesflow.backends.calls import CallResult
-from hermesflow.journal import NewStep, StoredCall, StoredRun
+from hermesflow.journal import NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord
+from hermesflow.store import RunRow
 
 
 class SubmissionError(ValueError):
@@ -77,7 +78,7 @@ def view_live(live: LiveRun) -> dict[str, Any]:
         "error": None,
     }
 
-def view_stored(run: StoredRun) -> dict[str, Any]:
+def view_stored(run: RunRow) -> dict[str, Any]:
     """What a client sees of a stored (ended or not yet loaded) run."""
     return {
         "app_id": run.key,
