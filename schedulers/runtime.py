@@ -85,6 +85,7 @@ class HermesScheduler(OpenRunsMixin):
         self.by_key: dict[str, LiveRun] = {}
         self._arrivals: deque[tuple[float, str]] = deque()
         self._refitted_at: dict[str, tuple] = {}
+        self._session_keys: dict[str, str] = {}
         self._attempts: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()

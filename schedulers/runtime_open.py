@@ -8,7 +8,8 @@ back to the caller, records each step's observation once the next step names its
 and ends the run when the client says so or after `open_app_idle_s` without steps.
 
 It uses the scheduler's state and helpers (`by_key`, `journal`, `slots`, `demand`, `policy`,
-`_begin_step`, `_end`, `_new_live`, `_observation`, `_timed`) and adds no state of its own.
+`_begin_step`, `_end`, `_new_live`, `_observation`, `_timed`); its own state is
+`_session_keys`, each client session's latest application key.
 """
 
 from __future__ import annotations
@@ -100,11 +101,14 @@ class OpenRunsMixin:
         return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
 
     def _session_key(self, session: str) -> str:
-        """The key of the session's live application, or of its next one."""
-        key, generation = session, 1
+        """The key of the session's live application, or of its next one. The latest key of each
+        session is remembered, so a live session costs no store look-up per request."""
+        key = self._session_keys.get(session, session)
+        generation = int(key.rpartition("#")[2]) if key != session else 1
         while key not in self.by_key and self.journal.run(key) is not None:
             generation += 1
             key = f"{session}#{generation}"
+        self._session_keys[session] = key
         return key
 
     def _admit_open_step(self, key, app_class, stage, call, backend, labels, stream):
