@@ -4,8 +4,10 @@ Pydantic only — no FastAPI, no Ray — so HTTP clients (the CLI's `submit`, th
 triggers) validate what they send and read with the same models the server declares in its
 OpenAPI schema. Two families live here:
 
-* the **control API** (`/v1/apps`, `/v1/backends`, ...): submit application runs and single
-  steps, read their state and event stream;
+* the **control API** (`/v1/apps`, `/v1/backends`, `/v1/classes`, ...): submit application
+  runs and single steps (held until their result is in, or named and read back later), read
+  their state and event stream, record how an application's tasks ended, finish or fail an
+  open application, declare an open class's PDGraph;
 * the **OpenAI-compatible API** (`/v1/models`, `/v1/chat/completions`, `/v1/completions`): the
   subset of OpenAI's request fields Hermesflow honours, and the response and stream-chunk
   shapes OpenAI clients parse. Request models accept (and ignore) the OpenAI fields they do not
@@ -14,6 +16,7 @@ OpenAPI schema. Two families live here:
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,12 +35,17 @@ __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
+    "ClassDeclaration",
     "Completion",
     "CompletionRequest",
+    "FinishRequest",
     "ModelList",
     "OpenAIError",
     "SchedulerStats",
     "StepSubmission",
+    "StepView",
+    "TaskOutcome",
+    "TaskState",
 ]
 
 APP_HEADER = "X-Hermesflow-App"
@@ -49,6 +57,8 @@ STAGE_HEADER = "X-Hermesflow-Stage"
 
 TERMINAL_PHASES = frozenset({"finished", "failed"})
 """Phases an application never leaves; a client stops waiting once it sees one."""
+TERMINAL_STEP_STATES = frozenset({"done", "failed"})
+"""States a step never leaves (a failed step is re-submitted as a new attempt, not resumed)."""
 
 JSON = dict[str, Any]
 
@@ -65,7 +75,7 @@ class AppSubmission(BaseModel):
     inputs: JSON = Field(
         default_factory=dict, description="the class's inputs (validated by its program)"
     )
-    app_id: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
+    app_id: Annotated[str | None, Field(min_length=1, max_length=128)] = Field(
         default=None, description="client-chosen id that makes the submission idempotent"
     )
     labels: JSON | None = None
@@ -119,6 +129,91 @@ class StepSubmission(BaseModel):
     call: Call
     labels: JSON | None = None
     stream: bool = Field(default=False, description="answer with Server-Sent Events of text deltas")
+
+
+class StepView(BaseModel):
+    """One client-named step of an open application (`PUT /v1/apps/{app_id}/steps/{step_id}`),
+    read from the store, so it survives a scheduler restart and the end of its application.
+
+    `attempt` counts submissions of this `step_id` that ran: a failed step submitted again
+    becomes attempt 2, and so on. `result` is set once the step is done (a failed tool call also
+    has one, with its `error`); `error` says why a step failed.
+    """
+
+    app_id: str
+    step_id: str
+    stage: str
+    state: Literal["queued", "running", "done", "failed"]
+    attempt: int = Field(ge=1)
+    result: CallResult | None = None
+    error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STEP_STATES
+
+
+class ClassDeclaration(BaseModel):
+    """The answer to declaring an open class's PDGraph (`PUT /v1/classes/{name}/graph`).
+
+    `changed` is false when the class's last declared graph had the same structure (stages,
+    kinds, backends, entry and successors): then nothing was stored and the distributions the
+    scheduler learned from the class's runs are kept. `version` is the store's snapshot version
+    of the declaration in force (the new one, or the earlier one of the same structure).
+    """
+
+    name: str
+    version: int = Field(ge=1)
+    changed: bool
+
+
+class TaskState(StrEnum):
+    """The Airflow task states a client reports (Airflow's own names, recorded verbatim)."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UP_FOR_RETRY = "up_for_retry"
+    UPSTREAM_FAILED = "upstream_failed"
+
+
+class TaskOutcome(BaseModel):
+    """How one try of one task of an application ended (`POST /v1/apps/{app_id}/tasks`).
+
+    Airflow reports every task of a DAG run, native Python tasks included, so the store holds the
+    whole run, not only the steps Hermesflow served; the application need not have a step yet.
+    Reporting the same (task, map index, try, state) again records nothing: the answer echoes
+    the outcome with `recorded` false, so a retried report is harmless.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_class: Annotated[str, Field(min_length=1, description="the application's class (dag_id)")]
+    task_id: Annotated[str, Field(min_length=1, max_length=250)]
+    map_index: Annotated[int, Field(ge=-1, description="-1 for a task that is not mapped")] = -1
+    try_number: Annotated[int, Field(ge=1)]
+    state: TaskState
+    duration_s: Annotated[float | None, Field(ge=0)] = None
+    step_id: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
+        default=None, description="the Hermesflow step this task ran, if any"
+    )
+    recorded: bool | None = Field(
+        default=None,
+        description="in answers: false when this outcome had been recorded before; ignored in requests",
+    )
+
+
+class FinishRequest(BaseModel):
+    """The optional body of `POST /v1/apps/{app_id}/finish`: how the application ended.
+
+    `failed` ends the application at once, even with steps still running (they fail with it), and
+    stores it FAILED with `error`; `finished` (the default) needs its steps to be over.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["finished", "failed"] = "finished"
+    error: Annotated[str | None, Field(max_length=10_000)] = None
 
 
 class BackendView(BaseModel):

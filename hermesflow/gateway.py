@@ -58,7 +58,8 @@ _TAGS = [
     {"name": "applications", "description": "Submit program runs, read their state and events."},
     {
         "name": "steps",
-        "description": "Single steps of open applications (Airflow tasks, custom clients).",
+        "description": "Single steps of open applications (Airflow tasks, custom clients), "
+        "their task outcomes, and finishing them.",
     },
     {"name": "backends", "description": "Backends' lifecycle phases and the scheduler's counters."},
     {"name": "classes", "description": "Application classes and their PDGraphs."},

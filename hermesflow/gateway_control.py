@@ -1,8 +1,10 @@
 """The control API of the gateway (`/v1/apps`, `/v1/backends`, `/v1/stats`, `/v1/classes`).
 
-Submit program runs and single steps of open applications, read a run's state (optionally
-long-polling until it ends) and its event stream, and inspect backends, counters and the learned
-PDGraphs. Every route is one awaited call of the scheduler actor through `SchedulerProxy`; the
+Submit program runs and single steps of open applications — held until the result is in, or
+named and asynchronous (`PUT`/`GET /v1/apps/{app_id}/steps/{step_id}`, what Airflow uses) — read
+a run's state (optionally long-polling until it ends) and its event stream, record the outcomes
+of an application's tasks, declare an open class's PDGraph, and inspect backends, counters and
+the learned PDGraphs. Every route is one awaited call of the scheduler actor through `SchedulerProxy`; the
 event stream polls the scheduler's journal, so it needs no push channel out of the actor.
 """
 
@@ -13,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, status
+from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from fastapi.sse import EventSourceResponse
 
 from hermesflow.api_models import (
@@ -22,8 +24,12 @@ from hermesflow.api_models import (
     AppView,
     BackendView,
     CallResult,
+    ClassDeclaration,
+    FinishRequest,
     SchedulerStats,
     StepSubmission,
+    StepView,
+    TaskOutcome,
 )
 from hermesflow.gateway_scheduler import SSE_HEADERS, SSE_KEEPALIVE, ApiError, SchedulerProxy, sse
 from hermesflow.pdgraph.model import PDGraph
@@ -36,8 +42,15 @@ KEEPALIVE_S = 15.0
 """Idle seconds after which an event stream sends a keep-alive comment."""
 MAX_WAIT_S = 600.0
 """Longest long poll a client may ask for; it polls again after that."""
+MAX_STEP_WAIT_S = 60.0
+"""Longest long poll on one step: short enough for an Airflow trigger to poll again safely."""
 
-AppId = Annotated[str, Path(min_length=1, max_length=200, description="the application id")]
+AppId = Annotated[str, Path(min_length=1, max_length=128, description="the application id")]
+"""128: the length of the store's run key column."""
+StepId = Annotated[
+    str, Path(min_length=1, max_length=200, description="the client's id of the step")
+]
+ClassName = Annotated[str, Path(min_length=1, description="the application class")]
 
 _SSE_RESPONSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
@@ -123,7 +136,8 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         response_model=CallResult,
         responses={
             200: _SSE_RESPONSE,
-            422: {"description": "invalid call, unknown backend, or a closed application"},
+            409: {"description": "the application has ended"},
+            422: {"description": "invalid call, unknown backend, or a program class"},
         },
     )
     async def submit_step(app_id: AppId, body: StepSubmission) -> Any:
@@ -144,21 +158,97 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         items = await proxy.stream_step(**kwargs)
         return _stream_response(_step_events(items))
 
+    @router.put(
+        "/apps/{app_id}/steps/{step_id}",
+        tags=["steps"],
+        summary="Submit a named step of an open application (asynchronous, idempotent)",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=StepView,
+        responses={
+            200: {"model": StepView, "description": "the step existed: nothing new runs"},
+            409: {"description": "the application has ended; use a new application id"},
+            422: {"description": "invalid call, unknown backend, a program class, or stream=true"},
+        },
+    )
+    async def put_step(
+        app_id: AppId, step_id: StepId, body: StepSubmission, response: Response
+    ) -> Any:
+        """Queue the step and answer at once (202); read it with `GET` on the same URL. The
+        step id makes this safe to repeat: while that step is queued, running or done, the
+        same PUT answers it (200) and runs nothing; after it failed, the PUT runs it again as
+        the next `attempt` (202). The step is stored, so it survives a scheduler restart."""
+        if body.stream:
+            raise ApiError(422, "a named step is read with GET, not streamed; send stream=false")
+        view, created = await proxy.call(
+            "put_step",
+            app_id,
+            step_id,
+            body.app_class,
+            body.stage,
+            body.call.model_dump(mode="json"),
+            body.backend,
+            body.labels,
+        )
+        response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return view
+
+    @router.get(
+        "/apps/{app_id}/steps/{step_id}",
+        tags=["steps"],
+        summary="Read a named step (optionally wait for it to end)",
+        response_model=StepView,
+        responses={404: {"description": "no such application or step"}},
+    )
+    async def read_step(
+        app_id: AppId,
+        step_id: StepId,
+        wait: Annotated[
+            float,
+            Query(
+                ge=0,
+                le=MAX_STEP_WAIT_S,
+                description="long poll: answer when the step is done or failed, or after this many seconds",
+            ),
+        ] = 0.0,
+    ) -> Any:
+        """The step's state, attempt, and its result once done, read from the store: also
+        after a scheduler restart and after the application ended."""
+        return await proxy.call("step", app_id, step_id, wait)
+
+    @router.post(
+        "/apps/{app_id}/tasks",
+        tags=["steps"],
+        summary="Record how a task of an application ended (idempotent)",
+        response_model=TaskOutcome,
+    )
+    async def record_task(app_id: AppId, body: TaskOutcome) -> Any:
+        """Airflow reports each task try's end, native Python tasks included; the application
+        need not have a step yet. Reporting the same outcome again records nothing and answers
+        `recorded: false`."""
+        outcome = body.model_dump(mode="json", exclude={"recorded"})
+        recorded = await proxy.call("record_task", app_id, outcome)
+        return body.model_copy(update={"recorded": recorded})
+
     @router.post(
         "/apps/{app_id}/finish",
         tags=["steps"],
-        summary="Finish an open application",
+        summary="Finish an open application (or fail it)",
         response_model=AppView,
         responses={
             404: {"description": "no such application"},
             422: {"description": "a program run, or steps still running"},
         },
     )
-    async def finish_app(app_id: AppId) -> Any:
+    async def finish_app(
+        app_id: AppId, body: Annotated[FinishRequest | None, Body()] = None
+    ) -> Any:
         """The client has no more steps for this application: it ends now (instead of after the
-        scheduler's idle timeout), and its last step's observation is recorded as final."""
+        scheduler's idle timeout), and its last step's observation is recorded as final. With
+        `{"state": "failed", "error": ...}` it ends as failed, even with steps still running
+        (they fail too). An application that has already ended is answered as it is."""
+        body = body or FinishRequest()
         await proxy.call("app", app_id, missing_app=True)
-        return await proxy.call("finish_app", app_id)
+        return await proxy.call("finish_app", app_id, body.state, body.error)
 
     @router.get(
         "/backends",
@@ -182,10 +272,33 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         response_model=PDGraph,
         responses={404: {"description": "unknown class"}},
     )
-    async def class_graph(name: Annotated[str, Path(min_length=1)]) -> Any:
+    async def class_graph(name: ClassName) -> Any:
         """The demand graph the scheduler ranks this class with: its declared prior, or the
         graph refitted from the class's recent runs."""
         return await proxy.call("graph", name)
+
+    @router.put(
+        "/classes/{name}/graph",
+        tags=["classes"],
+        summary="Declare the PDGraph of an open class",
+        status_code=status.HTTP_201_CREATED,
+        response_model=ClassDeclaration,
+        responses={
+            200: {"model": ClassDeclaration, "description": "the class had a declaration before"},
+            422: {"description": "invalid graph, a program class, or an unknown backend"},
+        },
+    )
+    async def declare_graph(name: ClassName, graph: PDGraph, response: Response) -> Any:
+        """Declare the demand graph of an open class (e.g. an Airflow DAG's compiled graph):
+        its runs are ranked by Gittins over it from now on, and the refit goes on learning it
+        from their steps. The class's first declaration answers 201. Declaring the same
+        structure again (stages, kinds, backends, entry and successors) changes nothing and
+        keeps what was learned (`changed: false`); a changed structure replaces the graph."""
+        declaration, first = await proxy.call(
+            "declare_graph", name, graph.model_dump(mode="json")
+        )
+        response.status_code = status.HTTP_201_CREATED if first else status.HTTP_200_OK
+        return declaration
 
     return router
 

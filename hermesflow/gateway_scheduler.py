@@ -3,9 +3,11 @@
 Every route of the gateway goes through `SchedulerProxy`, so there is one place that turns the
 scheduler's answers into HTTP: a `SubmissionError` (the scheduler refusing a submission; Ray
 delivers it wrapped in a `RayTaskError`, the original is its `cause`) becomes 422 — or 404 when
-the route names an application that does not exist; any other Ray error (a dead or restarting
-scheduler actor) becomes 503; a step or run that failed in the scheduler becomes 502. Routes render an `ApiError` in their own
-family's format (FastAPI's `{"detail"}` or OpenAI's `{"error"}`, see `hermesflow.gateway`).
+the route names an application or step that does not exist, or 409 when it sends a step to an
+application that has ended; any other Ray error (a dead or restarting scheduler actor) becomes
+503; a step or run that failed in the scheduler becomes 502. Routes render an `ApiError` in
+their own family's format (FastAPI's `{"detail"}` or OpenAI's `{"error"}`, see
+`hermesflow.gateway`).
 
 Server-Sent Events are formatted here too (`sse`), one JSON document per `data:` line.
 """
@@ -20,7 +22,7 @@ from fastapi.sse import format_sse_event
 from pydantic import BaseModel
 from ray.exceptions import RayError, RayTaskError
 
-from hermesflow.schedulers.runtime_state import SubmissionError
+from hermesflow.schedulers.runtime_state import ApplicationFinished, SubmissionError
 
 
 class ApiError(Exception):
@@ -71,6 +73,8 @@ def to_api_error(error: Exception, *, missing_app: bool = False) -> ApiError:
     if isinstance(cause, SubmissionError):
         if missing_app or isinstance(cause, LookupError):
             return ApiError(404, _message(cause), code="not_found")
+        if isinstance(cause, ApplicationFinished):
+            return ApiError(409, _message(cause), code="application_finished")
         return ApiError(422, _message(cause), code="submission_refused")
     if isinstance(cause, KeyError):
         return ApiError(404, _message(cause), code="not_found")

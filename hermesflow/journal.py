@@ -6,7 +6,7 @@ matters is one transaction here first:
 * `admit` creates a run under a client key; admitting the same key again returns the same run,
   so a client that retries a submission does not start a second run;
 * `start_step` stores the program state and every call of the next step (QUEUED) before any is
-  dispatched;
+  dispatched, and the client's name of the step when it has one (`client_step` finds it again);
 * `dispatch` marks a call RUNNING and counts the attempt; `requeue` puts it back after its
   backend died;
 * `complete` stores a call's result once: it succeeds only if the call is not DONE yet, so a
@@ -14,16 +14,17 @@ matters is one transaction here first:
 * `advance` records the finished step's observation and moves the run to its next step or
   finishes it — guarded by the step number, so it happens once.
 
-After a crash, `live_runs` gives each unfinished run with its state and its current step's
-calls: DONE calls keep their results, the others are queued again. Every transaction also
-appends the scheduling decisions it carries (admission, dispatch, completion, warm, release)
-to the decisions table, which is the run's event stream.
+After a crash, `live_runs` gives each unfinished run with its state, its current step's calls
+and any earlier call not done yet (an open run's steps overlap): DONE calls keep their results,
+the others are queued again. Every transaction also appends the scheduling decisions it carries
+(admission, dispatch, completion, warm, release) to the decisions table, which is the run's
+event stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -34,19 +35,19 @@ from sqlalchemy.orm import Session
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.store import (
     CallPhase,
+    ClientStep,
     Decision,
     DecisionRow,
     Run,
     RunPhase,
-    StepCall,
     RunRow,
+    StepCall,
     StepObservation,
     Store,
     _copy,
     _require_class,
     observation_values,
 )
-
 
 _LIVE_PHASES = (RunPhase.ADMITTED, RunPhase.RUNNING)
 """Phases of a run that is not over (stored as names, so compared by membership, not order)."""
@@ -83,12 +84,24 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class NewStep:
-    """The calls of a step to store before dispatching them."""
+    """The calls of a step to store before dispatching them; `client_step` is the client's name
+    of the step (with the `attempt` this is), when the client named it."""
 
     step: int
     stage: str
     backend: str
     calls: Sequence[dict[str, Any]]
+    client_step: str | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStepRow:
+    """The latest attempt of a client-named step, with its (first) call as stored."""
+
+    step_id: str
+    attempt: int
+    call: StoredCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +270,11 @@ class RunJournal:
             out = []
             for run in runs:
                 step = (run.state or {}).get("step")
+                current = (StepCall.step == step) | (StepCall.phase != CallPhase.DONE)
                 calls = session.scalars(
                     select(StepCall)
-                    .where(StepCall.run_id == run.id, StepCall.step == step)
-                    .order_by(StepCall.call_index)
+                    .where(StepCall.run_id == run.id, current)
+                    .order_by(StepCall.step, StepCall.call_index)
                 ).all()
                 out.append((_copy(RunRow, run), [_stored_call(c) for c in calls]))
             return out
@@ -269,6 +283,26 @@ class RunJournal:
         with self.store.session() as session:
             run = session.scalar(select(Run).where(Run.key == key))
             return None if run is None else _copy(RunRow, run)
+
+    def client_step(self, key: str, step_id: str) -> tuple[RunRow, ClientStepRow | None] | None:
+        """The run under `key` and the latest attempt of its step named `step_id` (None when it
+        has no such step); None when there is no such run."""
+        with self.store.session() as session:
+            run = session.scalar(select(Run).where(Run.key == key))
+            if run is None:
+                return None
+            query = (
+                select(ClientStep.attempt, StepCall)
+                .join(StepCall, StepCall.run_id == ClientStep.run_id)
+                .where(ClientStep.run_id == run.id, ClientStep.step_id == step_id)
+                .where(StepCall.step == ClientStep.step)
+                .order_by(ClientStep.attempt.desc(), StepCall.call_index)
+                .limit(1)
+            )
+            found = session.execute(query).first()
+            if found is None:
+                return _copy(RunRow, run), None
+            return _copy(RunRow, run), ClientStepRow(step_id, found.attempt, _stored_call(found.StepCall))
 
     def runs_by_keys(self, keys: Sequence[str]) -> list[RunRow]:
         with self.store.session() as session:
@@ -322,6 +356,11 @@ def _insert_calls(session: Session, run_id: int, step: NewStep, at_s: float) -> 
     table = StepCall.__table__
     statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
     ids = session.connection().execute(statement, rows).scalars().all()
+    if step.client_step is not None:
+        session.connection().execute(
+            insert(ClientStep.__table__),
+            [{"run_id": run_id, "step_id": step.client_step, "attempt": step.attempt, "step": step.step}],
+        )
     return [
         StoredCall(id_, run_id, step.step, r["call_index"], step.stage, step.backend, r["call"], CallPhase.QUEUED, 0, None, at_s, None)
         for id_, r in zip(ids, rows, strict=True)

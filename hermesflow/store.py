@@ -1,175 +1,64 @@
-"""Durable state of Hermesflow: PDGraph snapshots, runs, stage observations, decisions.
+"""Durable state of Hermesflow: PDGraph snapshots, runs, stage observations, decisions, and what
+clients report about their applications (named steps, Airflow task outcomes).
 
 Everything important goes through this module so that nothing lives only in an actor's memory:
 a restarted scheduler reloads the classes' graphs, the refit reads the observations, the
-Airflow page and the CLI read runs and decisions. SQLite (a file under `HERMES_HOME`) is the
-default and needs no server; any SQLAlchemy URL works, e.g. PostgreSQL through psycopg 3
-(`postgresql+psycopg://user@host/db`) when Airflow, Ray workers and the CLI share one database.
+Airflow page and the CLI read runs and decisions. The tables are in `store_schema.py` (and
+re-exported here). SQLite (a file under `HERMES_HOME`) is the default and needs no server; any
+SQLAlchemy URL works, e.g. PostgreSQL through psycopg 3 (`postgresql+psycopg://user@host/db`)
+when Airflow, Ray workers and the CLI share one database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
-from enum import IntEnum, auto
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, String, UniqueConstraint, create_engine
-from sqlalchemy import event, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from hermesflow.config import get_settings
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.refit import StageObservation
+from hermesflow.store_schema import (
+    AppClass,
+    Base,
+    CallPhase,
+    ClientStep,
+    Decision,
+    DecisionRow,
+    PDGraphSnapshot,
+    Run,
+    RunPhase,
+    RunRow,
+    StepCall,
+    StepObservation,
+    TaskOutcome,
+    TaskOutcomeRow,
+)
 
-
-class RunPhase(IntEnum):
-    """Where an application run is, in order: a run only ever moves to a later phase."""
-
-    ADMITTED = auto()
-    RUNNING = auto()
-    FINISHED = auto()
-    FAILED = auto()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class AppClass(Base):
-    __tablename__ = "app_classes"
-    name: Mapped[str] = mapped_column(String, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class PDGraphSnapshot(Base):
-    __tablename__ = "pdgraph_snapshots"
-    __table_args__ = (UniqueConstraint("app_class", "version"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    app_class: Mapped[str] = mapped_column(ForeignKey("app_classes.name"))
-    version: Mapped[int]
-    source: Mapped[str]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    graph: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-class CallPhase(IntEnum):
-    """Where one call of a step is, in order. DONE is written once: a late duplicate result of
-    a call that was retried is ignored, so a call completes exactly once."""
-
-    QUEUED = auto()
-    RUNNING = auto()
-    DONE = auto()
-
-
-class Run(Base):
-    __tablename__ = "runs"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    app_class: Mapped[str] = mapped_column(ForeignKey("app_classes.name"))
-    policy: Mapped[str | None]
-    phase: Mapped[RunPhase] = mapped_column(Enum(RunPhase, native_enum=False, length=16))
-    submitted_s: Mapped[float]
-    finished_s: Mapped[float | None]
-    act_s: Mapped[float | None]
-    cold_start_s: Mapped[float | None]
-    attained_s: Mapped[float | None]
-    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    key: Mapped[str | None] = mapped_column(String(128), unique=True)
-    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    result: Mapped[Any] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None]
-
-
-class StepCall(Base):
-    """One call of one step of a run: stored before it is dispatched, completed once."""
-
-    __tablename__ = "step_calls"
-    __table_args__ = (UniqueConstraint("run_id", "step", "call_index"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    step: Mapped[int]
-    call_index: Mapped[int]
-    stage: Mapped[str]
-    backend: Mapped[str]
-    call: Mapped[dict[str, Any]] = mapped_column(JSON)
-    phase: Mapped[CallPhase] = mapped_column(Enum(CallPhase, native_enum=False, length=16))
-    attempts: Mapped[int] = mapped_column(default=0)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    queued_s: Mapped[float]
-    started_s: Mapped[float | None]
-    finished_s: Mapped[float | None]
-
-
-class StepObservation(Base):
-    """A `StageObservation`; the per-request tuples are JSON lists."""
-
-    __tablename__ = "step_observations"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    stage: Mapped[str]
-    backend: Mapped[str | None]
-    step: Mapped[int]
-    visit: Mapped[int]
-    input_tokens: Mapped[list[int]] = mapped_column(JSON)
-    output_tokens: Mapped[list[int]] = mapped_column(JSON)
-    fanout: Mapped[int]
-    exec_s: Mapped[list[float]] = mapped_column(JSON)
-    work_s: Mapped[float | None]
-    next_stage: Mapped[str]
-    started_s: Mapped[float | None]
-    finished_s: Mapped[float | None]
-
-
-class Decision(Base):
-    __tablename__ = "decisions"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    at_s: Mapped[float]
-    kind: Mapped[str]
-    backend: Mapped[str | None]
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
-    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-
-
-@dataclass(frozen=True, slots=True)
-class RunRow:
-    """A run as read back from the store. Runs of the Ray runtime also carry their client `key`,
-    `inputs`, program `state` (see `journal.py`), and `result` or `error`."""
-
-    id: int
-    app_class: str
-    policy: str | None
-    phase: RunPhase
-    submitted_s: float
-    finished_s: float | None
-    act_s: float | None
-    cold_start_s: float | None
-    attained_s: float | None
-    labels: dict[str, Any] | None
-    key: str | None = None
-    inputs: dict[str, Any] | None = None
-    state: dict[str, Any] | None = None
-    result: Any = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """One scheduling decision (`kind` e.g. "dispatch", "warm", "release") at time `at_s`."""
-
-    at_s: float
-    kind: str
-    backend: str | None = None
-    run_id: int | None = None
-    detail: dict[str, Any] | None = None
+__all__ = [  # the schema is re-exported: callers import tables and rows from here
+    "AppClass",
+    "Base",
+    "CallPhase",
+    "ClientStep",
+    "Decision",
+    "DecisionRow",
+    "PDGraphSnapshot",
+    "Run",
+    "RunPhase",
+    "RunRow",
+    "StepCall",
+    "StepObservation",
+    "Store",
+    "TaskOutcome",
+    "TaskOutcomeRow",
+    "observation_values",
+]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -241,6 +130,19 @@ class Store:
         if graph is None:
             raise KeyError(f"class {name!r} has no snapshot version {version}; it has {versions}")
         return PDGraph.model_validate(graph)
+
+    def latest_snapshot(self, name: str, source: str) -> tuple[int, PDGraph] | None:
+        """The class's newest snapshot saved with `source` and its version; None if it has none
+        (e.g. the last graph a client declared, under the refits learned since)."""
+        query = (
+            select(PDGraphSnapshot.version, PDGraphSnapshot.graph)
+            .where(PDGraphSnapshot.app_class == name, PDGraphSnapshot.source == source)
+            .order_by(PDGraphSnapshot.version.desc())
+            .limit(1)
+        )
+        with self.session() as session:
+            row = session.execute(query).first()
+        return None if row is None else (row.version, PDGraph.model_validate(row.graph))
 
     def list_classes(self) -> list[str]:
         with self.session() as session:
@@ -336,6 +238,23 @@ class Store:
             query = query.where(Decision.run_id == run_id)
         with self.session() as session:
             return [_copy(DecisionRow, decision) for decision in session.scalars(query)]
+
+    def record_task_outcome(self, outcome: TaskOutcomeRow) -> bool:
+        """Store a task outcome; False (and nothing written) when the same application, task,
+        map index, try and state were recorded before — the unique key makes a repeated report,
+        even a concurrent one, a no-op."""
+        try:
+            with self.session() as session:
+                session.add(TaskOutcome(**_fields(outcome)))
+        except IntegrityError:
+            return False
+        return True
+
+    def task_outcomes(self, app_key: str) -> list[TaskOutcomeRow]:
+        """The application's task outcomes in the order they were reported."""
+        query = select(TaskOutcome).where(TaskOutcome.app_key == app_key).order_by(TaskOutcome.id)
+        with self.session() as session:
+            return [_copy(TaskOutcomeRow, row) for row in session.scalars(query)]
 
 
 def _validated_document(name: str, graph: PDGraph) -> dict[str, Any]:

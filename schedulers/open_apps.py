@@ -2,9 +2,10 @@
 (OpenAI-compatible requests grouped by application id, Airflow tasks), with no program that
 declares their stages.
 
-Such a class starts from a deliberately vague prior — one stage that repeats with probability
-one half — and grows as it runs: every stage name a client uses becomes a stage of the graph,
-with the sizes and successors observed so far, and the regular sliding-window refit
+Such a class starts from the graph its client declares (an Airflow DAG compiles to one; the
+snapshot's source is `DECLARED_SOURCE`), or else from a deliberately vague prior — one stage that
+repeats with probability one half. Either way it grows as it runs: every stage name a client
+uses becomes a stage of the graph, with the sizes and successors observed so far, and the regular sliding-window refit
 (`hermesflow.pdgraph.refit`) takes over from there. So a new class learns its distribution
 from its own history, and the Gittins index sharpens as runs finish.
 """
@@ -23,6 +24,10 @@ PRIOR_OUTPUT_TOKENS = 64
 PRIOR_EXEC_S = 1.0
 PRIOR_REPEAT = 0.5
 """The vague prior: a typical chat turn, repeated a geometric number of times (mean 2)."""
+DECLARED_SOURCE = "declared"
+"""The snapshot source of a graph a client declared for its open class."""
+
+Structure = tuple[frozenset[str], dict[str, tuple[StageKind, str, frozenset[str]]]]
 
 
 def _stage(kind: StageKind, backend: str, next_stage: dict[str, float], sizes: dict[str, Empirical]) -> Stage:
@@ -45,6 +50,17 @@ def open_class_prior(app_class: str, stage: str, backend: str, kind: StageKind) 
         entry={stage: 1.0},
         stages={stage: _stage(kind, backend, {stage: PRIOR_REPEAT, END: 1 - PRIOR_REPEAT}, _prior_sizes(kind))},
     )
+
+
+def structure_of(graph: PDGraph) -> Structure:
+    """What a declaration fixes: the entry stages and each stage's kind, backend and successor
+    set. Not the distributions or probabilities — those the refit learns — so declaring an
+    unchanged DAG again keeps what its runs taught the scheduler."""
+    stages = {
+        name: (stage.kind, graph.backend_of(name), frozenset(stage.next))
+        for name, stage in graph.stages.items()
+    }
+    return frozenset(graph.entry), stages
 
 
 def grow_open_graph(

@@ -17,8 +17,9 @@ Applications come in two shapes. A *program* run (`submit`) advances through its
 `AppProgram`: each step's calls are stored, queued and dispatched, and when the last result is
 in, the program picks the next step from the real outputs. An *open* run (`submit_step`, the
 OpenAI-compatible gateway and Airflow tasks) receives its steps one by one from a client; its
-requests are ranked as one application all the same. Each finished step becomes a
-`StageObservation`; a background task refits each class's PDGraph from its recent observations.
+requests are ranked as one application all the same (`runtime_open.py`; named, asynchronous
+steps and task outcomes in `runtime_steps.py`). Each finished step becomes a `StageObservation`;
+a background task refits each class's PDGraph from its recent observations.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from collections import deque
 from typing import Any
 
 import ray
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
-from hermesflow.backends.calls import Call, CallResult
+from hermesflow.backends.calls import CallResult
 from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.pdgraph.model import END, PDGraph
@@ -51,18 +52,18 @@ from hermesflow.schedulers.runtime_state import (
     LiveRun,
     SubmissionError,
     UnknownApplication,
-    import_path,
+    load_program,
     new_step,
     view_live,
     view_stored,
 )
+from hermesflow.schedulers.runtime_steps import ClientStepsMixin
 from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow, Store
 
 log = logging.getLogger(__name__)
-_CALL = TypeAdapter(Call)
 
 
-class HermesScheduler(OpenRunsMixin):
+class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
     """The scheduler actor's logic (module docstring); `SchedulerActor` is its Ray actor."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -70,7 +71,7 @@ class HermesScheduler(OpenRunsMixin):
         self.store = Store(self.config.db_url)
         self.journal = RunJournal(self.store)
         self.programs: dict[str, AppProgram] = {
-            name: import_path(path)() for name, path in self.config.programs.items()
+            name: load_program(name, path) for name, path in self.config.programs.items()
         }
         self.demand = DemandEstimator(self._initial_graphs(), self.config.costs)
         self.policy = make_policy(self.config.policy, self.demand)
@@ -173,9 +174,13 @@ class HermesScheduler(OpenRunsMixin):
             min_samples=self.config.refit_min_samples,
         )
         await asyncio.to_thread(self.store.save_pdgraph, graph, "refit")
+        self._use_graph(graph)
+
+    def _use_graph(self, graph: PDGraph) -> None:
+        """Rank the class by `graph` from now on, its live runs included."""
         self.demand.replace_graph(graph)
         for live in self.live.values():
-            if live.record.app_class == app_class:
+            if live.record.app_class == graph.name:
                 self._rekey(live)
 
     def _rekey(self, live: LiveRun) -> None:
@@ -394,7 +399,8 @@ class HermesScheduler(OpenRunsMixin):
                 request = queue.pop()
                 if request is None:
                     break
-                self._start_call(slot, request)
+                if request.app.app_id in self.live:  # else its run failed while it waited
+                    self._start_call(slot, request)
 
     def _start_call(self, slot: BackendSlot, request: RequestRecord) -> None:
         now = time.time()
@@ -508,7 +514,7 @@ class HermesScheduler(OpenRunsMixin):
             following = transition.next
             if isinstance(following, StepPlan) and following.backend not in self.slots:
                 raise ValueError(f"step {following.stage!r} names backend {following.backend!r}, which is not configured")
-        except Exception as error:  # noqa: BLE001 - a program bug fails its run, not the scheduler
+        except Exception as error:
             log.exception("program of %s failed", live.key)
             self._fail(live, f"the {live.record.app_class} program failed after step {plan.stage!r}: {error}")
             return
@@ -614,15 +620,7 @@ class HermesScheduler(OpenRunsMixin):
             program = self.programs.get(run.app_class)
             doc = dict(run.state or {})
             if doc.get("open"):
-                live = self._new_live(run, None, None, doc)
-                if not calls:
-                    continue
-                plan = StepPlan(stage=calls[0].stage, backend=calls[0].backend, calls=[_CALL.validate_python(c.call) for c in calls])
-                live.plan = plan
-                pending = [c for c in calls if c.phase is not CallPhase.DONE]
-                for stored in pending:  # nobody waits for them any more; finish them for the record
-                    live.calls[stored.id] = stored
-                    self._queue(live, stored)
+                self._recover_open(run, doc, calls)
                 continue
             if program is None:
                 continue

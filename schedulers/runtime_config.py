@@ -39,7 +39,10 @@ class RuntimeConfig(BaseModel):
 
     `programs` maps application classes to their `AppProgram` (`module:Class`); `warm_at_start`
     backends are warmed when the scheduler starts and pinned warm. `max_attempts` bounds how
-    often a call is retried after its backend died.
+    often a call is retried after its backend died. An open application ends after
+    `open_app_idle_s` without steps; one whose client names its steps (an Airflow DAG run, whose
+    listener finishes it when the run ends) gets the longer `named_app_idle_s`, so a long native
+    task between two steps does not end it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,3 +63,4 @@ class RuntimeConfig(BaseModel):
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
     max_warm_failures: Annotated[int, Field(ge=1)] = 3
     open_app_idle_s: PositiveFloat = 300.0
+    named_app_idle_s: PositiveFloat = 3600.0

@@ -2,14 +2,19 @@
 
 The OpenAI-compatible gateway and Airflow tasks do not hand the scheduler a program; each of
 their requests is one step of an application named by the client (`key`). This mixin of
-`HermesScheduler` admits such a run on its first step (creating its class's vague prior, see
-`open_apps.py`), queues each step like any other, hands the result (or a stream of text deltas)
-back to the caller, records each step's observation once the next step names its successor,
-and ends the run when the client says so or after `open_app_idle_s` without steps.
+`HermesScheduler` admits such a run on its first step (its class's graph is the one its client
+declared with `declare_graph`, else a vague prior, see `open_apps.py`), queues each step like any
+other, hands the result (or a stream of text deltas) back to the caller, records each step's
+observation once the next step names its successor, and ends the run when the client says so
+(finished, or failed) or after `open_app_idle_s` without steps.
+
+Every step in flight has a waiter future in `LiveRun.waiters`, also when no caller awaits it
+(a named step, `runtime_steps.py`, or a step recovered after a restart): it is what a long poll
+waits on and what keeps the run from being finished or closed as idle under a running step.
 
 It uses the scheduler's state and helpers (`by_key`, `journal`, `slots`, `demand`, `policy`,
-`_begin_step`, `_end`, `_new_live`, `_observation`, `_timed`); its own state is
-`_session_keys`, each client session's latest application key.
+`store`, `_begin_step`, `_end`, `_fail`, `_new_live`, `_observation`, `_timed`, `_use_graph`);
+its own state is `_session_keys`, each client session's latest application key.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from pydantic import TypeAdapter, ValidationError
 from hermesflow.apps.program import StepPlan
 from hermesflow.backends.calls import Call, CallResult, LLMCall
 from hermesflow.journal import RunEnd, StoredCall
-from hermesflow.pdgraph.model import END, LLM_BACKEND, StageKind
-from hermesflow.schedulers.open_apps import open_class_prior
+from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
+from hermesflow.schedulers.open_apps import DECLARED_SOURCE, open_class_prior, structure_of
 from hermesflow.schedulers.runtime_state import (
     ApplicationFinished,
     LiveRun,
@@ -35,7 +40,7 @@ from hermesflow.schedulers.runtime_state import (
     new_step,
     view_stored,
 )
-from hermesflow.store import DecisionRow, RunPhase
+from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow
 
 _CALL = TypeAdapter(Call)
 LLM_BACKEND_TYPES = frozenset({"transformers", "vllm", "openai"})
@@ -86,6 +91,14 @@ class OpenRunsMixin:
             return
 
     async def _open_step(self, key, app_class, stage, call, backend, labels, reopen, stream):
+        parsed, backend = await self._parse_step(stage, call, backend)
+        if reopen:
+            key = self._session_key(key)
+        return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
+
+    async def _parse_step(self, stage: str, call: dict[str, Any], backend: str | None) -> tuple[Call, str]:
+        """The step's call, validated, and the backend it runs on (default: `llm` for an LLM
+        call), once the scheduler is ready."""
         await self._ready.wait()
         try:
             parsed = _CALL.validate_python(call)
@@ -96,9 +109,7 @@ class OpenRunsMixin:
             raise SubmissionError(
                 f"unknown backend {backend!r} for step {stage!r}; configured backends: {sorted(self.slots)}"
             )
-        if reopen:
-            key = self._session_key(key)
-        return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
+        return parsed, backend
 
     def _session_key(self, session: str) -> str:
         """The key of the session's live application, or of its next one. The latest key of each
@@ -111,12 +122,19 @@ class OpenRunsMixin:
         self._session_keys[session] = key
         return key
 
-    def _admit_open_step(self, key, app_class, stage, call, backend, labels, stream):
+    def _admit_open_step(
+        self, key, app_class, stage, call, backend, labels, stream, client_step=None, attempt=1
+    ):
+        """Queue one step (opening the run on its first); `client_step` is the client's name of
+        it, stored with the step, and `attempt` which submission of that name this is."""
         now = time.time()
         live = self.by_key.get(key)
         if live is None:
-            if self.journal.run(key) is not None:
-                raise ApplicationFinished(f"application {key!r} has finished; use a new application id")
+            if (ended := self.journal.run(key)) is not None:
+                raise ApplicationFinished(
+                    f"application {key!r} has {ended.phase.name.lower()}; send new steps under a new "
+                    "application id (from Airflow: a new DAG run)"
+                )
             if app_class in self.programs:
                 raise SubmissionError(
                     f"class {app_class!r} is a program class; submit whole runs of it, or name an open class"
@@ -130,12 +148,14 @@ class OpenRunsMixin:
         elif live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it takes no external steps")
         self._record_open_observations(live, stage)
+        if client_step is not None:
+            live.doc["named"] = True  # a client that names steps closes the run itself
         live.doc["step"] += 1
         live.doc["visits"][stage] = live.doc["visits"].get(stage, 0) + 1
         plan = StepPlan(stage=stage, backend=backend, calls=[call])
-        calls = self.journal.start_step(live.record.app_id, live.doc, new_step(live.doc["step"], plan), now)
-        future = asyncio.get_running_loop().create_future()
-        live.waiters[calls[0].id] = future
+        step = new_step(live.doc["step"], plan, client_step, attempt)
+        calls = self.journal.start_step(live.record.app_id, live.doc, step, now)
+        future = live.waiters[calls[0].id] = _waiter()
         sink: asyncio.Queue | None = asyncio.Queue() if stream else None
         if sink is not None:
             live.sinks[calls[0].id] = sink
@@ -148,15 +168,58 @@ class OpenRunsMixin:
             return
         graph = open_class_prior(app_class, stage, backend, self._backend_kind(backend))
         self.store.save_pdgraph(graph, source="open-prior")
-        self.demand.replace_graph(graph)
+        self._use_graph(graph)
+
+    async def declare_graph(self, name: str, graph: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Declare the PDGraph of open class `name` (e.g. an Airflow DAG's compiled graph): its
+        runs are ranked over it from now on, and the background refit learns from there. The
+        same structure as the class's last declaration again changes nothing, so the learned
+        refits stay; a changed structure (an edited DAG) replaces the class's graph. Returns
+        the `ClassDeclaration` and whether it is the class's first declaration."""
+        await self._ready.wait()
+        try:
+            parsed = PDGraph.model_validate(graph)
+        except ValidationError as error:
+            raise SubmissionError(f"invalid PDGraph for class {name!r}: {error}") from None
+        self._check_declarable(name, parsed)
+        return self._timed(self._declare, parsed)
+
+    def _check_declarable(self, name: str, graph: PDGraph) -> None:
+        if graph.name != name:
+            raise SubmissionError(
+                f"the graph is named {graph.name!r} but declared as class {name!r}; the names must match"
+            )
+        if name in self.programs:
+            raise SubmissionError(
+                f"class {name!r} is a program class: its graph is its program's prior "
+                f"({self.config.programs[name]}); declare graphs of open classes only, or use another name"
+            )
+        backends = {stage: graph.backend_of(stage) for stage in graph.stages}
+        missing = [f"stage {s!r} runs on backend {b!r}" for s, b in backends.items() if b not in self.slots]
+        if missing:
+            raise SubmissionError(
+                f"class {name!r}: {', '.join(missing)}, which this scheduler does not have; configured "
+                f"backends: {sorted(self.slots)}. Run those tasks on a configured backend, or add the "
+                "backend to the scheduler's configuration"
+            )
+
+    def _declare(self, graph: PDGraph) -> tuple[dict[str, Any], bool]:
+        last = self.store.latest_snapshot(graph.name, DECLARED_SOURCE)
+        if last is not None and structure_of(last[1]) == structure_of(graph):
+            return {"name": graph.name, "version": last[0], "changed": False}, False
+        version = self.store.save_pdgraph(graph, source=DECLARED_SOURCE)
+        self._use_graph(graph)
+        return {"name": graph.name, "version": version, "changed": True}, last is None
 
     def _backend_kind(self, backend: str) -> StageKind:
         if backend not in self.slots:
             return StageKind.TOOL
         return StageKind.LLM if self.slots[backend].spec.type in LLM_BACKEND_TYPES else StageKind.TOOL
 
-    async def finish_app(self, key: str) -> dict[str, Any]:
-        """End an open application (its client has no more steps)."""
+    async def finish_app(self, key: str, state: str = "finished", error: str | None = None) -> dict[str, Any]:
+        """End an open application. `finished`: its client has no more steps (refused while a
+        step runs). `failed`: its client failed (an Airflow DAG run did); it ends at once,
+        stored FAILED with `error`, and its steps still in flight fail with it."""
         await self._ready.wait()
         live = self.by_key.get(key)
         if live is None:
@@ -166,9 +229,14 @@ class OpenRunsMixin:
             return view_stored(stored)
         if live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it ends by itself")
-        if live.waiters:
+        if state not in ("finished", "failed"):
+            raise SubmissionError(f"an application finishes as 'finished' or 'failed', not {state!r}")
+        if state == "failed":
+            self._timed(self._fail, live, error or f"the client reported that application {key!r} failed")
+        elif live.waiters:
             raise SubmissionError(f"application {key!r} still has {len(live.waiters)} step(s) running")
-        self._timed(self._end_open, live)
+        else:
+            self._timed(self._end_open, live)
         return view_stored(self.journal.run(key))
 
     def _complete_open(self, live: LiveRun, stored: StoredCall, result: CallResult, work: float, now: float) -> None:
@@ -194,9 +262,31 @@ class OpenRunsMixin:
         self._record_open_observations(live, END)
         self._end(live, RunEnd(RunPhase.FINISHED), None, None, live.doc["step"])
 
+    def _recover_open(self, run: RunRow, doc: dict[str, Any], calls: list[StoredCall]) -> None:
+        """Reload an open run after a restart: its calls not done yet are queued again, each
+        with a waiter, as if its client were still waiting (a named step's client reads the
+        result later; a blocked HTTP request's client is gone, the result is stored anyway)."""
+        live = self._new_live(run, None, None, doc)
+        if not calls:
+            return
+        last = calls[-1]
+        plan = StepPlan(stage=last.stage, backend=last.backend, calls=[_CALL.validate_python(last.call)])
+        pending = [c for c in calls if c.phase is not CallPhase.DONE]
+        for stored in pending:
+            live.waiters[stored.id] = _waiter()
+        self._begin_step(live, plan, pending)
+
     def _close_idle_open_runs(self) -> None:
-        cutoff = time.time() - self.config.open_app_idle_s
+        now = time.time()
         for live in list(self.live.values()):
-            if live.program is None and not live.waiters and live.last_activity_s < cutoff:
+            idle_s = self.config.named_app_idle_s if live.doc.get("named") else self.config.open_app_idle_s
+            if live.program is None and not live.waiters and live.last_activity_s < now - idle_s:
                 self._timed(self._end_open, live)
 
+
+def _waiter() -> asyncio.Future:
+    """A step's waiter future. Its exception (the run failed) is marked as seen, because a named
+    or recovered step's waiter may have nobody awaiting it."""
+    future = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future

@@ -16,10 +16,10 @@ from pydantic import BaseModel
 
 from hermesflow.apps.program import AppProgram, StepPlan
 from hermesflow.backends.calls import CallResult
-from hermesflow.journal import NewStep, StoredCall
+from hermesflow.journal import ClientStepRow, NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord
-from hermesflow.store import RunRow
+from hermesflow.store import CallPhase, RunPhase, RunRow
 
 
 class SubmissionError(ValueError):
@@ -30,8 +30,13 @@ class UnknownApplication(SubmissionError, LookupError):
     """No application has this id."""
 
 
+class UnknownStep(SubmissionError, LookupError):
+    """The application has no step of this id."""
+
+
 class ApplicationFinished(SubmissionError):
-    """A step was sent to an application that has already ended."""
+    """A step was sent to an application that has already ended (HTTP 409: a conflict with the
+    application's state, not a malformed request)."""
 
 
 @dataclass(eq=False)
@@ -58,7 +63,31 @@ class LiveRun:
 def import_path(path: str) -> Any:
     """The object a `module:name` path names."""
     module, _, name = path.partition(":")
+    if not module or not name:
+        raise ValueError(f"{path!r} is not a 'module:attribute' path")
     return getattr(importlib.import_module(module), name)
+
+
+def load_program(app_class: str, path: str) -> AppProgram:
+    """The program `RuntimeConfig.programs[app_class]` names: an `AppProgram` subclass is
+    instantiated, an `AppProgram` instance is used as it is (a Semantic-Variable program is
+    registered as an instance, because its graph is built from the decorated functions)."""
+    where = f"RuntimeConfig.programs[{app_class!r}] = {path!r}"
+    try:
+        target = import_path(path)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"{where} cannot be imported ({error}); give a 'module:attribute' path that the Ray "
+            "workers can import"
+        ) from None
+    if isinstance(target, type) and issubclass(target, AppProgram):
+        return target()
+    if isinstance(target, AppProgram):
+        return target
+    raise ValueError(
+        f"{where} names {target!r}, which is neither an AppProgram subclass nor an AppProgram "
+        "instance; point it at the program's class or at a program object"
+    )
 
 
 def view_live(live: LiveRun) -> dict[str, Any]:
@@ -96,6 +125,30 @@ def view_stored(run: RunRow) -> dict[str, Any]:
     }
 
 
-def new_step(step: int, plan: StepPlan) -> NewStep:
-    """The journal record of a planned step."""
-    return NewStep(step, plan.stage, plan.backend, [c.model_dump(mode="json") for c in plan.calls])
+def view_step(key: str, run: RunRow, step: ClientStepRow) -> dict[str, Any]:
+    """What a client sees of one of its named steps, from the store: a call that ended with an
+    error failed, and so did a call its application ended without."""
+    call, result, error = step.call, None, None
+    if call.phase is CallPhase.DONE:
+        result = CallResult.model_validate(call.result)
+        state = "failed" if result.finish_reason == "error" else "done"
+        error = result.error
+    elif run.phase in (RunPhase.FINISHED, RunPhase.FAILED):
+        state, error = "failed", run.error or f"application {key!r} ended before this step ran"
+    else:
+        state = "running" if call.phase is CallPhase.RUNNING else "queued"
+    return {
+        "app_id": key,
+        "step_id": step.step_id,
+        "stage": call.stage,
+        "state": state,
+        "attempt": step.attempt,
+        "result": None if result is None else result.model_dump(mode="json"),
+        "error": error,
+    }
+
+
+def new_step(step: int, plan: StepPlan, client_step: str | None = None, attempt: int = 1) -> NewStep:
+    """The journal record of a planned step (`client_step`: the client's name of it)."""
+    calls = [c.model_dump(mode="json") for c in plan.calls]
+    return NewStep(step, plan.stage, plan.backend, calls, client_step, attempt)

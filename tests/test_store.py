@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from hermesflow import store as store_module
-
+from hermesflow.api_models import TaskState
+from hermesflow.journal import NewStep, RunJournal
 from hermesflow.pdgraph.model import END, PDGraph, Stage
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.pdgraph.workload_file import hermes_mix
-from hermesflow.store import DecisionRow, RunPhase, Store
+from hermesflow.store import CallPhase, DecisionRow, RunPhase, Store, TaskOutcomeRow
 
 SOURCE = "workload:hermes_apps.json"
 
@@ -188,3 +190,78 @@ def test_decisions_round_trip_in_time_order(store: Store) -> None:
     store.record_decisions(rows)
     assert store.decisions() == [rows[1], rows[0], rows[2]]
     assert store.decisions(run_id=run) == [rows[0]]
+
+
+def test_latest_snapshot_of_a_source_skips_later_refits(store: Store) -> None:
+    graph = hermes_mix()["react_fever"]
+    assert store.latest_snapshot("react_fever", "declared") is None
+    store.save_pdgraph(graph, "declared")
+    store.save_pdgraph(graph, "refit")
+    version, declared = store.latest_snapshot("react_fever", "declared")
+    assert version == 1 and _same(declared, graph)
+
+
+def _outcome(try_number: int = 1, state: TaskState = TaskState.SUCCESS) -> TaskOutcomeRow:
+    return TaskOutcomeRow(
+        app_key="etl:run-1",
+        app_class="etl",
+        task_id="extract",
+        map_index=2,
+        try_number=try_number,
+        state=state,
+        duration_s=1.25,
+        step_id="extract[2]",
+        recorded_s=10.0,
+    )
+
+
+def test_task_outcomes_are_recorded_once_without_a_run(store: Store) -> None:
+    retry, success = _outcome(1, TaskState.UP_FOR_RETRY), _outcome(2)
+    assert store.record_task_outcome(retry)
+    assert not store.record_task_outcome(retry)
+    assert store.record_task_outcome(success)
+    assert not store.record_task_outcome(dataclasses.replace(success, duration_s=9.0))
+    assert store.task_outcomes("etl:run-1") == [retry, success]
+    assert store.task_outcomes("etl:other") == []
+
+
+def _journal_run(store: Store) -> tuple[RunJournal, int]:
+    store.save_pdgraph(hermes_mix()["react_fever"], SOURCE)
+    journal = RunJournal(store)
+    admit = DecisionRow(0.0, "admit")
+    run, _ = journal.admit("etl:run-1", "react_fever", None, 0.0, None, None, {"step": 0}, admit)
+    return journal, run.id
+
+
+def _named(step: int, attempt: int, name: str = "extract[0]") -> NewStep:
+    call = {"kind": "tool", "tool": "calculator", "args": {"expression": "1+1"}}
+    return NewStep(step, "extract", "tools", [call], client_step=name, attempt=attempt)
+
+
+def test_client_steps_find_the_latest_attempt_of_a_name(store: Store) -> None:
+    journal, run_id = _journal_run(store)
+    first = journal.start_step(run_id, {"step": 0}, _named(0, 1), 1.0)
+    journal.start_step(run_id, {"step": 1}, NewStep(1, "load", "tools", [{"kind": "tool"}]), 1.0)
+    second = journal.start_step(run_id, {"step": 2}, _named(2, 2), 2.0)
+    run, found = journal.client_step("etl:run-1", "extract[0]")
+    assert run.id == run_id and (found.step_id, found.attempt) == ("extract[0]", 2)
+    assert found.call == second[0] and found.call != first[0]
+    assert journal.client_step("etl:run-1", "load") == (run, None)
+    assert journal.client_step("etl:other", "extract[0]") is None
+    with pytest.raises(IntegrityError):
+        journal.start_step(run_id, {"step": 3}, _named(3, 2), 3.0)
+
+
+def test_live_runs_bring_back_unfinished_calls_of_earlier_steps(store: Store) -> None:
+    journal, run_id = _journal_run(store)
+    early, done, current = (
+        journal.start_step(run_id, {"step": step}, _named(step, 1, f"s{step}"), 1.0)[0]
+        for step in range(3)
+    )
+    decision = DecisionRow(2.0, "complete")
+    assert journal.complete(done.id, {"text": "2"}, 2.0, decision)
+    [(run, calls)] = journal.live_runs()
+    assert run.id == run_id and [(c.id, c.phase) for c in calls] == [
+        (early.id, CallPhase.QUEUED),
+        (current.id, CallPhase.QUEUED),
+    ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+import types
 import uuid
 from collections import Counter
 
@@ -12,11 +14,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from hermesflow.apps.map_reduce import MapReduceSummarizer  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
-from hermesflow.store import CallPhase, RunPhase, Store  # noqa: E402
+from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
+from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
+from hermesflow.store import CallPhase, Store  # noqa: E402
 from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
-from hermesflow.schedulers.runtime_state import SubmissionError  # noqa: E402
+from hermesflow.schedulers.runtime_state import SubmissionError, load_program  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 
 TOOLS = BackendSpec(name="tools", type="python-tools", options={"workers": 4}, expected_warmup_s=2.0)
@@ -184,3 +189,99 @@ def _dispatched(db_url: str, key: str) -> bool:
     journal = RunJournal(Store(db_url))
     run = journal.run(key)
     return run is not None and any(c.phase is CallPhase.RUNNING for c in journal.calls(run.id))
+
+
+@pytest.fixture
+def program_module(monkeypatch):
+    """A module `test_programs` holding a program class, a program instance and neither."""
+    module = types.ModuleType("test_programs")
+    module.MapReduceSummarizer, module.NOT_A_PROGRAM = MapReduceSummarizer, object()
+    module.INSTANCE = MapReduceSummarizer()
+    monkeypatch.setitem(sys.modules, "test_programs", module)
+    return module
+
+
+def test_programs_are_classes_to_instantiate_or_instances_to_use(program_module):
+    program = load_program("map_reduce", "test_programs:MapReduceSummarizer")
+    assert isinstance(program, MapReduceSummarizer)
+    assert load_program("map_reduce", "test_programs:INSTANCE") is program_module.INSTANCE
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("test_programs:NOT_A_PROGRAM", "neither an AppProgram subclass nor an AppProgram instance"),
+        ("test_programs:Missing", "cannot be imported"),
+        ("no_such_module_here:X", "cannot be imported"),
+        ("test_programs", "not a 'module:attribute' path"),
+    ],
+)
+def test_a_program_path_that_names_no_program_says_what_to_give(program_module, path, problem):
+    with pytest.raises(ValueError, match=problem) as raised:
+        load_program("map_reduce", path)
+    assert "RuntimeConfig.programs['map_reduce']" in str(raised.value)
+
+
+def _tool_stage(next_stage: dict[str, float]) -> Stage:
+    return Stage(kind=StageKind.TOOL, backend="tools", next=next_stage, exec_s=Empirical(samples=(0.5,)))
+
+
+def _declare_etl(handle) -> None:
+    """The graph of an Airflow DAG `extract >> transform` (transform mapped: its map indices
+    arrive as steps of one stage), as the DAG declares it: transform -> end."""
+    graph = PDGraph(
+        name="etl",
+        entry={"extract": 1.0},
+        stages={"extract": _tool_stage({"transform": 1.0}), "transform": _tool_stage({END: 1.0})},
+    )
+    declaration, first = ray.get(handle.declare_graph.remote("etl", graph.model_dump(mode="json")))
+    assert first and declaration == {"name": "etl", "version": 1, "changed": True}
+
+
+def _refitted(handle, db_url: str) -> dict:
+    """The class's graph once the background refit has replaced the declared one."""
+    deadline = time.time() + 30
+    while Store(db_url).latest_snapshot("etl", "refit") is None:
+        assert time.time() < deadline, "the refit never ran"
+        time.sleep(0.5)
+    assert ray.get(handle.stats.remote())["task_failures"] == 0
+    return ray.get(handle.graph.remote("etl"))
+
+
+CALCULATE = {"kind": "tool", "tool": "calculator", "args": {"expression": "2*3"}}
+
+
+def test_a_declared_class_is_refitted_from_steps_that_loop_on_a_stage(scheduler):
+    """Map indices that run one after another: the runs say transform -> transform."""
+    handle, db_url, _ = scheduler
+    _declare_etl(handle)
+    for run in range(3):
+        key = f"etl:run-{run}"
+        for stage in ("extract", "transform", "transform", "transform"):
+            result = ray.get(handle.submit_step.remote(key, "etl", stage, CALCULATE, "tools"))
+            assert result["value"] == 6
+        ray.get(handle.finish_app.remote(key))
+    learned = _refitted(handle, db_url)
+    assert learned["stages"]["transform"]["next"] == pytest.approx({"transform": 2 / 3, END: 1 / 3})
+    assert learned["stages"]["extract"]["next"] == {"transform": 1.0}  # 3 runs: below min_samples
+    assert Store(db_url).latest_snapshot("etl", "declared")[0] == 1
+    assert Store(db_url).latest_snapshot("etl", "open-prior") is None  # no vague prior, ever
+
+
+def test_a_declared_class_is_refitted_from_overlapping_steps_of_a_stage(scheduler):
+    """Map indices that run at once, as named steps: each is an execution of transform."""
+    handle, db_url, _ = scheduler
+    _declare_etl(handle)
+    for run in range(2):
+        key = f"etl:run-{run}"
+        ray.get(handle.submit_step.remote(key, "etl", "extract", CALCULATE, "tools"))
+        names = [f"transform[{index}]" for index in range(3)]
+        for name in names:
+            ray.get(handle.put_step.remote(key, name, "etl", "transform", CALCULATE, "tools"))
+        assert [ray.get(handle.step.remote(key, n, 30))["state"] for n in names] == ["done"] * 3
+        ray.get(handle.finish_app.remote(key))
+    learned = _refitted(handle, db_url)
+    # whether a map index ends before the next one arrives is timing: it reads as a loop or not
+    assert END in learned["stages"]["transform"]["next"]
+    assert set(learned["stages"]["transform"]["next"]) <= {"transform", END}
+    assert learned["stages"]["transform"]["visits"]["samples"] == [3.0, 3.0]
