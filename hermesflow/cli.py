@@ -3,6 +3,7 @@ serve the scheduler and its HTTP API on Ray, submit runs to it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -210,6 +211,31 @@ def _warm_names(warm: str, known: list[str]) -> tuple[str, ...]:
     return names
 
 
+def _program_classes(paths: list[str]) -> dict[str, str]:
+    """Application class → `module:attr` of each --program, checked here so a typo fails before
+    Ray starts: the path must import and name an object with an `app_class`."""
+    classes = {}
+    for path in paths:
+        module, _, attr = path.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as error:
+            raise typer.BadParameter(
+                f"cannot import {path!r} ({error}); give `module:attr` importable from here "
+                "(set PYTHONPATH to the folder that holds the module)",
+                param_hint="--program",
+            ) from None
+        name = getattr(target, "app_class", None)
+        if not isinstance(name, str):
+            raise typer.BadParameter(
+                f"{path!r} is not a program: it has no `app_class`; name an AppProgram or a "
+                "Semantic-Variable program",
+                param_hint="--program",
+            )
+        classes[name] = path
+    return classes
+
+
 @app.command("serve")
 def serve_command(
     address: AddressOption = None,
@@ -227,11 +253,18 @@ def serve_command(
     num_cpus: Annotated[int | None, typer.Option(help="logical CPUs of a local cluster (default: all)")] = None,
     scheduler_name: SchedulerNameOption = "scheduler",
     gateway_name: GatewayNameOption = "gateway",
+    program: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="also run this program (`module:attr`, an AppProgram or Semantic-Variable program; "
+            "repeatable); the module must be importable by Ray's workers, e.g. PYTHONPATH=$PWD"
+        ),
+    ] = None,
 ) -> None:
     """Run the scheduler and the HTTP API (OpenAI-compatible and control API) on Ray.
 
-    The scheduler runs the reference application suite on its backends; the API's URL is
-    printed on stdout. Blocks until Ctrl-C, then stops both, unless --detach.
+    The scheduler runs the reference application suite on its backends, plus any --program;
+    the API's URL is printed on stdout. Blocks until Ctrl-C, then stops both, unless --detach.
     """
     from hermesflow.apps.suite import program_paths, suite_backends
     from hermesflow.schedulers.runtime_config import RuntimeConfig
@@ -251,7 +284,7 @@ def serve_command(
         planner=planner,
         db_url=db_url,
         backends=backends,
-        programs=program_paths(),
+        programs={**program_paths(), **_program_classes(program or [])},
         warm_at_start=_warm_names(warm, [b.name for b in backends]),
     )
     from hermesflow.ray_cluster import connect  # sets Ray's environment before Ray is imported

@@ -49,6 +49,18 @@ def test_serve_refuses_detach_without_a_cluster_and_unknown_names() -> None:
     assert warm.exit_code == 2 and "gpu" in warm.output
 
 
+def test_serve_checks_each_program_before_starting_ray() -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", "--program", "no_such_module:program"])
+    assert missing.exit_code == 2 and "PYTHONPATH" in missing.output
+    not_program = runner.invoke(app, ["serve", "--program", "hermesflow.apps.suite:suite_backends"])
+    assert not_program.exit_code == 2 and "no `app_class`" in not_program.output
+    from hermesflow.cli import _program_classes
+
+    path = "hermesflow.apps.react:ReActToolLoop"
+    assert _program_classes([path]) == {"react": path}
+
+
 # -- submit: an HTTP client of a running gateway --------------------------------------------------
 
 
