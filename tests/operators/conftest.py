@@ -1,0 +1,111 @@
+"""Fixtures of the Airflow provider's tests: Airflow 3 on SQLite in a throwaway AIRFLOW_HOME,
+the real Hermesflow HTTP API (scheduler + gateway with the CPU LLM, search and the tool pool)
+on the session's Ray cluster, and `airflow dags test` as a subprocess.
+
+Airflow reads its configuration when it is first imported, so the AIRFLOW_* variables are set
+in `pytest_configure`, which pytest calls as soon as it loads this file — before any test module
+of this folder imports Airflow. (No test module outside this folder imports Airflow.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from provider_support import AIRFLOW, EXAMPLE_DAGS, Hermes
+
+HERMES_BACKENDS = ("llm", "search", "tools")
+"""The served backends: the suite's, but code execution (no DAG here uses it)."""
+
+_HOME_KEY = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    home = Path(tempfile.mkdtemp(prefix="hermesflow-airflow-"))
+    config.stash[_HOME_KEY] = home
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
+            "AIRFLOW__CORE__PARALLELISM": "4",
+        }
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_HOME_KEY, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """AIRFLOW_HOME with a migrated SQLite metadata database (once per session)."""
+    done = subprocess.run(
+        [AIRFLOW, "db", "migrate"], capture_output=True, text=True, timeout=300, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hermesflow HTTP API
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hermes]:
+    """A Gittins scheduler with the CPU LLM, search and the tool pool (all warm), the test
+    program `sleep_chain`, and a gateway with a token; the `hermesflow_default` Airflow
+    connection points at it (through the environment, so `airflow dags test` sees it too)."""
+    import ray
+    from hermesflow.schedulers.runtime import start_scheduler
+    from hermesflow.schedulers.runtime_config import RuntimeConfig
+
+    from hermesflow.apps.suite import suite_backends
+    from hermesflow.gateway import start_gateway, stop_gateway
+
+    suffix = uuid.uuid4().hex[:8]
+    token = f"airflow-provider-{uuid.uuid4().hex}"
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('hermes') / 'hermes.db'}"
+    config = RuntimeConfig(
+        db_url=db_url,
+        backends=[b for b in suite_backends() if b.name in HERMES_BACKENDS],
+        programs={"sleep_chain": "runtime_programs:SleepChain"},
+        warm_at_start=HERMES_BACKENDS,
+    )
+    scheduler_name, gateway_name = f"af-op-scheduler-{suffix}", f"af-op-gateway-{suffix}"
+    scheduler = start_scheduler(config, name=scheduler_name)
+    try:
+        url = start_gateway(port=0, token=token, scheduler_name=scheduler_name, name=gateway_name)
+        served = Hermes(url, token, db_url)
+        _wait_warm(served)
+        host_port = url.removeprefix("http://")
+        os.environ["AIRFLOW_CONN_HERMESFLOW_DEFAULT"] = f"hermesflow://:{token}@{host_port}"
+        yield served
+    finally:
+        os.environ.pop("AIRFLOW_CONN_HERMESFLOW_DEFAULT", None)
+        stop_gateway(gateway_name)
+        ray.get(scheduler.shutdown.remote())
+        ray.kill(scheduler, no_restart=True)
+
+
+def _wait_warm(served: Hermes, timeout_s: float = 300.0) -> None:
+    """Until every backend is warm, so DAG timings measure the DAG, not model loading."""
+    deadline = time.monotonic() + timeout_s
+    with served.client() as api:
+        while time.monotonic() < deadline:
+            phases = {b["name"]: b["phase"] for b in api.get("/v1/backends").json()}
+            if all(phases.get(name) == "warm" for name in HERMES_BACKENDS):
+                return
+            time.sleep(0.5)
+    pytest.fail(f"backends not warm after {timeout_s:.0f} s: {phases}")
