@@ -94,6 +94,8 @@ def test_dag_triggered_through_rest_api_runs_ranked_by_hermesflow(
         deployment.fail(f"run {run_id} ended {state}; task states {tasks}")
     tries = {t["task_id"]: t["try_number"] for t in instances}
     print(f"{DAG_ID}: trigger to success in {time.monotonic() - started:.1f} s, tries {tries}")
+    deferred = {e["task_id"] for e in deployment.event_log(DAG_ID, run_id, "deferred")}
+    assert deferred == set(STEPS), f"waited in the triggerer: {deferred}"
 
     app_id = f"{DAG_ID}:{run_id}"
     with hermes.client() as api:

@@ -240,6 +240,15 @@ class AirflowServices:
         self._expect(response, 200, f"read task instances of {run_id}")
         return response.json()["task_instances"]
 
+    def event_log(self, dag_id: str, run_id: str, event: str) -> list[dict[str, Any]]:
+        """Airflow's audit-log entries of one kind for a run, e.g. `deferred`: the record that a
+        task handed its wait to the triggerer, which the task instances no longer show once
+        they have finished."""
+        params = {"dag_id": dag_id, "run_id": run_id, "event": event, "limit": 100}
+        response = self.api.get("/api/v2/eventLogs", params=params)
+        self._expect(response, 200, f"read the {event} events of {run_id}")
+        return response.json()["event_logs"]
+
     @property
     def api(self) -> httpx.Client:
         """An HTTP client of the api-server carrying the admin's bearer token."""
