@@ -17,11 +17,11 @@ ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
 from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.gateway import start_gateway, stop_gateway  # noqa: E402
+from hermesflow.gateway import start_gateway  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
-from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from hermesflow.store import Store  # noqa: E402
+from support.serving import serving  # noqa: E402
 
 try:
     from hermesflow.apps.suite import REFERENCE_APPS
@@ -41,19 +41,10 @@ BACKENDS = [
 CALCULATE = {"kind": "tool", "tool": "calculator", "args": {"expression": "2 + 3 * 4"}}
 
 
-@dataclass
-class Served:
-    url: str
-    db_url: str
-    scheduler_name: str
-    gateway_name: str
-
-
 @pytest.fixture(scope="module")
 def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One scheduler (tools + the CPU LLM, both warm) and one gateway with a token, under
     names no other test module uses."""
-    suffix = uuid.uuid4().hex[:8]
     db_url = f"sqlite:///{tmp_path_factory.mktemp('gateway') / 'hermes.db'}"
     programs = {}
     if PROGRAM in REFERENCE_APPS:
@@ -62,15 +53,16 @@ def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     config = RuntimeConfig(
         db_url=db_url, backends=BACKENDS, programs=programs, warm_at_start=("llm", "tools")
     )
-    scheduler_name, gateway_name = f"gw-scheduler-{suffix}", f"gw-gateway-{suffix}"
-    scheduler = start_scheduler(config, name=scheduler_name)
-    try:
-        url = start_gateway(port=0, token=TOKEN, scheduler_name=scheduler_name, name=gateway_name)
-        yield Served(url, db_url, scheduler_name, gateway_name)
-    finally:
-        stop_gateway(gateway_name)
-        ray.get(scheduler.shutdown.remote())
-        ray.kill(scheduler, no_restart=True)
+    with serving(config, TOKEN, "gw") as served:
+        yield Served(served.url, db_url, served.scheduler_name, served.gateway_name)
+
+
+@dataclass
+class Served:
+    url: str
+    db_url: str
+    scheduler_name: str
+    gateway_name: str
 
 
 @pytest.fixture

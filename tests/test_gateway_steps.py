@@ -18,13 +18,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.gateway import start_gateway, stop_gateway  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
-from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from hermesflow.store import RunPhase, Store, TaskOutcomeRow  # noqa: E402
+from support.serving import serving  # noqa: E402
 
 TOKEN = f"steps-token-{uuid.uuid4().hex}"
 TOOLS = BackendSpec(
@@ -50,22 +49,14 @@ class Served:
 @contextmanager
 def _serving(db_url: str) -> Iterator[Served]:
     """A scheduler with the tool pool warm and a gateway in front, under names of their own."""
-    suffix = uuid.uuid4().hex[:8]
     config = RuntimeConfig(
         db_url=db_url,
         backends=[TOOLS],
         programs={PROGRAM: "runtime_programs:SleepChain"},
         warm_at_start=("tools",),
     )
-    scheduler_name, gateway_name = f"steps-scheduler-{suffix}", f"steps-gateway-{suffix}"
-    scheduler = start_scheduler(config, name=scheduler_name)
-    try:
-        url = start_gateway(port=0, token=TOKEN, scheduler_name=scheduler_name, name=gateway_name)
-        yield Served(url, db_url, scheduler)
-    finally:
-        stop_gateway(gateway_name)
-        ray.get(scheduler.shutdown.remote())
-        ray.kill(scheduler, no_restart=True)
+    with serving(config, TOKEN, "steps") as served:
+        yield Served(served.url, db_url, served.scheduler)
 
 
 @pytest.fixture(scope="module")

@@ -349,14 +349,12 @@ class Served:
 def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One scheduler (the CPU LLM, warm; refit after every run) with the map-reduce program
     registered by `module:attribute`, and a gateway in front of it."""
-    ray = pytest.importorskip("ray")
-    from hermesflow.schedulers.runtime import start_scheduler
+    pytest.importorskip("ray")
     from hermesflow.schedulers.runtime_config import RuntimeConfig
+    from support.serving import serving
 
     from hermesflow.backends.base import BackendSpec
-    from hermesflow.gateway import start_gateway, stop_gateway
 
-    suffix = uuid.uuid4().hex[:8]
     db_url = f"sqlite:///{tmp_path_factory.mktemp('semantic') / 'hermes.db'}"
     config = RuntimeConfig(
         db_url=db_url,
@@ -368,15 +366,8 @@ def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         refit_interval_s=0.5,
         refit_min_samples=1,
     )
-    scheduler_name, gateway_name = f"semantic-scheduler-{suffix}", f"semantic-gateway-{suffix}"
-    scheduler = start_scheduler(config, name=scheduler_name)
-    try:
-        url = start_gateway(port=0, token=TOKEN, scheduler_name=scheduler_name, name=gateway_name)
-        yield Served(scheduler, url, db_url)
-    finally:
-        stop_gateway(gateway_name)
-        ray.get(scheduler.shutdown.remote())
-        ray.kill(scheduler, no_restart=True)
+    with serving(config, TOKEN, "semantic") as served:
+        yield Served(served.scheduler, served.url, db_url)
 
 
 def test_map_reduce_runs_on_the_ray_runtime_and_its_class_is_learned(served: Served) -> None:

@@ -67,14 +67,11 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """A Gittins scheduler with the CPU LLM, search and the tool pool (all warm), the test
     program `sleep_chain`, and a gateway with a token; the `hermesflow_default` Airflow
     connection points at it (through the environment, so `airflow dags test` sees it too)."""
-    import ray
-    from hermesflow.schedulers.runtime import start_scheduler
     from hermesflow.schedulers.runtime_config import RuntimeConfig
+    from support.serving import serving
 
     from hermesflow.apps.suite import suite_backends
-    from hermesflow.gateway import start_gateway, stop_gateway
 
-    suffix = uuid.uuid4().hex[:8]
     token = f"airflow-provider-{uuid.uuid4().hex}"
     db_url = f"sqlite:///{tmp_path_factory.mktemp('hermes') / 'hermes.db'}"
     config = RuntimeConfig(
@@ -83,20 +80,15 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         programs={"sleep_chain": "runtime_programs:SleepChain"},
         warm_at_start=HERMES_BACKENDS,
     )
-    scheduler_name, gateway_name = f"af-op-scheduler-{suffix}", f"af-op-gateway-{suffix}"
-    scheduler = start_scheduler(config, name=scheduler_name)
-    try:
-        url = start_gateway(port=0, token=token, scheduler_name=scheduler_name, name=gateway_name)
-        served = Hermes(url, token, db_url)
+    with serving(config, token, "af-op") as api:
+        served = Hermes(api.url, token, db_url)
         _wait_warm(served)
-        host_port = url.removeprefix("http://")
+        host_port = api.url.removeprefix("http://")
         os.environ["AIRFLOW_CONN_HERMESFLOW_DEFAULT"] = f"hermesflow://:{token}@{host_port}"
-        yield served
-    finally:
-        os.environ.pop("AIRFLOW_CONN_HERMESFLOW_DEFAULT", None)
-        stop_gateway(gateway_name)
-        ray.get(scheduler.shutdown.remote())
-        ray.kill(scheduler, no_restart=True)
+        try:
+            yield served
+        finally:
+            os.environ.pop("AIRFLOW_CONN_HERMESFLOW_DEFAULT", None)
 
 
 def _wait_warm(served: Hermes, timeout_s: float = 300.0) -> None:
