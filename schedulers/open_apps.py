@@ -17,11 +17,9 @@ from collections.abc import Callable, Sequence
 
 from hermesflow.pdgraph.distributions import Empirical
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
+from hermesflow.pdgraph.priors import PRIOR_EXEC_S, PRIOR_INPUT_TOKENS, PRIOR_OUTPUT_TOKENS, prior_sizes
 from hermesflow.pdgraph.refit import StageObservation
 
-PRIOR_INPUT_TOKENS = 256
-PRIOR_OUTPUT_TOKENS = 64
-PRIOR_EXEC_S = 1.0
 PRIOR_REPEAT = 0.5
 """The vague prior: a typical chat turn, repeated a geometric number of times (mean 2)."""
 DECLARED_SOURCE = "declared"
@@ -34,21 +32,12 @@ def _stage(kind: StageKind, backend: str, next_stage: dict[str, float], sizes: d
     return Stage(kind=kind, backend=backend, next=next_stage, **sizes)
 
 
-def _prior_sizes(kind: StageKind) -> dict[str, Empirical]:
-    if kind is StageKind.LLM:
-        return {
-            "input_tokens": Empirical(samples=(PRIOR_INPUT_TOKENS,), unit="tokens"),
-            "output_tokens": Empirical(samples=(PRIOR_OUTPUT_TOKENS,), unit="tokens"),
-        }
-    return {"exec_s": Empirical(samples=(PRIOR_EXEC_S,), unit="s")}
-
-
 def open_class_prior(app_class: str, stage: str, backend: str, kind: StageKind) -> PDGraph:
     """The prior of a new open class whose first step is `stage` on `backend`."""
     return PDGraph(
         name=app_class,
         entry={stage: 1.0},
-        stages={stage: _stage(kind, backend, {stage: PRIOR_REPEAT, END: 1 - PRIOR_REPEAT}, _prior_sizes(kind))},
+        stages={stage: _stage(kind, backend, {stage: PRIOR_REPEAT, END: 1 - PRIOR_REPEAT}, prior_sizes(kind))},
     )
 
 
@@ -96,5 +85,5 @@ def grow_open_graph(
     for name, stage in list(stages.items()):  # successors nobody has run yet end the run
         for succ in stage.next:
             if succ != END and succ not in stages:
-                stages[succ] = _stage(StageKind.LLM, graph.stages[next(iter(graph.entry))].backend or "llm", {END: 1.0}, _prior_sizes(StageKind.LLM))
+                stages[succ] = _stage(StageKind.LLM, graph.stages[next(iter(graph.entry))].backend or "llm", {END: 1.0}, prior_sizes(StageKind.LLM))
     return PDGraph(name=graph.name, entry=graph.entry, stages=stages)

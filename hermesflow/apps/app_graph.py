@@ -33,14 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hermesflow.pdgraph.distributions import Empirical
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
+from hermesflow.pdgraph.priors import prior_sizes
 
-PRIOR_INPUT_TOKENS = 256
-PRIOR_OUTPUT_TOKENS = 64
-PRIOR_EXEC_S = 1.0
 PRIOR_MAP_FANOUT = (2.0, 4.0, 8.0)
-"""Priors of a compiled graph before any run: a typical prompt and reply, one second of tool
-time, and a fan-out of 2 to 8 elements for mapped nodes. The runtime replaces them with
-observed values as runs finish."""
+"""Fan-out prior of a mapped node before any run: 2 to 8 elements (sizes: `pdgraph/priors.py`).
+The runtime replaces it with observed values as runs finish."""
 MAX_BRANCH_PATHS = 4096
 """Most branch combinations `paths` enumerates."""
 
@@ -275,17 +272,8 @@ class AppGraph(BaseModel):
         kind_of: Callable[[str], StageKind],
     ) -> Stage:
         fanout = Empirical(samples=PRIOR_MAP_FANOUT, unit="requests") if node.fanout == "map" else None
-        if node.kind is NodeKind.LLM:
-            sizes = {
-                "input_tokens": Empirical(samples=(PRIOR_INPUT_TOKENS,), unit="tokens"),
-                "output_tokens": Empirical(
-                    samples=(float(node.max_tokens or PRIOR_OUTPUT_TOKENS),), unit="tokens"
-                ),
-            }
-            kind = StageKind.LLM
-        else:
-            sizes = {"exec_s": Empirical(samples=(PRIOR_EXEC_S,), unit="s")}
-            kind = kind_of(node.backend or "")
+        kind = StageKind.LLM if node.kind is NodeKind.LLM else kind_of(node.backend or "")
+        sizes = prior_sizes(kind, node.max_tokens)
         return Stage(kind=kind, backend=node.backend, next=next_stage, fanout=fanout, visits=visits, **sizes)
 
 
