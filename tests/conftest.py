@@ -106,16 +106,14 @@ RAY_TEST_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disa
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A local Ray cluster with a capped object store, shared by every Ray test.
 
-    Eight logical CPUs on a 2-core machine: backend actors reserve one CPU each, the scheduler
-    and the HTTP actor none, and the LLM sets its own torch threads. Eight, because the Airflow
-    tests' session-scoped Hermesflow server keeps its backends for the rest of the session and
-    later tests still need room for theirs.
+    Four logical CPUs on a 2-core machine: backend actors reserve one CPU each, the scheduler
+    and the HTTP actor none, and the LLM sets its own torch threads.
     """
     os.environ.update(RAY_TEST_ENV)
     import ray
 
     ray.init(
-        num_cpus=8,
+        num_cpus=4,
         include_dashboard=False,
         object_store_memory=256 * 2**20,
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
