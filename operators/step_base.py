@@ -27,7 +27,7 @@ import jinja2.sandbox
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from hermesflow.operators import api_client, naming
-from hermesflow.operators.airflow_compat import DagContext, OperatorPartial
+from hermesflow.operators.airflow_compat import DagContext, DependencyMixin, OperatorPartial
 from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.dag_graph import dag_pdgraph
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesHook
@@ -35,7 +35,8 @@ from hermesflow.operators.triggers import DEFAULT_POLL_S, HermesStepTrigger, ste
 from hermesflow.operators.validation import (
     HermesDagError,
     check_backend,
-    check_conn_id,
+    check_connection,
+    check_edge,
     task_label,
 )
 
@@ -76,13 +77,38 @@ class HermesOperator(BaseOperator):
         arguments of `partial()`, where a missing one may still come from `expand()`.
         Subclasses extend this (and call it)."""
         if "hermes_conn_id" in args:
-            check_conn_id(where, args["hermes_conn_id"])
+            check_connection(where, args["hermes_conn_id"])
         poll_s = args.get("poll_s", DEFAULT_POLL_S)
         if not isinstance(poll_s, (int, float)) or not 0 < poll_s <= MAX_POLL_S:
             raise HermesDagError(
                 f"{where}: poll_s={poll_s!r}; give seconds in (0, {MAX_POLL_S:g}] (the server "
                 "holds a long poll at most that long)"
             )
+
+    def update_relative(
+        self, other: DependencyMixin, upstream: bool = True, edge_modifier: Any = None
+    ) -> None:
+        """Airflow calls this on the far side of `other >> self` (`upstream`) or `other << self`
+        before it adds the edge: refuse an edge that would close a cycle."""
+        super().update_relative(other, upstream, edge_modifier=edge_modifier)
+        node_id = getattr(other, "node_id", None)
+        if node_id is not None and self.has_dag():
+            first, then = (node_id, self.task_id) if upstream else (self.task_id, node_id)
+            check_edge(self._where(), self.dag, first, then)
+
+    def set_downstream(self, task_or_task_list: Any, edge_modifier: Any = None) -> None:
+        """`self >> other`; afterwards no loop may run through this task."""
+        super().set_downstream(task_or_task_list, edge_modifier)
+        self._check_no_loop()
+
+    def set_upstream(self, task_or_task_list: Any, edge_modifier: Any = None) -> None:
+        """`self << other`; afterwards no loop may run through this task."""
+        super().set_upstream(task_or_task_list, edge_modifier)
+        self._check_no_loop()
+
+    def _check_no_loop(self) -> None:
+        for child in sorted(self.downstream_task_ids):
+            check_edge(self._where(), self.dag, self.task_id, child)
 
     def _arguments(self) -> dict[str, Any]:
         """This task's arguments that `check_arguments` checks (subclasses extend)."""

@@ -8,7 +8,15 @@ error — naming the task and the fix — instead of as a failed task in the mid
 * **template slots**: every variable a prompt template uses must come from somewhere — the
   operator's `inputs`, Airflow's task context (`params`, `ti`, `ds`, ...), or the DAG's
   `user_defined_macros`. A slot nothing provides would fail only when the task renders it.
-* **connection id**: Airflow's own rule for connection ids (letters, digits and `_#!()-.:/\\`).
+* **connection**: the id follows Airflow's rule (letters, digits and `_#!()-.:/\\`); a
+  connection defined in the environment (`AIRFLOW_CONN_<ID>`, how deployments usually hand it
+  out) must be one Hermesflow can use — the right type and a host. Reading an environment
+  variable costs nothing; a connection in the metadata database or a secrets backend would cost
+  a lookup on every parse, so it is checked when the task starts (`HermesHook`).
+
+* **cycle**: an edge that closes a loop fails where it is set (`a >> b`), naming the loop; a
+  DAG cannot loop, so the message says how to write one. Airflow's own check runs only after
+  the file is imported and names a single task.
 
 A value that is not known at parse time (an `XComArg`, an expanded argument) is not checked.
 """
@@ -22,12 +30,16 @@ from functools import cache
 from typing import Any
 
 import jinja2
+from airflow.sdk import Connection
 from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
+from hermesflow.operators.hook import EXAMPLE_URI, ApiEndpoint, HermesConnectionError
 from jinja2 import meta
 from pydantic import BaseModel, ValidationError
 
 BACKENDS_ENV = "HERMES_BACKENDS"
 """Extra backend names a DAG may use, comma-separated (the deployment's own backends)."""
+CONN_ENV_PREFIX = "AIRFLOW_CONN_"
+"""Airflow's environment-variable connections (`EnvironmentVariablesBackend`)."""
 CONN_ID_PATTERN = re.compile(r"^[\w#!()\-.:/\\]{1,250}$")
 """Airflow's rule for connection ids (`airflow.models.connection.RE_SANITIZE_CONN_ID`)."""
 
@@ -59,12 +71,31 @@ def check_backend(where: str, backend: Any) -> None:
         )
 
 
-def check_conn_id(where: str, conn_id: Any) -> None:
+def check_connection(where: str, conn_id: Any) -> None:
+    """Raise for a malformed connection id, or for an environment connection Hermesflow cannot
+    use (module docstring)."""
     if not isinstance(conn_id, str) or not CONN_ID_PATTERN.match(conn_id):
         raise HermesDagError(
             f"{where}: {conn_id!r} is not a valid connection id; use letters, digits and "
             "_#!()-.:/\\ only (for example the default 'hermesflow_default')"
         )
+    value = os.environ.get(CONN_ENV_PREFIX + conn_id.upper())
+    if value is None:
+        return
+    try:
+        conn = (
+            Connection.from_json(value, conn_id=conn_id)
+            if value.lstrip().startswith("{")
+            else Connection.from_uri(value, conn_id=conn_id)
+        )
+        ApiEndpoint.of(conn)
+    except HermesConnectionError as error:
+        raise HermesDagError(f"{where}: {error} (read from {CONN_ENV_PREFIX}{conn_id.upper()})") from None
+    except (ValueError, TypeError) as error:
+        raise HermesDagError(
+            f"{where}: {CONN_ENV_PREFIX}{conn_id.upper()} is neither a connection URI nor JSON "
+            f"({error}); set it like '{EXAMPLE_URI}'"
+        ) from None
 
 
 def check_template_slots(
@@ -128,6 +159,43 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _strings(item)
+
+
+def check_edge(where: str, dag: Any, upstream: str, downstream: str) -> None:
+    """Raise if the edge `upstream >> downstream` of `dag` (an Airflow DAG) closes a cycle, that
+    is, if `downstream` already reaches `upstream`."""
+    path = _path(dag.task_dict, downstream, upstream)
+    if path is None:
+        return
+    loop = " → ".join([upstream, *path])
+    raise HermesDagError(
+        f"{where}: `{upstream} >> {downstream}` closes the cycle {loop}; a DAG cannot loop. "
+        "Unroll the loop into a fixed number of steps with a branch that leaves early (as "
+        "dags/react_agent.py does), or write the application as a Semantic-Variable program "
+        "with loop()"
+    )
+
+
+def _path(tasks: Mapping[str, Any], source: str, target: str) -> list[str] | None:
+    """Task ids from `source` to `target` along downstream edges (breadth first), or None."""
+    if source not in tasks or target not in tasks:
+        return None
+    previous: dict[str, str | None] = {source: None}
+    frontier = [source]
+    while frontier:
+        following: list[str] = []
+        for task_id in frontier:
+            if task_id == target:
+                path = [task_id]
+                while (before := previous[path[-1]]) is not None:
+                    path.append(before)
+                return path[::-1]
+            for child in sorted(tasks[task_id].downstream_task_ids):
+                if child not in previous and child in tasks:
+                    previous[child] = task_id
+                    following.append(child)
+        frontier = following
+    return None
 
 
 def task_label(task_id: str, dag_id: str | None) -> str:

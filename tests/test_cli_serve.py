@@ -179,6 +179,29 @@ def _serve(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Pop
     )
 
 
+def _wait_or_explain(process: subprocess.Popen, timeout_s: float) -> int:
+    """The exit code; if the process hangs, fail with where its threads are and its stderr."""
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        py_spy = Path(sys.executable).parent / "py-spy"
+        stacks = (
+            subprocess.run(
+                [str(py_spy), "dump", "--pid", str(process.pid)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            if py_spy.exists()
+            else "(py-spy is not installed)"
+        )
+        process.kill()
+        pytest.fail(
+            f"`hermesflow serve` still ran {timeout_s:.0f} s after the signal.\n"
+            f"stacks:\n{stacks}\nstderr:\n{process.stderr.read()}"
+        )
+
+
 def _actor_exists(name: str) -> bool:
     import ray
 
@@ -260,7 +283,7 @@ def test_serve_in_the_foreground_stops_everything_on_ctrl_c(
         )
         assert httpx.get(f"{url}/v1/stats").status_code == 401
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=90) == 0, process.stderr.read()
+        assert _wait_or_explain(process, timeout_s=90) == 0, process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()

@@ -168,14 +168,46 @@ def _import_error(tmp_path: Path, body: str) -> str:
             second = LLMStepOperator(task_id="second", prompt="b")
             first >> second >> first
             """,
-            ["Cycle detected in Dag: broken. Faulty task: second"],  # Airflow's own check
+            [
+                "task 'first' of DAG 'broken': `second >> first` closes the cycle "
+                "second → first → second",
+                "dags/react_agent.py",
+                "loop()",
+            ],
             id="cycle",
+        ),
+        pytest.param(
+            """
+            from airflow.providers.standard.operators.empty import EmptyOperator
+            first = LLMStepOperator(task_id="first", prompt="a")
+            gather = EmptyOperator(task_id="gather")
+            first >> gather >> LLMStepOperator(task_id="second", prompt="b")
+            first << gather
+            """,
+            ["task 'first' of DAG 'broken': `first >> gather` closes the cycle first → gather → first"],
+            id="cycle through another operator",
+        ),
+        pytest.param(
+            'LLMStepOperator(task_id="ask", prompt="Hi", hermes_conn_id="elsewhere")',
+            [
+                "task 'ask' of DAG 'broken': Airflow connection 'elsewhere' has type 'http'",
+                "AIRFLOW_CONN_ELSEWHERE='hermesflow://:TOKEN@127.0.0.1:8000'",
+                "(read from AIRFLOW_CONN_ELSEWHERE)",
+            ],
+            id="connection of the wrong type",
+        ),
+        pytest.param(
+            'LLMStepOperator(task_id="ask", prompt="Hi", hermes_conn_id="hostless")',
+            ["task 'ask' of DAG 'broken': Airflow connection 'hostless' has no host"],
+            id="connection without a host",
         ),
     ],
 )
 def test_a_mistake_fails_the_parse_naming_the_task_and_the_fix(
-    tmp_path: Path, body: str, expected: list[str]
+    tmp_path: Path, body: str, expected: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_ELSEWHERE", "http://127.0.0.1:8000")
+    monkeypatch.setenv("AIRFLOW_CONN_HOSTLESS", '{"conn_type": "hermesflow", "password": "t"}')
     error = _import_error(tmp_path, body)
     for part in expected:
         assert part in error, error
