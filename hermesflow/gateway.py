@@ -2,9 +2,10 @@
 inside a detached Ray actor.
 
 `build_app(scheduler, token)` assembles the app from its route groups — the control API
-(`hermesflow.gateway_control`) and the OpenAI-compatible API (`hermesflow.gateway_openai`) —
-plus `/healthz` and the OpenAPI documents. Every route awaits one method of the scheduler actor;
-the app holds no state of its own, so any number of gateways may front one scheduler.
+(`hermesflow.gateway_control`), its monitoring views (`hermesflow.gateway_monitor`) and the
+OpenAI-compatible API (`hermesflow.gateway_openai`) — plus `/healthz` and the OpenAPI documents.
+Every route awaits one method of the scheduler actor; the app holds no state of its own, so any
+number of gateways may front one scheduler.
 
 Auth: with a `token`, every route but `/healthz` needs `Authorization: Bearer <token>` (401
 without it, 403 with another; compared in constant time), `/docs` and `/openapi.json` included.
@@ -40,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hermesflow.api_models import Health
 from hermesflow.gateway_control import control_router
+from hermesflow.gateway_monitor import monitor_router
 from hermesflow.gateway_openai import OpenAIRoute, error_document, openai_router
 from hermesflow.gateway_scheduler import ApiError, SchedulerProxy
 from hermesflow.schedulers.runtime import get_scheduler
@@ -63,6 +65,11 @@ _TAGS = [
     },
     {"name": "backends", "description": "Backends' lifecycle phases and the scheduler's counters."},
     {"name": "classes", "description": "Application classes and their PDGraphs."},
+    {
+        "name": "monitoring",
+        "description": "Live applications in the policy's order, classes, and completion-time "
+        "history, for dashboards.",
+    },
     {
         "name": "openai",
         "description": "OpenAI-compatible endpoints; each request is a step of an application.",
@@ -173,6 +180,7 @@ def build_app(
     proxy = SchedulerProxy(scheduler)
     options = {} if event_poll_s is None else {"poll_s": event_poll_s}
     app.include_router(control_router(proxy, **options), dependencies=guard)
+    app.include_router(monitor_router(proxy), dependencies=guard)
     app.include_router(openai_router(proxy), dependencies=guard)
     return app
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ __all__ = [  # the schema is re-exported: callers import tables and rows from he
     "ClientStep",
     "Decision",
     "DecisionRow",
+    "FinishedAct",
     "PDGraphSnapshot",
     "Run",
     "RunPhase",
@@ -255,6 +256,61 @@ class Store:
         query = select(TaskOutcome).where(TaskOutcome.app_key == app_key).order_by(TaskOutcome.id)
         with self.session() as session:
             return [_copy(TaskOutcomeRow, row) for row in session.scalars(query)]
+
+    # Monitoring (the control API's views; read-only)
+
+    def class_snapshots(self) -> dict[str, tuple[int, str]]:
+        """Each class's newest PDGraph snapshot: its version and source (the graph in force)."""
+        newest = (
+            select(PDGraphSnapshot.app_class, func.max(PDGraphSnapshot.version).label("version"))
+            .group_by(PDGraphSnapshot.app_class)
+            .subquery()
+        )
+        query = select(
+            PDGraphSnapshot.app_class, PDGraphSnapshot.version, PDGraphSnapshot.source
+        ).join(
+            newest,
+            (PDGraphSnapshot.app_class == newest.c.app_class)
+            & (PDGraphSnapshot.version == newest.c.version),
+        )
+        with self.session() as session:
+            return {row.app_class: (row.version, row.source) for row in session.execute(query)}
+
+    def run_counts(self, phase: RunPhase) -> dict[str, int]:
+        """How many runs of each class are in `phase` (classes without any are left out)."""
+        query = (
+            select(Run.app_class, func.count(Run.id))
+            .where(Run.phase == phase)
+            .group_by(Run.app_class)
+        )
+        with self.session() as session:
+            return {name: count for name, count in session.execute(query)}
+
+    def finished_acts(self, since_s: float, app_class: str | None = None) -> list[FinishedAct]:
+        """Completion times of the runs that finished (not failed) at or after `since_s`,
+        optionally of one class, in finishing order."""
+        query = (
+            select(Run.policy, Run.finished_s, Run.act_s)
+            .where(
+                Run.phase == RunPhase.FINISHED,
+                Run.finished_s >= since_s,
+                Run.act_s.is_not(None),
+            )
+            .order_by(Run.finished_s, Run.id)
+        )
+        if app_class is not None:
+            query = query.where(Run.app_class == app_class)
+        with self.session() as session:
+            return [FinishedAct(*row) for row in session.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAct:
+    """A finished run's policy, finishing time and completion time (`Store.finished_acts`)."""
+
+    policy: str | None
+    finished_s: float
+    act_s: float
 
 
 def _validated_document(name: str, graph: PDGraph) -> dict[str, Any]:

@@ -18,8 +18,10 @@ Applications come in two shapes. A *program* run (`submit`) advances through its
 in, the program picks the next step from the real outputs. An *open* run (`submit_step`, the
 OpenAI-compatible gateway and Airflow tasks) receives its steps one by one from a client; its
 requests are ranked as one application all the same (`runtime_open.py`; named, asynchronous
-steps and task outcomes in `runtime_steps.py`). Each finished step becomes a `StageObservation`;
-a background task refits each class's PDGraph from its recent observations.
+steps and task outcomes in `runtime_steps.py`). What it shows of itself — live applications in
+the policy's order, classes, completion-time history, backends, counters, Ray metrics — is in
+`runtime_monitor.py`. Each finished step becomes a `StageObservation`; a background task refits
+each class's PDGraph from its recent observations.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.pdgraph.model import END, PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, RequestRecord
+from hermesflow.schedulers.metrics import SchedulerMetrics
 from hermesflow.schedulers.open_apps import grow_open_graph
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.queues import RequestQueue
 from hermesflow.schedulers.runtime_backends import BackendDied, BackendSlot
 from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME, RuntimeConfig
+from hermesflow.schedulers.runtime_monitor import MonitorMixin
 from hermesflow.schedulers.runtime_open import OpenRunsMixin
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
@@ -63,7 +67,7 @@ from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow, Store
 log = logging.getLogger(__name__)
 
 
-class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
+class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin):
     """The scheduler actor's logic (module docstring); `SchedulerActor` is its Ray actor."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -80,7 +84,10 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
         self.planner = make_planner(
             self.config.planner, self.demand, pinned=self.config.warm_at_start, **self.config.planner_options
         )
-        self.slots = {spec.name: BackendSlot(spec, self._kick) for spec in self.config.backends}
+        self.metrics = SchedulerMetrics()
+        self.slots = {
+            spec.name: BackendSlot(spec, self._kick, self.metrics) for spec in self.config.backends
+        }
         self.queues = {name: RequestQueue(self.policy) for name in self.slots}
         self.live: dict[int, LiveRun] = {}
         self.by_key: dict[str, LiveRun] = {}
@@ -88,6 +95,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
         self._refitted_at: dict[str, tuple] = {}
         self._session_keys: dict[str, str] = {}
         self._attempts: dict[int, int] = {}
+        self._running_calls: set[int] = set()
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._busy_s = 0.0
@@ -138,11 +146,13 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
             await self._wake.wait()
             self._wake.clear()
             self._timed(self._dispatch)
+            self._timed(self._publish_queues)
 
     async def _plan_timer(self) -> None:
         while True:
             await asyncio.sleep(self.config.planner_interval_s)
             self._timed(self._plan)
+            self._timed(self._publish_queues)
             self._timed(self.journal.flush)
             self._close_idle_open_runs()
 
@@ -251,7 +261,6 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
         if not created:
             return view_stored(run)
         live = self._new_live(run, program, inputs, doc)
-        self.policy.on_admit(live.record, now)
         if isinstance(first, Finished):
             self._end(live, RunEnd(RunPhase.FINISHED, first.result), None, None, 0)
         else:
@@ -260,12 +269,16 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
         return view_live(live)
 
     def _new_live(self, run: RunRow, program, inputs, doc) -> LiveRun:
+        """A run becomes live (admitted, or reloaded after a restart): the policy hears of it
+        once here, so per-application policy state (vtc's counter) exists for recovered runs."""
         state = self.demand.initial_state(run.app_class)
         record = AppRecord(run.id, run.app_class, run.submitted_s, state, attained_s=doc.get("attained_s", 0.0))
         live = LiveRun(record, run.key, program, inputs, doc)
         self.live[run.id] = live
         self.by_key[run.key] = live
         self._arrivals.append((run.submitted_s, run.app_class))
+        self.metrics.app_admitted(run.app_class)
+        self.policy.on_admit(record, time.time())
         return live
 
     async def app(self, key: str) -> dict[str, Any]:
@@ -296,37 +309,6 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
             raise UnknownApplication(f"no application {key!r}; submit it first")
         events = await asyncio.to_thread(self.journal.events, stored.id, after)
         return [{"id": e.id, "at_s": e.at_s, "kind": e.kind, "backend": e.backend, "detail": e.detail} for e in events]
-
-    async def backends(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": name,
-                "type": slot.spec.type,
-                "phase": slot.phase.name.lower(),
-                "warmup_s": slot.warmup_s,
-                "capacity": slot.capacity,
-                "in_flight": slot.in_flight,
-                "queued": len(self.queues[name]),
-                "last_error": slot.last_error,
-            }
-            for name, slot in self.slots.items()
-        ]
-
-    async def stats(self) -> dict[str, Any]:
-        """Counters for benchmarks: the scheduler's own time per completed call — CPU time
-        (`overhead_ms_per_step`), wall time, and the wall time of journal transactions."""
-        return {
-            "policy": self.policy.name,
-            "planner": self.planner.name,
-            "live_apps": len(self.live),
-            "completed_calls": self._completed_calls,
-            "busy_s": self._busy_s,
-            "overhead_ms_per_step": 1e3 * self._busy_cpu_s / max(self._completed_calls, 1),
-            "overhead_wall_ms_per_step": 1e3 * self._busy_s / max(self._completed_calls, 1),
-            "journal_ms_per_step": 1e3 * self.journal.busy_s / max(self._completed_calls, 1),
-            "classes": list(self.demand.classes),
-            "task_failures": self._task_failures,
-        }
 
     async def backend_pid(self, name: str) -> int | None:
         """The process id of a backend's actor, None while it is cold."""
@@ -382,12 +364,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
         return GraphState(live.record.app_class, stage, tuple(counts), pending)
 
     def _queue(self, live: LiveRun, stored: StoredCall) -> None:
-        call = stored.call
-        input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
-        request = RequestRecord(
-            stored.id, live.record, stored.backend, stored.queued_s, None, input_tokens, call.get("max_tokens", 0)
-        )
-        self.queues[stored.backend].push(request)
+        self.queues[stored.backend].push(self._request_of(live, stored))
         slot = self.slots[stored.backend]
         if slot.phase is BackendPhase.DRAINING:
             slot.revive()
@@ -411,6 +388,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
             live.step_started_s = live.step_started_s or now
         live.stage_cold_s = max(live.stage_cold_s, max(0.0, min(slot.warm_since_s, now) - request.ready_s))
         priority = self.policy.key(request)
+        self._running_calls.add(stored.id)
         self.journal.dispatch(
             stored.id,
             now,
@@ -427,6 +405,8 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
             return
         except Exception as error:  # noqa: BLE001 - a failing call is a result the program sees
             result = CallResult(finish_reason="error", error=f"{type(error).__name__}: {error}")
+        finally:
+            self._running_calls.discard(stored.id)
         self._timed(self._complete, live, stored, result)
 
     def _retry(self, live: LiveRun, stored: StoredCall, request: RequestRecord, reason: str) -> None:
@@ -548,6 +528,8 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin):
             [DecisionRow(now, kind, detail={"error": end.error} if end.error else None)],
             completion,
         )
+        act_s = now - live.record.arrival_s if end.phase is RunPhase.FINISHED else None
+        self.metrics.app_ended(live.record.app_class, self.policy.name, act_s)
         self._forget(live)
 
     def _fail(self, live: LiveRun, error: str) -> None:

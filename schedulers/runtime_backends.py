@@ -9,6 +9,9 @@ warm-up, kept as an exponential moving average for the prewarm planner); drainin
 in-flight calls, then kills the actor, which frees its memory for sure. A call on an actor
 that dies raises `BackendDied`: the slot goes back to COLD and the scheduler re-queues the
 call, so a step is retried, never lost.
+
+Every completed warm-up is counted and its measured time kept (`warmups`, `last_warmup_s`, the
+`/v1/backends` view) and reported to the scheduler's Ray metrics with each warm/cold transition.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hermesflow.backends.actor import BackendActor
 from hermesflow.backends.base import BackendSpec
 from hermesflow.backends.calls import CallResult
 from hermesflow.schedulers.interface import BackendPhase
+from hermesflow.schedulers.metrics import SchedulerMetrics
 from hermesflow.schedulers.prewarm import BackendStatus
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,9 @@ class BackendDied(RuntimeError):
 class BackendSlot:
     """Lifecycle and calls of one backend (module docstring). Not thread-safe: one event loop."""
 
-    def __init__(self, spec: BackendSpec, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, spec: BackendSpec, on_change: Callable[[], None], metrics: SchedulerMetrics
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.phase = BackendPhase.COLD
@@ -53,14 +59,23 @@ class BackendSlot:
         self.warm_since_s = math.inf
         self.failures = 0
         self.last_error: str | None = None
+        self.warmups = 0
+        self.last_warmup_s: float | None = None
         self._actor: Any = None
         self._generation = 0
         self._on_change = on_change
+        self._metrics = metrics
+        metrics.backend_cold(self.name)
 
     # -- what the planner and the dispatcher read ---------------------------------------------
 
     def status(self, queued: int) -> BackendStatus:
         return BackendStatus(self.name, self.phase, self.warmup_s, self.in_flight, queued, self.last_used_s)
+
+    @property
+    def warm_since(self) -> float | None:
+        """Unix time the loaded actor became warm; None while none is loaded."""
+        return None if math.isinf(self.warm_since_s) else self.warm_since_s
 
     @property
     def free(self) -> int:
@@ -96,7 +111,10 @@ class BackendSlot:
         self.warmup_s = WARMUP_EMA * measured + (1 - WARMUP_EMA) * self.warmup_s
         self.capacity = capacity
         self.failures = 0
+        self.warmups += 1
+        self.last_warmup_s = measured
         self.phase, self.warm_since_s = BackendPhase.WARM, time.time()
+        self._metrics.backend_warmed(self.name, measured)
         self._on_change()
 
     async def release(self) -> None:
@@ -124,6 +142,7 @@ class BackendSlot:
         self.phase, self.warm_since_s, self.capacity = BackendPhase.COLD, math.inf, 1
         if actor is not None:
             ray.kill(actor)
+        self._metrics.backend_cold(self.name)
         self._on_change()
 
     def shutdown(self) -> None:

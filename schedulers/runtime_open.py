@@ -144,7 +144,6 @@ class OpenRunsMixin:
             admit = DecisionRow(now, "admit", detail={"class": app_class, "key": key, "open": True})
             run, _ = self.journal.admit(key, app_class, self.policy.name, now, None, labels, doc, admit)
             live = self._new_live(run, None, None, doc)
-            self.policy.on_admit(live.record, now)
         elif live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it takes no external steps")
         self._record_open_observations(live, stage)

@@ -100,6 +100,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 RAY_TEST_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 """Bind every Ray process to 127.0.0.1 and skip token auth (loopback-only test cluster)."""
+METRICS_REPORT_INTERVAL_MS = 1000
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +108,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A local Ray cluster with a capped object store, shared by every Ray test.
 
     Four logical CPUs on a 2-core machine: backend actors reserve one CPU each, the scheduler
-    and the HTTP actor none, and the LLM sets its own torch threads.
+    and the HTTP actor none, and the LLM sets its own torch threads. Workers report their
+    metrics every second (Ray's default: ten), so the metrics tests read the node's Prometheus
+    export (`ray.nodes()[i]["MetricsExportPort"]`) within seconds of a change.
     """
     os.environ.update(RAY_TEST_ENV)
     import ray
@@ -119,6 +122,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent / "support")}},
+        _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
     )
     try:
         yield

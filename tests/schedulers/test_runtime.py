@@ -165,6 +165,23 @@ def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(schedule
     assert any(d.kind == "recover" for d in Store(db_url).decisions())
 
 
+def test_recovered_runs_regain_their_per_application_policy_state(ray_cluster, tmp_path):
+    """vtc keeps a counter per application: runs reloaded after a restart must get theirs back,
+    or their calls could not be ranked (KeyError) and would never run."""
+    db_url = f"sqlite:///{tmp_path / 'hermes.db'}"
+    handle = start_scheduler(_config(db_url, policy="vtc"), name=f"scheduler-{uuid.uuid4().hex[:8]}")
+    try:
+        keys = [_submit(handle, steps=3, seconds=0.3) for _ in range(3)]
+        time.sleep(1.0)  # some steps done, some queued
+        ray.kill(handle, no_restart=False)
+        views = _wait_all(handle, keys, timeout_s=90)
+        assert [v["phase"] for v in views] == ["finished"] * 3
+        assert ray.get(handle.stats.remote())["task_failures"] == 0
+    finally:
+        ray.get(handle.shutdown.remote())
+        ray.kill(handle, no_restart=True)
+
+
 def test_backend_that_dies_mid_step_is_restarted_and_the_step_retried_once(scheduler):
     handle, db_url, _ = scheduler
     key = _submit(handle, steps=1, seconds=3.0)

@@ -1,0 +1,89 @@
+"""The monitoring routes of the control API: `GET /v1/apps`, `/v1/classes` and `/v1/act`.
+
+What a dashboard (the Airflow page, `hermesflow top`-like tools) polls: the live applications in
+the order the policy serves them, with the policy's rank and the remaining demand their class's
+PDGraph predicts from where each one is; the application classes and where their graphs came
+from; and the completion-time history of finished runs per policy. Each route is one awaited
+call of the scheduler actor (`schedulers/runtime_monitor.py`); the query parameters are bounded
+here, so a bad value is a 422 that names the parameter before the scheduler is asked.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from hermesflow.api_models import (
+    MAX_ACT_BUCKETS,
+    MAX_ACT_WINDOW_S,
+    MAX_LIVE_APPS,
+    MIN_ACT_WINDOW_S,
+    ActHistory,
+    ClassSummary,
+    LiveAppView,
+)
+from hermesflow.gateway_scheduler import SchedulerProxy
+
+ClassFilter = Annotated[
+    str | None, Query(min_length=1, max_length=250, description="only this application class")
+]
+
+
+def monitor_router(proxy: SchedulerProxy) -> APIRouter:
+    """The monitoring routes, bound to one scheduler."""
+    router = APIRouter(prefix="/v1", tags=["monitoring"])
+
+    @router.get(
+        "/apps",
+        summary="Live applications, most urgent first",
+        response_model=list[LiveAppView],
+    )
+    async def live_apps(
+        app_class: ClassFilter = None,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_LIVE_APPS, description="at most this many applications")
+        ] = 200,
+    ) -> Any:
+        """The admitted and running applications in the order the policy would serve them:
+        `position` 1 is served next, `rank` is the policy's key (smaller first; the Gittins
+        index for the Hermes policies), `remaining_s` the remaining backend-seconds their
+        class's PDGraph predicts from their current stage (mean and 10th-90th percentiles)."""
+        return await proxy.call("live_apps", app_class, limit)
+
+    @router.get(
+        "/classes",
+        summary="Application classes and their PDGraphs' provenance",
+        response_model=list[ClassSummary],
+    )
+    async def classes() -> Any:
+        """Every class the scheduler ranks: a program class or an open one, the version and
+        source of its current graph (`GET /v1/classes/{name}/graph` has the graph), and how
+        many of its runs are live and have finished."""
+        return await proxy.call("class_summaries")
+
+    @router.get(
+        "/act",
+        summary="Completion times of finished runs, per policy",
+        response_model=ActHistory,
+    )
+    async def act_history(
+        window_s: Annotated[
+            float,
+            Query(
+                ge=MIN_ACT_WINDOW_S,
+                le=MAX_ACT_WINDOW_S,
+                description="how far back, in seconds (1 minute to 30 days)",
+            ),
+        ] = 86400.0,
+        buckets: Annotated[
+            int, Query(ge=1, le=MAX_ACT_BUCKETS, description="equal time buckets in the window")
+        ] = 24,
+        app_class: ClassFilter = None,
+    ) -> Any:
+        """The application completion time (admission to finish) of the runs that finished in
+        the window, from the store: per policy, the runs, mean and 95th percentile of each
+        time bucket (oldest first) and of the whole window. Failed runs are not counted."""
+        return await proxy.call("act_history", window_s, buckets, app_class)
+
+    return router

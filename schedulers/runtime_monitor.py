@@ -1,0 +1,277 @@
+"""What the scheduler shows of itself: live applications in the policy's order, classes,
+completion-time history, backends, counters, and its Ray metrics.
+
+The control API's monitoring routes (`GET /v1/apps`, `/v1/classes`, `/v1/act`, `/v1/backends`,
+`/v1/stats`) each await one method here. The ranks are the policy's own keys, computed by the
+same `Policy.key` the backend queues order by, from the same request fields `_queue` gives
+them; the remaining demand is the `DemandEstimator`'s Monte-Carlo draws for the application's
+current PDGraph state, the draws its Gittins index is computed from. So the page shows what the
+scheduler decides with, not a second estimate of it. The completion-time history is read from
+the store (`Store.finished_acts`), so it covers runs of earlier scheduler lifetimes too.
+
+Reading is not scheduling: these methods are not counted in the scheduler's overhead
+(`_timed`), so a dashboard polling every few seconds does not skew a benchmark. Publishing the
+Ray metrics (`_publish_queues`, after each dispatch pass and on the planner's timer) is, since
+it runs on the dispatch path.
+
+A mixin of `HermesScheduler`; it uses `live`, `queues`, `slots`, `policy`, `planner`, `demand`,
+`programs`, `store`, `journal`, `metrics`, `_ready` and the counters of `stats`; its own state is
+`_running_calls`, the ids of the calls dispatched and not yet returned (kept by `_start_call`
+and `_execute`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from hermesflow.journal import StoredCall
+from hermesflow.schedulers.interface import AppPhase, RequestRecord
+from hermesflow.schedulers.metrics import ray_dashboard_url
+from hermesflow.schedulers.runtime_state import LiveRun, SubmissionError
+from hermesflow.store import FinishedAct, RunPhase
+
+REMAINING_LEVEL = 0.8
+"""Central probability mass of the remaining-demand interval shown: the 10th to 90th percentile."""
+UNKNOWN_POLICY = "unknown"
+"""Series name of stored runs without a policy (recorded by something other than a scheduler)."""
+ACT_PERCENTILE = 95.0
+
+
+class MonitorMixin:
+    """The scheduler's monitoring views and metrics (module docstring)."""
+
+    # -- live applications ----------------------------------------------------------------------
+
+    async def live_apps(
+        self, app_class: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """The live applications in the order the policy serves them; at most `limit`,
+        optionally of one class (positions stay those among all live applications)."""
+        await self._ready.wait()
+        if limit < 1:
+            raise SubmissionError(f"limit must be at least 1, not {limit}")
+        now = time.time()
+        ranked = []
+        for live in self.live.values():
+            queued = self._queued_calls(live)
+            ranked.append((self._rank(live, queued, now), _first_id(queued), live, queued))
+        ranked.sort(
+            key=lambda r: (r[0] is None, r[0] or 0.0, r[1], r[2].record.arrival_s, r[2].key)
+        )
+        views = []
+        for position, (rank, _, live, queued) in enumerate(ranked, start=1):
+            if app_class is None or live.record.app_class == app_class:
+                views.append(self._live_view(live, queued, rank, position, now))
+                if len(views) == limit:
+                    break
+        return views
+
+    def _request_of(self, live: LiveRun, stored: StoredCall) -> RequestRecord:
+        """The queue's record of one of the run's calls: what the policy keys."""
+        call = stored.call
+        input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
+        return RequestRecord(
+            stored.id,
+            live.record,
+            stored.backend,
+            stored.queued_s,
+            None,
+            input_tokens,
+            call.get("max_tokens", 0),
+        )
+
+    def _pending_calls(self, live: LiveRun) -> list[StoredCall]:
+        """The run's calls without a result (queued or running)."""
+        return [c for c in live.calls.values() if c.call_index not in live.results]
+
+    def _queued_calls(self, live: LiveRun) -> list[StoredCall]:
+        return [c for c in self._pending_calls(live) if c.id not in self._running_calls]
+
+    def _rank(self, live: LiveRun, queued: Sequence[StoredCall], now: float) -> float | None:
+        """The policy's key for the run: the smallest among its waiting calls, else the key its
+        next call would get if queued now. None when the policy keeps no state for the run."""
+        if queued:
+            requests = [self._request_of(live, stored) for stored in queued]
+        else:
+            backend = live.plan.backend if live.plan is not None else ""
+            requests = [RequestRecord(-1, live.record, backend, now)]
+        try:
+            return min(float(self.policy.key(request)) for request in requests)
+        except KeyError:  # a policy with per-application state (vtc) that never saw this run
+            return None
+
+    def _remaining(self, live: LiveRun) -> dict[str, float] | None:
+        """Remaining backend-seconds from the class's PDGraph given the run's current state."""
+        state = live.record.state
+        if state.app_class not in self.demand.classes:
+            return None
+        work = self.demand.draws_for(state).work_s
+        if work.size == 0:
+            return None
+        low, high = np.quantile(work, [(1 - REMAINING_LEVEL) / 2, (1 + REMAINING_LEVEL) / 2])
+        estimate = {"mean": float(work.mean()), "low": float(low), "high": float(high)}
+        if not all(math.isfinite(v) for v in estimate.values()):
+            return None
+        return estimate | {"level": REMAINING_LEVEL}
+
+    def _live_view(
+        self,
+        live: LiveRun,
+        queued: Sequence[StoredCall],
+        rank: float | None,
+        position: int,
+        now: float,
+    ) -> dict[str, Any]:
+        record = live.record
+        running = sum(1 for c in self._pending_calls(live) if c.id in self._running_calls)
+        return {
+            "app_id": live.key,
+            "app_class": record.app_class,
+            "phase": "running" if record.phase is AppPhase.RUNNING else "admitted",
+            "stage": live.plan.stage if live.plan is not None else None,
+            "backend": live.plan.backend if live.plan is not None else None,
+            "submitted_at": record.arrival_s,
+            "elapsed_s": max(now - record.arrival_s, 0.0),
+            "attained_s": record.attained_s,
+            "policy": self.policy.name,
+            "rank": rank if rank is not None and math.isfinite(rank) else None,
+            "position": position,
+            "remaining_s": self._remaining(live),
+            "queued_calls": len(queued),
+            "running_calls": running,
+        }
+
+    # -- classes and history --------------------------------------------------------------------
+
+    async def class_summaries(self) -> list[dict[str, Any]]:
+        """Every class the scheduler ranks, with its graph's stored version and run counts."""
+        await self._ready.wait()
+        snapshots = await asyncio.to_thread(self.store.class_snapshots)
+        finished = await asyncio.to_thread(self.store.run_counts, RunPhase.FINISHED)
+        live = Counter(run.record.app_class for run in self.live.values())
+        summaries = []
+        for name in sorted(self.demand.classes):
+            version, source = snapshots.get(name, (None, None))
+            summaries.append(
+                {
+                    "name": name,
+                    "kind": "program" if name in self.programs else "open",
+                    "version": version,
+                    "source": source,
+                    "live_apps": live[name],
+                    "finished_runs": finished.get(name, 0),
+                }
+            )
+        return summaries
+
+    async def act_history(
+        self, window_s: float = 86400.0, buckets: int = 24, app_class: str | None = None
+    ) -> dict[str, Any]:
+        """Completion times of the runs that finished in the last `window_s` seconds, per
+        policy, in `buckets` equal time buckets (see `act_history`)."""
+        await self._ready.wait()
+        if window_s <= 0 or buckets < 1:
+            raise SubmissionError(
+                f"need window_s > 0 and buckets >= 1, not {window_s} and {buckets}"
+            )
+        now = time.time()
+        rows = await asyncio.to_thread(self.store.finished_acts, now - window_s, app_class)
+        return act_history(rows, now, window_s, buckets)
+
+    # -- backends and counters ------------------------------------------------------------------
+
+    async def backends(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "type": slot.spec.type,
+                "phase": slot.phase.name.lower(),
+                "warmup_s": slot.warmup_s,
+                "capacity": slot.capacity,
+                "in_flight": slot.in_flight,
+                "queued": len(self.queues[name]),
+                "last_error": slot.last_error,
+                "warm_since": slot.warm_since,
+                "warmups": slot.warmups,
+                "last_warmup_s": slot.last_warmup_s,
+            }
+            for name, slot in self.slots.items()
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters for benchmarks: the scheduler's own time per completed call — CPU time
+        (`overhead_ms_per_step`), wall time, and the wall time of journal transactions — and
+        where the cluster's Ray dashboard is."""
+        return {
+            "policy": self.policy.name,
+            "planner": self.planner.name,
+            "live_apps": len(self.live),
+            "completed_calls": self._completed_calls,
+            "busy_s": self._busy_s,
+            "overhead_ms_per_step": 1e3 * self._busy_cpu_s / max(self._completed_calls, 1),
+            "overhead_wall_ms_per_step": 1e3 * self._busy_s / max(self._completed_calls, 1),
+            "journal_ms_per_step": 1e3 * self.journal.busy_s / max(self._completed_calls, 1),
+            "classes": list(self.demand.classes),
+            "task_failures": self._task_failures,
+            "ray_dashboard_url": ray_dashboard_url(),
+        }
+
+    # -- Ray metrics ----------------------------------------------------------------------------
+
+    def _publish_queues(self) -> None:
+        """Each backend queue's length and head key, to the Ray metrics (unchanged values are
+        not written again)."""
+        for name, queue in self.queues.items():
+            head = queue.peek()
+            self.metrics.queue(
+                name, len(queue), None if head is None else float(self.policy.key(head))
+            )
+
+
+def act_history(
+    rows: Iterable[FinishedAct], now: float, window_s: float, buckets: int
+) -> dict[str, Any]:
+    """The `ActHistory` document of `rows` (finished runs) over [now - window_s, now]: bucket i
+    covers [start_i, start_i + bucket_s) with start_i = now - window_s + i * bucket_s (the last
+    one also `now` itself); each policy's series has every bucket, empty ones with `runs: 0`.
+    Rows outside the window are ignored."""
+    bucket_s = window_s / buckets
+    start = now - window_s
+    acts: dict[str, list[list[float]]] = {}
+    for row in rows:
+        index = math.floor((row.finished_s - start) / bucket_s)
+        if index < 0 or row.finished_s > now:
+            continue
+        per_bucket = acts.setdefault(row.policy or UNKNOWN_POLICY, [[] for _ in range(buckets)])
+        per_bucket[min(index, buckets - 1)].append(row.act_s)
+    series, totals = [], []
+    for policy, per_bucket in sorted(acts.items()):
+        points = [
+            {"start": start + i * bucket_s, **_summary(values)}
+            for i, values in enumerate(per_bucket)
+        ]
+        series.append({"policy": policy, "points": points})
+        totals.append({"policy": policy, **_summary([a for values in per_bucket for a in values])})
+    return {"window_s": window_s, "bucket_s": bucket_s, "series": series, "totals": totals}
+
+
+def _summary(acts: Sequence[float]) -> dict[str, Any]:
+    if not acts:
+        return {"runs": 0, "mean_s": None, "p95_s": None}
+    return {
+        "runs": len(acts),
+        "mean_s": float(np.mean(acts)),
+        "p95_s": float(np.percentile(acts, ACT_PERCENTILE)),
+    }
+
+
+def _first_id(calls: Sequence[StoredCall]) -> float:
+    """The queue's tie-break between equal keys: the earliest queued call id."""
+    return min((c.id for c in calls), default=math.inf)
