@@ -15,14 +15,18 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 from hermesflow.api_models import (
+    ActHistory,
     AppSubmission,
     AppView,
+    BackendView,
     ClassDeclaration,
+    ClassSummary,
     FinishRequest,
     Health,
+    LiveAppView,
     SchedulerStats,
     StepSubmission,
     StepView,
@@ -152,3 +156,48 @@ def record_task_outcome(app_id: str, outcome: TaskOutcome) -> Route[TaskOutcome]
 
 def finish_app(app_id: str, request: FinishRequest) -> Route[AppView]:
     return Route("POST", f"/v1/apps/{_segment(app_id)}/finish", AppView, request)
+
+
+# -- monitoring (read-only; the Airflow plugin's JSON API proxies these) ---------------------------
+
+
+class LiveApps(RootModel[list[LiveAppView]]):
+    """The answer of `GET /v1/apps`: a JSON list, as a model a `Route` can read."""
+
+
+class Backends(RootModel[list[BackendView]]):
+    """The answer of `GET /v1/backends`."""
+
+
+class ClassSummaries(RootModel[list[ClassSummary]]):
+    """The answer of `GET /v1/classes`."""
+
+
+def _present(**params: Any) -> dict[str, Any]:
+    """The query parameters that are set: an unset one takes the server's default."""
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def live_apps(app_class: str | None = None, limit: int | None = None) -> Route[LiveApps]:
+    """The live applications, most urgent first (the order the policy serves them)."""
+    return Route("GET", "/v1/apps", LiveApps, params=_present(app_class=app_class, limit=limit))
+
+
+def backends() -> Route[Backends]:
+    return Route("GET", "/v1/backends", Backends)
+
+
+def classes() -> Route[ClassSummaries]:
+    return Route("GET", "/v1/classes", ClassSummaries)
+
+
+def class_graph(name: str) -> Route[PDGraph]:
+    return Route("GET", f"/v1/classes/{_segment(name)}/graph", PDGraph)
+
+
+def act_history(
+    window_s: float | None = None, buckets: int | None = None, app_class: str | None = None
+) -> Route[ActHistory]:
+    """Completion times of the runs that ended in the last `window_s`, by policy."""
+    params = _present(window_s=window_s, buckets=buckets, app_class=app_class)
+    return Route("GET", "/v1/act", ActHistory, params=params)

@@ -1,0 +1,180 @@
+"""The plugin's JSON API: Hermesflow's monitoring routes, read for a logged-in Airflow user.
+
+Each route sends one request of `hermesflow.operators.api_client` through `HermesHook.arun`
+(the Airflow connection holds Hermesflow's address and token, so neither reaches the browser)
+and answers the server's own models from `hermesflow.api_models`. Query parameters are checked
+here with the bounds of Hermesflow's control API, so a bad value is this API's 422, not a
+request Hermesflow refuses.
+
+When Hermesflow cannot be asked, the answer is a JSON `{"detail": ...}` that names the Airflow
+connection and the fix — never a 500, because the page shows it to the user as it is:
+
+* 503 — the connection is missing or invalid, or Hermesflow did not answer (not started,
+  restarting, wrong host or port) or answered 502/503/504: asking again later may succeed;
+* 502 — Hermesflow answered, but not usefully: it refused the token, failed, or sent something
+  this provider cannot read (a different Hermesflow version);
+* 404 — Hermesflow has no such class (the graph route only): passed on as is.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import httpx
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from hermesflow.operators import api_client
+from hermesflow.operators.api_client import HermesApiError, Route
+from hermesflow.operators.hook import HermesConnectionError, HermesHook
+from pydantic import BaseModel
+
+from hermesflow.api_models import (
+    MAX_ACT_BUCKETS,
+    MAX_ACT_WINDOW_S,
+    MAX_LIVE_APPS,
+    MIN_ACT_WINDOW_S,
+    ActHistory,
+    BackendView,
+    ClassSummary,
+    LiveAppView,
+    SchedulerStats,
+)
+from hermesflow.pdgraph.model import PDGraph
+
+M = TypeVar("M", bound=BaseModel)
+
+MONITOR_TIMEOUT_S = 10.0
+"""Connect and read timeout of one proxied request: the page polls every 2 s, so an answer
+later than this is stale anyway and the user is better served by the error."""
+
+DEFAULT_LIVE_APPS = 200
+DEFAULT_ACT_WINDOW_S = 86400.0
+DEFAULT_ACT_BUCKETS = 24
+"""The control API's defaults (issue 6 contract); its bounds are imported from `api_models`."""
+
+MAX_CLASS_FILTER = 250
+"""Longest `app_class` filter the control API accepts (`gateway_monitor`)."""
+
+ClassFilter = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=MAX_CLASS_FILTER,
+        description="only this application class (all classes if absent)",
+    ),
+]
+
+
+class ProxyError(BaseModel):
+    """Why Hermesflow could not be asked: names the Airflow connection and what to fix."""
+
+    detail: str
+
+
+PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_502_BAD_GATEWAY: {
+        "model": ProxyError,
+        "description": "Hermesflow refused the connection's token, failed, or answered "
+        "something unreadable",
+    },
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "model": ProxyError,
+        "description": "the Airflow connection is missing or invalid, or Hermesflow did not "
+        "answer; try again later",
+    },
+}
+
+
+def monitor_router(conn_id: str) -> APIRouter:
+    """The JSON routes (under `/api`), reading Hermesflow through Airflow connection `conn_id`."""
+    router = APIRouter(prefix="/api", tags=["monitor"], responses=PROXY_RESPONSES)
+
+    async def ask(route: Route[M], *, not_found: bool = False) -> M:
+        """Send `route` through a fresh hook (a connection edited in Airflow applies at once).
+        `not_found`: Hermesflow's 404 means the thing asked for does not exist, and is passed
+        on; elsewhere a 404 means a Hermesflow without the route, a 502."""
+        try:
+            return await HermesHook(conn_id, timeout_s=MONITOR_TIMEOUT_S).arun(route)
+        except HermesConnectionError as error:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
+        except httpx.InvalidURL as error:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"Airflow connection {conn_id!r} holds an invalid address ({error}); set its "
+                "host and port to where `hermesflow serve` listens",
+            ) from error
+        except HermesApiError as error:
+            if not_found and error.status == status.HTTP_404_NOT_FOUND:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, error.detail) from error
+            raise _proxy_error(conn_id, error) from error
+
+    @router.get(
+        "/apps",
+        summary="Live applications, most urgent first",
+        response_model=list[LiveAppView],
+    )
+    async def apps(
+        app_class: ClassFilter = None,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_LIVE_APPS, description="at most this many applications")
+        ] = DEFAULT_LIVE_APPS,
+    ) -> Any:
+        """The admitted and running applications in the order the policy would serve them,
+        each with its rank, position, attained service and estimated remaining service."""
+        return (await ask(api_client.live_apps(app_class, limit))).root
+
+    @router.get(
+        "/backends", summary="Backends: phase, load and warm-ups", response_model=list[BackendView]
+    )
+    async def backends() -> Any:
+        return (await ask(api_client.backends())).root
+
+    @router.get("/classes", summary="Application classes", response_model=list[ClassSummary])
+    async def classes() -> Any:
+        """Each class with where its current PDGraph came from and its live and finished runs."""
+        return (await ask(api_client.classes())).root
+
+    @router.get(
+        "/classes/{name}/graph",
+        summary="The current PDGraph of a class",
+        response_model=PDGraph,
+        responses={
+            status.HTTP_404_NOT_FOUND: {"model": ProxyError, "description": "unknown class"}
+        },
+    )
+    async def class_graph(
+        name: Annotated[str, Path(min_length=1, description="the application class")],
+    ) -> Any:
+        return await ask(api_client.class_graph(name), not_found=True)
+
+    @router.get(
+        "/act",
+        summary="Application completion times of finished runs, by policy",
+        response_model=ActHistory,
+    )
+    async def act(
+        window_s: Annotated[
+            float,
+            Query(
+                ge=MIN_ACT_WINDOW_S,
+                le=MAX_ACT_WINDOW_S,
+                description="how far back, in seconds (1 minute to 30 days)",
+            ),
+        ] = DEFAULT_ACT_WINDOW_S,
+        buckets: Annotated[
+            int, Query(ge=1, le=MAX_ACT_BUCKETS, description="time buckets of each series")
+        ] = DEFAULT_ACT_BUCKETS,
+        app_class: ClassFilter = None,
+    ) -> Any:
+        return await ask(api_client.act_history(window_s, buckets, app_class))
+
+    @router.get("/stats", summary="The scheduler's counters", response_model=SchedulerStats)
+    async def stats() -> Any:
+        return await ask(api_client.stats())
+
+    return router
+
+
+def _proxy_error(conn_id: str, error: HermesApiError) -> HTTPException:
+    """This API's answer to a request Hermesflow did not serve (module docstring)."""
+    code = status.HTTP_503_SERVICE_UNAVAILABLE if error.transient else status.HTTP_502_BAD_GATEWAY
+    return HTTPException(code, f"through Airflow connection {conn_id!r}: {error}")
