@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,7 +67,7 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     program `sleep_chain`, and a gateway with a token; the `hermesflow_default` Airflow
     connection points at it (through the environment, so `airflow dags test` sees it too)."""
     from hermesflow.schedulers.runtime_config import RuntimeConfig
-    from support.serving import serving
+    from support.serving import serving, wait_warm
 
     from hermesflow.apps.suite import suite_backends
 
@@ -82,7 +81,7 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     with serving(config, token, "af-op") as api:
         served = Hermes(api.url, token, db_url)
-        _wait_warm(served)
+        wait_warm(api.url, token, HERMES_BACKENDS, 300.0)
         host_port = api.url.removeprefix("http://")
         os.environ["AIRFLOW_CONN_HERMESFLOW_DEFAULT"] = f"hermesflow://:{token}@{host_port}"
         try:
@@ -91,13 +90,3 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             os.environ.pop("AIRFLOW_CONN_HERMESFLOW_DEFAULT", None)
 
 
-def _wait_warm(served: Hermes, timeout_s: float = 300.0) -> None:
-    """Until every backend is warm, so DAG timings measure the DAG, not model loading."""
-    deadline = time.monotonic() + timeout_s
-    with served.client() as api:
-        while time.monotonic() < deadline:
-            phases = {b["name"]: b["phase"] for b in api.get("/v1/backends").json()}
-            if all(phases.get(name) == "warm" for name in HERMES_BACKENDS):
-                return
-            time.sleep(0.5)
-    pytest.fail(f"backends not warm after {timeout_s:.0f} s: {phases}")

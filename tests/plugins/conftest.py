@@ -43,7 +43,7 @@ WARM_TIMEOUT_S = 120.0
 @pytest.fixture(scope="session")
 def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hermes]:
     from hermesflow.schedulers.runtime_config import RuntimeConfig
-    from support.serving import serving
+    from support.serving import serving, wait_warm
 
     from hermesflow.apps.suite import suite_backends
 
@@ -56,19 +56,10 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     with serving(config, token, "af-plugin") as api:
         served = Hermes(api.url, token)
-        _wait_warm(served)
+        wait_warm(api.url, token, BACKENDS, WARM_TIMEOUT_S)
         yield served
 
 
-def _wait_warm(served: Hermes) -> None:
-    deadline = time.monotonic() + WARM_TIMEOUT_S
-    with served.client() as api:
-        while time.monotonic() < deadline:
-            phases = {b["name"]: b["phase"] for b in api.get("/v1/backends").json()}
-            if all(phases.get(name) == "warm" for name in BACKENDS):
-                return
-            time.sleep(0.5)
-    pytest.fail(f"backends not warm after {WARM_TIMEOUT_S:.0f} s: {phases}")
 
 
 @pytest.fixture(scope="session")

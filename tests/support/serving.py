@@ -6,11 +6,15 @@ servers can live side by side on the one shared Ray cluster; leaving the context
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
+import pytest
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,19 @@ def serving(config: Any, token: str | None, prefix: str) -> Iterator[Serving]:
         stop_gateway(gateway_name)
         ray.get(scheduler.shutdown.remote())
         ray.kill(scheduler, no_restart=True)
+
+
+def wait_warm(url: str, token: str | None, backends: Iterable[str], timeout_s: float) -> None:
+    """Until every backend in `backends` reports warm on the API at `url`, so what a test times
+    is its own work, not model loading; fails the test with the phases seen at the deadline."""
+    wanted = tuple(backends)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + timeout_s
+    phases: dict[str, str] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as api:
+        while time.monotonic() < deadline:
+            phases = {b["name"]: b["phase"] for b in api.get("/v1/backends").json()}
+            if all(phases.get(name) == "warm" for name in wanted):
+                return
+            time.sleep(0.5)
+    pytest.fail(f"backends not warm after {timeout_s:.0f} s: {phases}")
