@@ -274,6 +274,8 @@ MAX_LIVE_APPS = 1000
 MIN_ACT_WINDOW_S = 60.0
 MAX_ACT_WINDOW_S = 30 * 86400.0
 MAX_ACT_BUCKETS = 200
+MAX_CLASS_FILTER = 250
+"""Longest application-class name a monitoring filter accepts (Airflow's dag_id limit)."""
 
 
 class RemainingEstimate(BaseModel):

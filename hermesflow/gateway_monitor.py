@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query
 from hermesflow.api_models import (
     MAX_ACT_BUCKETS,
     MAX_ACT_WINDOW_S,
+    MAX_CLASS_FILTER,
     MAX_LIVE_APPS,
     MIN_ACT_WINDOW_S,
     ActHistory,
@@ -26,7 +27,8 @@ from hermesflow.api_models import (
 from hermesflow.gateway_scheduler import SchedulerProxy
 
 ClassFilter = Annotated[
-    str | None, Query(min_length=1, max_length=250, description="only this application class")
+    str | None,
+    Query(min_length=1, max_length=MAX_CLASS_FILTER, description="only this application class"),
 ]
 
 

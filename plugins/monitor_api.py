@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from hermesflow.api_models import (
     MAX_ACT_BUCKETS,
     MAX_ACT_WINDOW_S,
+    MAX_CLASS_FILTER,
     MAX_LIVE_APPS,
     MIN_ACT_WINDOW_S,
     ActHistory,
@@ -50,9 +51,6 @@ DEFAULT_LIVE_APPS = 200
 DEFAULT_ACT_WINDOW_S = 86400.0
 DEFAULT_ACT_BUCKETS = 24
 """The control API's defaults (issue 6 contract); its bounds are imported from `api_models`."""
-
-MAX_CLASS_FILTER = 250
-"""Longest `app_class` filter the control API accepts (`gateway_monitor`)."""
 
 ClassFilter = Annotated[
     str | None,
