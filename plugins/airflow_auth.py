@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
 from fastapi import Depends
 from fastapi.params import Depends as Dependency
 
-__all__ = ["AUTH_RESPONSES", "GetUserDep", "authenticated"]
+__all__ = ["AUTH_RESPONSES", "GetUserDep", "authenticated", "login_url"]
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "not logged in to Airflow, or the token expired"},
@@ -33,3 +34,8 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 def authenticated() -> Dependency:
     """The dependency that admits any logged-in Airflow user (module docstring)."""
     return Depends(requires_authenticated())
+
+
+def login_url(next_url: str) -> str:
+    """Where the deployment's auth manager logs a user in, coming back to `next_url` after."""
+    return get_auth_manager().get_url_login(next_url=next_url)

@@ -16,10 +16,14 @@ from importlib.metadata import version
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from hermesflow.operators.hook import DEFAULT_CONN_ID
-from hermesflow.plugins.airflow_auth import AUTH_RESPONSES, authenticated
+from hermesflow.plugins.airflow_auth import AUTH_RESPONSES, authenticated, login_url
 from hermesflow.plugins.monitor_api import monitor_router
+from hermesflow.plugins.page import login_required
 from hermesflow.plugins.page import router as page_router
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 CONN_ID_ENV = "HERMES_AIRFLOW_CONN_ID"
 """The environment variable naming the Airflow connection the plugin reads Hermesflow through
@@ -49,5 +53,14 @@ def create_app(conn_id: str | None = None) -> FastAPI:
         """The schema, with the mount point as its server (module docstring)."""
         mount = request.scope.get("root_path", "").rstrip("/")
         return {**app.openapi(), "servers": [{"url": mount or "/"}]}
+
+    @app.exception_handler(HTTPException)
+    async def login_page_for_browsers(request: Request, error: HTTPException) -> Response:
+        """A browser refused for want of a login gets a page with a link to Airflow's login
+        (same status); API clients get the JSON error as before."""
+        browser = "text/html" in request.headers.get("accept", "")
+        if error.status_code in (401, 403) and browser:
+            return login_required(error.status_code, login_url(request.url.path))
+        return await http_exception_handler(request, error)
 
     return app

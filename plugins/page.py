@@ -16,6 +16,7 @@ import hashlib
 from functools import cache
 from importlib.metadata import version
 from importlib.resources import files
+from html import escape
 from string import Template
 
 from fastapi import APIRouter, HTTPException, Response
@@ -80,3 +81,18 @@ def static(name: str) -> Response:
         media_type=media_type,
         headers={**SECURITY_HEADERS, "Cache-Control": STATIC_CACHE},
     )
+
+
+def login_required(status_code: int, login_url: str) -> HTMLResponse:
+    """What a browser gets instead of the page without a valid Airflow login: the same 401 or
+    403 the JSON API answers, as a page that says so and links to Airflow's login."""
+    if status_code == 401:
+        reason = "You are not logged in to Airflow"
+    else:
+        reason = "Your Airflow login is not valid any more"
+    html = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Hermesflow — log in</title>"
+        f"<p>{reason}. <a href=\"{escape(login_url)}\">Log in to Airflow</a> to see the "
+        "Hermesflow page.</p></html>"
+    )
+    return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -51,6 +52,9 @@ def test_every_route_needs_an_airflow_login(airflow_api: AirflowApi) -> None:
             assert anonymous.get(PREFIX + route).status_code == 401, route
             forged = anonymous.get(PREFIX + route, headers={"Authorization": "Bearer forged"})
             assert forged.status_code == 403, route
+        page = anonymous.get(f"{PREFIX}/ui", headers={"Accept": "text/html"})
+        assert page.status_code == 401 and "Log in to Airflow" in page.text
+        assert f"next={quote(PREFIX + '/ui', safe='')}" in page.text, page.text
         for unserved in ("/docs", "/redoc"):  # FastAPI's own would be anonymous (STACK §9)
             assert anonymous.get(PREFIX + unserved).status_code == 404, unserved
     with airflow_api.client() as api:
