@@ -35,6 +35,19 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
+# The whole deployment as local processes on 127.0.0.1 (docs/deploy.md); state in $(UP_STATE).
+UP_STATE ?= .hermesflow-up
+.PHONY: up down status
+
+up: $(STAMP)
+	$(BIN)/python -m deploy.local up --state-dir $(UP_STATE)
+
+status:
+	$(BIN)/python -m deploy.local status --state-dir $(UP_STATE)
+
+down:
+	$(BIN)/python -m deploy.local down --state-dir $(UP_STATE)
+
 bench: $(STAMP)
 	$(BIN)/python bench/scheduling.py
 

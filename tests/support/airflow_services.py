@@ -14,12 +14,8 @@ logs, so a CI failure is readable without the machine.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,16 +26,22 @@ from urllib.parse import quote
 import httpx
 import psutil
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-"""The Airflow 3 components a deployment runs, in start order."""
+from deploy.airflow import (
+    ADMIN,
+    COMPONENTS,
+    MIGRATE_TIMEOUT_S,
+    PASSWORDS_FILE,
+    airflow_bin,
+    airflow_environment,
+    all_healthy,
+    component_command,
+)
+from deploy.processes import free_port, stop_group
+
+__all__ = ["AirflowServices", "free_port"]
+
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 """DagRun states a run never leaves."""
-ADMIN = "admin"
-"""SimpleAuthManager's default user (`[core] simple_auth_manager_users` is `admin:admin`)."""
-PARALLELISM = 4
-"""LocalExecutor worker processes; Airflow's default of 32 costs ~1 GB on a 2-core machine."""
-MIGRATE_TIMEOUT_S = 300.0
-"""`airflow db migrate` takes ~3 s on SQLite and a little more on PostgreSQL; this is a hang."""
 STARTUP_TIMEOUT_S = 180.0
 """All four components report healthy in 10-20 s on 2 cores; this is a broken deployment."""
 STOP_GRACE_S = 20.0
@@ -53,13 +55,6 @@ ERROR_MARKS = ("[error", "Traceback (most recent call last)")
 Airflow's console log format, or a Python traceback."""
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _excerpt(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -146,9 +141,7 @@ class AirflowServices:
         log in. On any failure the components already started are stopped first."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        (self.home / "simple_auth_manager_passwords.json.generated").write_text(
-            json.dumps({ADMIN: self._password})
-        )
+        (self.home / PASSWORDS_FILE).write_text(json.dumps({ADMIN: self._password}))
         try:
             self._migrate()
             for name in COMPONENTS:
@@ -169,26 +162,21 @@ class AirflowServices:
         if self._client is not None:
             self._client.close()
             self._client = None
-        tree = [p for c in self._components for p in _process_tree(c.process.pid)]
-        for component in self._components:
-            _signal_group(component.process.pid, signal.SIGTERM)
         outcome: dict[str, str] = {}
-        deadline = time.monotonic() + STOP_GRACE_S
+        leftover: list[str] = []
         for component in self._components:
             try:
-                code = component.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-                outcome[component.name] = f"exit {code}"
-            except subprocess.TimeoutExpired:
-                _signal_group(component.process.pid, signal.SIGKILL)
-                component.process.wait()
-                outcome[component.name] = "killed"
-        # Children that left their component's group (or outlived its leader) by PID.
-        survivors = [p for p in tree if _alive(p)]
-        for process in survivors:
-            _ignore_gone(process.kill)
-        _, still_alive = psutil.wait_procs(survivors, timeout=STOP_GRACE_S)
+                leader = psutil.Process(component.process.pid)
+            except psutil.NoSuchProcess:
+                outcome[component.name] = f"exit {component.process.wait()}"
+                continue
+            try:
+                outcome[component.name] = stop_group(
+                    leader, STOP_GRACE_S, wait=lambda t, p=component.process: p.wait(timeout=t)
+                )
+            except RuntimeError as error:
+                leftover.append(f"{component.name}: {error}")
         self._components.clear()
-        leftover = [p.pid for p in still_alive if _alive(p)]
         if leftover:
             raise AssertionError(f"Airflow processes survived SIGKILL: {leftover}")
         return outcome
@@ -276,37 +264,20 @@ class AirflowServices:
         edits are needed. Inherited `AIRFLOW_*` variables (a developer's AIRFLOW_HOME, a test
         fixture's unit-test settings or connections) are dropped: the deployment runs with
         exactly this configuration plus `extra`."""
-        execution_url = f"{self.url}/execution/"
-        settings = {
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": execution_url,
-            "AIRFLOW__API__BASE_URL": self.url,
-            # Shared by the api-server and the components that sign task tokens; 64 bytes is
-            # what PyJWT asks of an HS512 key.
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.db_url,
-            # One access-log line per REST poll would push everything else out of the tail.
-            "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "http.access=WARNING",
-        }
-        if self.db_url.startswith("postgresql+psycopg:"):
-            # Airflow would derive `postgresql+asyncpg`, which is not installed; psycopg 3 is
-            # async itself and SQLAlchemy picks its async dialect for an async engine.
-            settings["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = self.db_url
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_")}
-        return {**inherited, **settings, **extra}
-
-    def _airflow(self, *arguments: str) -> list[str]:
-        return [str(Path(sys.executable).parent / "airflow"), *arguments]
+        return airflow_environment(
+            home=self.home,
+            dags_folder=self.dags_folder,
+            url=self.url,
+            db_url=self.db_url,
+            jwt_secret=secrets.token_urlsafe(64),
+            extra=extra,
+        )
 
     def _migrate(self) -> None:
         log = self.logs / "db-migrate.log"
         with log.open("wb") as out:
             done = subprocess.run(
-                self._airflow("db", "migrate"),
+                [airflow_bin(), "db", "migrate"],
                 env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -318,18 +289,10 @@ class AirflowServices:
 
     def _spawn(self, name: str) -> _Component:
         """Start one component in its own session, so signals reach it and only it."""
-        arguments = {
-            "api-server": ("-H", "127.0.0.1", "-p", str(self.port), "-w", "1"),
-            # The log-serving side processes would bind fixed ports (8793, 8794) and collide
-            # with other deployments; task logs are read from the shared home instead.
-            "scheduler": ("--skip-serve-logs",),
-            "triggerer": ("--skip-serve-logs",),
-            "dag-processor": (),
-        }[name]
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                self._airflow(name, *arguments),
+                component_command(name, self.port),
                 env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -341,7 +304,6 @@ class AirflowServices:
     def _wait_until_healthy(self) -> None:
         """Wait until `/api/v2/monitor/health` reports every component healthy (the endpoint
         needs no token); fail at once if a component exits."""
-        wanted = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
         def healthy() -> bool:
             try:
@@ -350,8 +312,7 @@ class AirflowServices:
                 return False
             if response.status_code != 200:
                 return False
-            health = response.json()
-            return all((health.get(k) or {}).get("status") == "healthy" for k in wanted)
+            return all_healthy(response.json())
 
         self._wait(healthy, STARTUP_TIMEOUT_S, "all Airflow components to report healthy")
 
@@ -390,35 +351,3 @@ class AirflowServices:
     @staticmethod
     def _run_path(dag_id: str, run_id: str) -> str:
         return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
-
-
-def _process_tree(pid: int) -> list[psutil.Process]:
-    """The process and all its descendants, snapshotted now."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _alive(process: psutil.Process) -> bool:
-    """Running and not a zombie (a reparented zombie waits on PID 1, it runs nothing)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _signal_group(pid: int, signum: signal.Signals) -> None:
-    """Signal the process group led by `pid`; a group that is already gone is fine."""
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _ignore_gone(action: Callable[[], object]) -> None:
-    try:
-        action()
-    except psutil.NoSuchProcess:
-        pass
