@@ -1,7 +1,8 @@
 """`make up` / `make down` for real: the launcher behind them (`python -m deploy.local`, what the
 Makefile runs) brings the whole topology up on free ports in a throwaway state folder; an
 example DAG triggered through Airflow's REST API succeeds; Hermesflow's API, its PostgreSQL
-store and the Airflow plugin's JSON API (with a logged-in user's token) all show the run; the
+store, the Airflow plugin's JSON API (with a logged-in user's token) and the Hermesflow page in
+Airflow's UI (headless Chromium, logged in through Airflow's form) all show the run; the
 Ray cluster has its two nodes and S3 its bucket; a second `up` changes nothing; `down` stops
 everything and no process of the deployment is left.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,8 @@ import pytest
 pytest.importorskip("airflow")
 pytest.importorskip("moto")
 
+from support.browser import chromium, log_in, needs_chromium
+
 from deploy.local import REPO, SERVICES
 from deploy.postgres import POSTGRES_ROOT
 from deploy.processes import alive
@@ -40,6 +44,8 @@ DAG_ID = "rag_answer"
 CONF = {"question": "When was smallpox declared eradicated?"}
 UP_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 420.0
+PAGE_TIMEOUT_MS = 30_000
+"""The page polls every 2 s; what the API shows must be on it well within this."""
 APP_END_WAIT_S = 30.0
 """The listener ends the application from Airflow's scheduler just after the run succeeds."""
 
@@ -141,7 +147,8 @@ def test_up_again_changes_nothing(up: Up) -> None:
     print(f"second up: {seconds:.1f} s")
 
 
-def test_dag_through_airflow_reaches_hermesflow_and_the_plugin(up: Up) -> None:
+@needs_chromium
+def test_dag_through_airflow_reaches_hermesflow_and_the_page(up: Up) -> None:
     token = httpx.post(
         f"{up.airflow}/auth/token",
         json={"username": "admin", "password": up.secrets["airflow_admin_password"]},
@@ -164,8 +171,8 @@ def test_dag_through_airflow_reaches_hermesflow_and_the_plugin(up: Up) -> None:
             assert (app.json()["app_class"], app.json()["phase"]) == (DAG_ID, "finished")
         assert httpx.get(f"{hermes.base_url}/v1/stats", timeout=30).status_code == 401
         assert _store_has_run(up, app_id)
-        if (REPO / "plugins" / "monitor_api.py").exists():
-            _check_plugin(api, up)
+        _check_plugin(api, up)
+    _check_page(up)
 
 
 def _run_dag(api: httpx.Client, up: Up) -> tuple[str, str, float]:
@@ -196,6 +203,22 @@ def _check_plugin(api: httpx.Client, up: Up) -> None:
     stats = api.get("/hermesflow/api/stats").json()
     assert DAG_ID in stats["classes"]
     assert httpx.get(f"{up.airflow}/hermesflow/api/classes", timeout=30).status_code == 401
+
+
+def _check_page(up: Up) -> None:
+    """Logged in through Airflow's form, the Hermesflow page in Airflow's navigation shows the
+    DAG's class with its finished run."""
+    with chromium() as browser:
+        page = browser.new_page()
+        log_in(page, up.airflow, "admin", up.secrets["airflow_admin_password"])
+        page.goto(f"{up.airflow}/plugin/hermesflow")
+        frame = page.frame_locator("iframe")
+        card = frame.locator(f".class-card[data-class='{DAG_ID}']")
+        card.wait_for(timeout=PAGE_TIMEOUT_MS)
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while not re.search(r"\b[1-9]\d* finished runs?\b", card.inner_text()):
+            assert time.monotonic() < deadline, card.inner_text()
+            time.sleep(0.5)
 
 
 def _store_has_run(up: Up, app_id: str) -> bool:

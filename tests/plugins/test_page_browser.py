@@ -29,16 +29,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from plugin_support import AirflowApi, Hermes
 from support.airflow_services import free_port
+from support.browser import chromium, log_in, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    # The test machine has no route out; without these Chromium floods it with refused
-    # connections (STACK §10).
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = "admin"
 APP_CLASS = "page_triage"
@@ -47,11 +39,7 @@ UI_TIMEOUT_MS = 20_000
 """The page polls every 2 s; a state the API shows must be on the page well within this."""
 STEP_WAIT_S = 60.0
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"no Chromium at {CHROMIUM}: install Debian's chromium package "
-    "(`apt-get install -y chromium`, as `make test` does) to run the browser test",
-)
+pytestmark = needs_chromium
 
 
 def _graph() -> dict[str, Any]:
@@ -120,22 +108,8 @@ def shots(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def _log_in(page: Any, airflow_api: AirflowApi) -> None:
-    """Airflow's login form, as a user fills it; the UI then keeps its JWT in `_token`."""
-    page.goto(f"{airflow_api.url}/")
-    page.fill("input[name=username]", ADMIN)
-    page.fill("input[name=password]", airflow_api.password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda url: "/auth/login" not in url, timeout=UI_TIMEOUT_MS)
-    assert any(c["name"] == "_token" for c in page.context.cookies())
+    with chromium() as launched:
+        yield launched
 
 
 def _runs_counted(page: Any) -> int:
@@ -162,7 +136,7 @@ def test_the_page_follows_a_live_application(
     page.set_default_timeout(UI_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    _log_in(page, airflow_api)
+    log_in(page, airflow_api.url, ADMIN, airflow_api.password)
 
     page.goto(f"{airflow_api.url}/hermesflow/ui")
     page.wait_for_selector("body[data-loaded=true]")
@@ -231,7 +205,7 @@ def test_the_page_says_why_it_cannot_show_the_state(
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
-    _log_in(page, airflow_api)
+    log_in(page, airflow_api.url, ADMIN, airflow_api.password)
     page.goto(f"{airflow_api.url}/hermesflow/ui")
     page.wait_for_selector("body[data-loaded=true]")
     banner = page.locator("#banner")
