@@ -5,31 +5,26 @@ the order the policy serves them, with the policy's rank and the remaining deman
 PDGraph predicts from where each one is; the application classes and where their graphs came
 from; and the completion-time history of finished runs per policy. Each route is one awaited
 call of the scheduler actor (`schedulers/runtime_monitor.py`); the query parameters are bounded
-here, so a bad value is a 422 that names the parameter before the scheduler is asked.
+(`monitor_params.py`), so a bad value is a 422 that names the parameter before the scheduler is asked.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
-from hermesflow.api_models import (
-    MAX_ACT_BUCKETS,
-    MAX_ACT_WINDOW_S,
-    MAX_CLASS_FILTER,
-    MAX_LIVE_APPS,
-    MIN_ACT_WINDOW_S,
-    ActHistory,
-    ClassSummary,
-    LiveAppView,
-)
+from hermesflow.api_models import ActHistory, ClassSummary, LiveAppView
 from hermesflow.gateway_scheduler import SchedulerProxy
-
-ClassFilter = Annotated[
-    str | None,
-    Query(min_length=1, max_length=MAX_CLASS_FILTER, description="only this application class"),
-]
+from hermesflow.monitor_params import (
+    DEFAULT_ACT_BUCKETS,
+    DEFAULT_ACT_WINDOW_S,
+    DEFAULT_LIVE_APPS,
+    ActBuckets,
+    ActWindow,
+    ClassFilter,
+    LiveAppsLimit,
+)
 
 
 def monitor_router(proxy: SchedulerProxy) -> APIRouter:
@@ -43,9 +38,7 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
     )
     async def live_apps(
         app_class: ClassFilter = None,
-        limit: Annotated[
-            int, Query(ge=1, le=MAX_LIVE_APPS, description="at most this many applications")
-        ] = 200,
+        limit: LiveAppsLimit = DEFAULT_LIVE_APPS,
     ) -> Any:
         """The admitted and running applications in the order the policy would serve them:
         `position` 1 is served next, `rank` is the policy's key (smaller first; the Gittins
@@ -70,17 +63,8 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         response_model=ActHistory,
     )
     async def act_history(
-        window_s: Annotated[
-            float,
-            Query(
-                ge=MIN_ACT_WINDOW_S,
-                le=MAX_ACT_WINDOW_S,
-                description="how far back, in seconds (1 minute to 30 days)",
-            ),
-        ] = 86400.0,
-        buckets: Annotated[
-            int, Query(ge=1, le=MAX_ACT_BUCKETS, description="equal time buckets in the window")
-        ] = 24,
+        window_s: ActWindow = DEFAULT_ACT_WINDOW_S,
+        buckets: ActBuckets = DEFAULT_ACT_BUCKETS,
         app_class: ClassFilter = None,
     ) -> Any:
         """The application completion time (admission to finish) of the runs that finished in

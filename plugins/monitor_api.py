@@ -3,7 +3,7 @@
 Each route sends one request of `hermesflow.operators.api_client` through `HermesHook.arun`
 (the Airflow connection holds Hermesflow's address and token, so neither reaches the browser)
 and answers the server's own models from `hermesflow.api_models`. Query parameters are checked
-here with the bounds of Hermesflow's control API, so a bad value is this API's 422, not a
+here with the control API's own declarations (`hermesflow.monitor_params`), so a bad value is this API's 422, not a
 request Hermesflow refuses.
 
 When Hermesflow cannot be asked, the answer is a JSON `{"detail": ...}` that names the Airflow
@@ -21,23 +21,27 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import httpx
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, status
 from hermesflow.operators import api_client
 from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from pydantic import BaseModel
 
 from hermesflow.api_models import (
-    MAX_ACT_BUCKETS,
-    MAX_ACT_WINDOW_S,
-    MAX_CLASS_FILTER,
-    MAX_LIVE_APPS,
-    MIN_ACT_WINDOW_S,
     ActHistory,
     BackendView,
     ClassSummary,
     LiveAppView,
     SchedulerStats,
+)
+from hermesflow.monitor_params import (
+    DEFAULT_ACT_BUCKETS,
+    DEFAULT_ACT_WINDOW_S,
+    DEFAULT_LIVE_APPS,
+    ActBuckets,
+    ActWindow,
+    ClassFilter,
+    LiveAppsLimit,
 )
 from hermesflow.pdgraph.model import PDGraph
 
@@ -46,20 +50,6 @@ M = TypeVar("M", bound=BaseModel)
 MONITOR_TIMEOUT_S = 10.0
 """Connect and read timeout of one proxied request: the page polls every 2 s, so an answer
 later than this is stale anyway and the user is better served by the error."""
-
-DEFAULT_LIVE_APPS = 200
-DEFAULT_ACT_WINDOW_S = 86400.0
-DEFAULT_ACT_BUCKETS = 24
-"""The control API's defaults (issue 6 contract); its bounds are imported from `api_models`."""
-
-ClassFilter = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=MAX_CLASS_FILTER,
-        description="only this application class (all classes if absent)",
-    ),
-]
 
 
 class ProxyError(BaseModel):
@@ -112,9 +102,7 @@ def monitor_router(conn_id: str) -> APIRouter:
     )
     async def apps(
         app_class: ClassFilter = None,
-        limit: Annotated[
-            int, Query(ge=1, le=MAX_LIVE_APPS, description="at most this many applications")
-        ] = DEFAULT_LIVE_APPS,
+        limit: LiveAppsLimit = DEFAULT_LIVE_APPS,
     ) -> Any:
         """The admitted and running applications in the order the policy would serve them,
         each with its rank, position, attained service and estimated remaining service."""
@@ -150,17 +138,8 @@ def monitor_router(conn_id: str) -> APIRouter:
         response_model=ActHistory,
     )
     async def act(
-        window_s: Annotated[
-            float,
-            Query(
-                ge=MIN_ACT_WINDOW_S,
-                le=MAX_ACT_WINDOW_S,
-                description="how far back, in seconds (1 minute to 30 days)",
-            ),
-        ] = DEFAULT_ACT_WINDOW_S,
-        buckets: Annotated[
-            int, Query(ge=1, le=MAX_ACT_BUCKETS, description="time buckets of each series")
-        ] = DEFAULT_ACT_BUCKETS,
+        window_s: ActWindow = DEFAULT_ACT_WINDOW_S,
+        buckets: ActBuckets = DEFAULT_ACT_BUCKETS,
         app_class: ClassFilter = None,
     ) -> Any:
         return await ask(api_client.act_history(window_s, buckets, app_class))
