@@ -219,6 +219,8 @@ def _check_page(up: Up) -> None:
         while not re.search(r"\b[1-9]\d* finished runs?\b", card.inner_text()):
             assert time.monotonic() < deadline, card.inner_text()
             time.sleep(0.5)
+        ray = frame.locator("#ray-dashboard")  # the page links to the cluster's Ray dashboard
+        assert ray.is_visible() and f":{up.ports['ray_dashboard']}" in ray.get_attribute("href")
 
 
 def _store_has_run(up: Up, app_id: str) -> bool:
