@@ -15,6 +15,36 @@ import pytest
 from sqlalchemy.engine import make_url
 
 # ---------------------------------------------------------------------------------------------
+# Airflow: one throwaway AIRFLOW_HOME for every in-process import of Airflow.
+# ---------------------------------------------------------------------------------------------
+
+EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "dags"
+_AIRFLOW_HOME_KEY = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Airflow reads its configuration when it is first imported, and any test module may be
+    the first to import it (`pytest.importorskip("airflow")` at collection), so the variables
+    are set here, before collection starts — a folder's own conftest is loaded too late."""
+    home = Path(tempfile.mkdtemp(prefix="hermesflow-airflow-"))
+    config.stash[_AIRFLOW_HOME_KEY] = home
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
+            "AIRFLOW__CORE__PARALLELISM": "4",
+        }
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_AIRFLOW_HOME_KEY, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # Databases: a real PostgreSQL server for the session, and a fresh database per test.
 # ---------------------------------------------------------------------------------------------
 

@@ -1,49 +1,22 @@
-"""Fixtures of the Airflow provider's tests: Airflow 3 on SQLite in a throwaway AIRFLOW_HOME,
-the real Hermesflow HTTP API (scheduler + gateway with the CPU LLM, search and the tool pool)
-on the session's Ray cluster, and `airflow dags test` as a subprocess.
-
-Airflow reads its configuration when it is first imported, so the AIRFLOW_* variables are set
-in `pytest_configure`, which pytest calls as soon as it loads this file — before any test module
-of this folder imports Airflow. (No test module outside this folder imports Airflow.)
+"""Fixtures of the Airflow provider's tests: Airflow 3 on SQLite in the session's throwaway
+AIRFLOW_HOME (set up by the root conftest, before any test module imports Airflow), the real
+Hermesflow HTTP API (scheduler + gateway with the CPU LLM, search and the tool pool) on the
+session's Ray cluster, and `airflow dags test` as a subprocess.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from provider_support import AIRFLOW, EXAMPLE_DAGS, Hermes
+from provider_support import AIRFLOW, Hermes
 
 HERMES_BACKENDS = ("llm", "search", "tools")
 """The served backends: the suite's, but code execution (no DAG here uses it)."""
-
-_HOME_KEY = pytest.StashKey[Path]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    home = Path(tempfile.mkdtemp(prefix="hermesflow-airflow-"))
-    config.stash[_HOME_KEY] = home
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
-            "AIRFLOW__CORE__PARALLELISM": "4",
-        }
-    )
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    home = config.stash.get(_HOME_KEY, None)
-    if home is not None:
-        shutil.rmtree(home, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
