@@ -21,7 +21,8 @@ requests are ranked as one application all the same (`runtime_open.py`; named, a
 steps and task outcomes in `runtime_steps.py`). What it shows of itself — live applications in
 the policy's order, classes, completion-time history, backends, counters, Ray metrics — is in
 `runtime_monitor.py`. Each finished step becomes a `StageObservation`; a background task refits
-each class's PDGraph from its recent observations.
+each class's PDGraph from its recent observations (`runtime_refit.py`); prewarm decisions are
+applied in `runtime_prewarm.py`.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ from hermesflow.backends.calls import CallResult
 from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.pdgraph.model import END, PDGraph
-from hermesflow.pdgraph.refit import StageObservation, refit
+from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.metrics import SchedulerMetrics
-from hermesflow.schedulers.open_apps import grow_open_graph
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.queues import RequestQueue
@@ -52,6 +52,8 @@ from hermesflow.schedulers.runtime_backends import BackendDied, BackendSlot
 from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME, RuntimeConfig
 from hermesflow.schedulers.runtime_monitor import MonitorMixin
 from hermesflow.schedulers.runtime_open import OpenRunsMixin
+from hermesflow.schedulers.runtime_prewarm import PrewarmMixin
+from hermesflow.schedulers.runtime_refit import RefitMixin
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
     SubmissionError,
@@ -67,7 +69,7 @@ from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow, Store
 log = logging.getLogger(__name__)
 
 
-class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin):
+class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin, PrewarmMixin):
     """The scheduler actor's logic (module docstring); `SchedulerActor` is its Ray actor."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -155,51 +157,6 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin):
             self._timed(self._publish_queues)
             self._timed(self.journal.flush)
             self._close_idle_open_runs()
-
-    async def _refit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.refit_interval_s)
-            for app_class in self.demand.classes:
-                try:
-                    await self._refit(app_class)
-                except ValueError as error:  # an invalid refit keeps the current graph
-                    log.warning("refit of %s skipped: %s", app_class, error)
-
-    async def _refit(self, app_class: str) -> None:
-        """Refit a class whose window holds observations newer than its last refit."""
-        observations = await asyncio.to_thread(self.store.observations, app_class, self.config.refit_window)
-        if len(observations) < self.config.refit_min_samples:
-            return
-        newest = (observations[-1].run_id, observations[-1].step, observations[-1].finished_s)
-        if self._refitted_at.get(app_class) == newest:
-            return
-        self._refitted_at[app_class] = newest
-        graph = self.demand.compiled(app_class).graph
-        if app_class not in self.programs:
-            graph = grow_open_graph(graph, observations, self._backend_kind)
-        graph = refit(
-            graph,
-            observations,
-            window=self.config.refit_window,
-            min_samples=self.config.refit_min_samples,
-        )
-        await asyncio.to_thread(self.store.save_pdgraph, graph, "refit")
-        self._use_graph(graph)
-
-    def _use_graph(self, graph: PDGraph) -> None:
-        """Rank the class by `graph` from now on, its live runs included."""
-        self.demand.replace_graph(graph)
-        for live in self.live.values():
-            if live.record.app_class == graph.name:
-                self._rekey(live)
-
-    def _rekey(self, live: LiveRun) -> None:
-        """Its class's graph changed: restate the run in the new graph and re-rank its waiting
-        calls in every queue."""
-        live.record.state = self._graph_state(live, live.record.state.pending)
-        live.record.version += 1
-        for backend in {call.backend for call in live.calls.values()}:
-            self.queues[backend].rekey(live.record)
 
     def _kick(self) -> None:
         self._wake.set()
@@ -545,53 +502,6 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin):
         self.by_key.pop(live.key, None)
         self.policy.on_finish(app, time.time())
         live.done.set()
-
-    # -- prewarm --------------------------------------------------------------------------------
-
-    def _arrival_rates(self) -> dict[str, float]:
-        """Admissions per second per class over the last `arrival_rate_window_s` — or since the
-        scheduler started, when that is shorter, so a young scheduler does not under-estimate."""
-        now = time.time()
-        while self._arrivals and self._arrivals[0][0] < now - self.config.arrival_rate_window_s:
-            self._arrivals.popleft()
-        window = min(self.config.arrival_rate_window_s, max(now - self._started_s, 1.0))
-        rates: dict[str, float] = {}
-        for _, app_class in self._arrivals:
-            rates[app_class] = rates.get(app_class, 0.0) + 1.0 / window
-        return rates
-
-    def _plan(self) -> None:
-        now = time.time()
-        decision = self.planner.plan(
-            now,
-            [live.record for live in self.live.values()],
-            {name: slot.status(len(self.queues[name])) for name, slot in self.slots.items()},
-            self._arrival_rates(),
-        )
-        rows = []
-        for name in decision.release:
-            rows.append(DecisionRow(now, "release", name))
-            self._spawn(self.slots[name].release())
-        for name in decision.warm:
-            rows.append(DecisionRow(now, "warm", name, detail={"expected_s": self.slots[name].warmup_s}))
-            self._spawn(self._warm(name))
-        if rows:
-            self.journal.record(rows)
-
-    async def _warm(self, name: str) -> None:
-        slot = self.slots[name]
-        await slot.warm()
-        if slot.phase is BackendPhase.COLD and slot.failures >= self.config.max_warm_failures:
-            self._timed(self._fail_waiting, name, slot.last_error)
-
-    def _fail_waiting(self, backend: str, error: str | None) -> None:
-        """A backend that cannot warm fails the runs waiting for it rather than hang them."""
-        queue = self.queues[backend]
-        while (request := queue.pop()) is not None:
-            live = self.live.get(request.app.app_id)
-            if live is not None:
-                self._fail(live, f"backend {backend!r} could not be warmed: {error}")
-        self.slots[backend].failures = 0
 
     # -- recovery -------------------------------------------------------------------------------
 
