@@ -6,32 +6,32 @@ that loads the plugin from the installed package and reads Hermesflow through it
 * `airflow_api` — `airflow api-server` alone over a throwaway AIRFLOW_HOME (SQLite,
   SimpleAuthManager with a known admin password): the plugin app lives in the api-server, so the
   scheduler, dag-processor and triggerer of a full deployment (`support.airflow_services`) would
-  only cost time here. Its `hermesflow_default` connection is created through Airflow's REST API,
-  as an admin would in the UI — stored in Airflow's database, not an environment variable — so a
-  test can edit it and see the plugin follow.
+  only cost time here. It is configured and initialised as `make up` does it (`deploy.airflow`);
+  its `hermesflow_default` connection is stored in Airflow's database (`airflow connections
+  import`), not in an environment variable, so a test can edit it through the REST API and see
+  the plugin follow.
 
 Nothing here imports Airflow: the tests talk to the api-server over HTTP only.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from plugin_support import CONN_ID, AirflowApi, Hermes
 from support.airflow_services import free_port
 
-ADMIN = "admin"
+from deploy.airflow import ADMIN, airflow_environment, component_command, initialize
+from deploy.processes import stop_group
+
 BACKENDS = ("tools",)
 """The served backends: `sleep_chain` needs only the tool pool."""
 STARTUP_TIMEOUT_S = 120.0
@@ -67,28 +67,30 @@ def airflow_api(hermes: Hermes, tmp_path_factory: pytest.TempPathFactory) -> Ite
     home = tmp_path_factory.mktemp("airflow-home")
     (home / "dags").mkdir()
     password = secrets.token_urlsafe(16)
-    # SimpleAuthManager keeps the passwords it finds in this file (STACK §2).
-    (home / "simple_auth_manager_passwords.json.generated").write_text(
-        json.dumps({ADMIN: password})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = airflow_environment(
+        home=home,
+        dags_folder=home / "dags",
+        url=url,
+        db_url=f"sqlite:///{home / 'airflow.db'}",
+        jwt_secret=secrets.token_urlsafe(64),
     )
-    env = _environment(home)
     log = home / "api-server.log"
-    airflow = str(Path(sys.executable).parent / "airflow")
-    migrated = subprocess.run(
-        [airflow, "db", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if migrated.returncode != 0:
-        pytest.fail(f"airflow db migrate failed:\n{migrated.stdout[-3000:]}{migrated.stderr}")
-    url = f"http://127.0.0.1:{free_port()}"
-    port = url.rsplit(":", 1)[1]
+    try:
+        initialize(
+            env,
+            admin_password=password,
+            connection=hermes.connection(),
+            connections_file=home / "connections.json",
+            log=home / "init.log",
+            conn_id=CONN_ID,
+        )
+    except RuntimeError as error:
+        pytest.fail(str(error))
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [airflow, "api-server", "-H", "127.0.0.1", "-p", port, "-w", "1"],
+            component_command("api-server", port),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -101,24 +103,9 @@ def airflow_api(hermes: Hermes, tmp_path_factory: pytest.TempPathFactory) -> Ite
             f"{url}/auth/token", json={"username": ADMIN, "password": password}, timeout=30
         )
         assert login.status_code == 201, login.text
-        api = AirflowApi(url, password, login.json()["access_token"], log)
-        _create_connection(api, hermes)
-        yield api
+        yield AirflowApi(url, password, login.json()["access_token"], log)
     finally:
-        _stop(server)
-
-
-def _environment(home: Path) -> dict[str, str]:
-    """The api-server's configuration; inherited `AIRFLOW_*` variables are dropped."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_")}
-    return {
-        **inherited,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-    }
+        stop_group(psutil.Process(server.pid), STOP_GRACE_S, server.wait)
 
 
 def _wait_up(server: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -133,23 +120,3 @@ def _wait_up(server: subprocess.Popen[bytes], url: str, log: Path) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"api-server not up after {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-5000:]}")
-
-
-def _create_connection(api: AirflowApi, hermes: Hermes) -> None:
-    with api.client() as client:
-        created = client.post(
-            "/api/v2/connections", json={"connection_id": CONN_ID, **hermes.connection()}
-        )
-    assert created.status_code == 201, created.text
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the api-server's process group (uvicorn and its worker), then SIGKILL."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-    except ProcessLookupError:
-        pass
