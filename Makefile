@@ -28,9 +28,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/hermesflow demo
 
-# The browser tests drive Debian's Chromium (Playwright's own download is not reachable here).
+# The browser tests (tests/plugins, tests/deploy) drive Debian's Chromium: Playwright's own
+# browser download is not reachable from CI. Installed once, quietly; the log says what apt did.
+APT_LOG := $(VENV)/apt-chromium.log
+CHROMIUM ?= chromium
 browser:
-	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	@command -v $(CHROMIUM) >/dev/null || { \
+	  echo "Installing Debian's chromium for the browser tests (about 580 MB, once; log: $(APT_LOG)) ..."; \
+	  mkdir -p $(VENV); \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ) \
+	    >$(APT_LOG) 2>&1 || { tail -n 20 $(APT_LOG); echo "chromium could not be installed; see $(APT_LOG)"; exit 1; }; \
+	  echo "chromium installed: $$($(CHROMIUM) --version)"; }
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
