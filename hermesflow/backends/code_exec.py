@@ -4,8 +4,8 @@ One tool, `run_python(source, stdin="", files={})`, returns `{"returncode", "std
 "stderr", "timed_out"}`. Each call:
 
 1. makes a fresh temporary directory, writes `files` and the program (`main.py`) into it;
-2. starts `python -I` (the `python` option, default this interpreter; isolated mode: no
-   PYTHON* variables, no user site) in that directory, in a new session (its own process
+2. starts `python -I` (isolated mode: no PYTHON* variables, no user site; the interpreter
+   chosen at `load`, see "Privileges") in that directory, in a new session (its own process
    group), with a minimal environment, as `run_as` when Hermesflow runs as root;
 3. the interpreter first runs a small bootstrap that sets resource limits (address space,
    CPU seconds, file size, open files, and processes when it runs as a dedicated user), in
@@ -13,11 +13,27 @@ One tool, `run_python(source, stdin="", files={})`, returns `{"returncode", "std
 4. on `timeout_s` the whole process group is killed; after the program ends, whatever it
    left in its group is killed too; the directory is removed.
 
+Privileges. Started as root, the program runs as `run_as` (default "nobody"), switched to by
+a command prefix: `setpriv --reuid --regid --clear-groups --inh-caps=-all --no-new-privs`
+(util-linux), which execs `env`, which execs the interpreter. A prefix, because the process
+is started by the event loop: Ray's async actors run on uvloop, whose `subprocess_exec` takes
+no `user`/`group` arguments, and a `preexec_fn` is unsafe in a process with threads (Ray
+actors have them); a prefix works the same under every loop. Not a drop in the bootstrap,
+because the interpreter would then start, and import the bootstrap's modules, as root: what
+runs as the user would differ from what was tried. `env` sits between them because setpriv
+keeps root's capabilities until its own exec, so it would open an interpreter the user cannot
+read; `env` runs with the user's rights only. At `load` the interpreter is chosen by trying
+it as that user: the `python` option (default this interpreter), then `python3` on the
+sandbox PATH (which has only that interpreter's packages); the choice and its reason are
+logged. A virtualenv under a private home (`/root`) is the usual reason the first one fails.
+
 Network isolation, chosen at `load` (`isolation` attribute, logged):
 
-* "netns" — the program runs under `unshare --net --map-root-user`: a new user and network
-  namespace with only a loopback device that is down, so no address is reachable, the host's
-  127.0.0.1 included. Needs unprivileged user namespaces (or root).
+* "netns" — the program runs in a new network namespace with only a loopback device that is
+  down, so no address is reachable, the host's 127.0.0.1 included. Run as root, `unshare --net`
+  makes it, then the prefix above drops to `run_as` (the namespace first: in a user namespace
+  root could make, `run_as` would be unmapped). Otherwise `unshare --net --map-root-user` makes
+  a user namespace too, which needs unprivileged user namespaces.
 * "audit-hook" — the fallback where `unshare` is missing or refused (e.g. a container's
   seccomp profile): a `sys.addaudithook` hook refuses socket connect/bind/send and name look-up,
   and starting processes (a child would not carry the hook).
@@ -25,12 +41,13 @@ Network isolation, chosen at `load` (`isolation` attribute, logged):
 What it does NOT protect against: the audit hook is no security boundary (PEP 578 says so):
 native code — `ctypes`, a C extension — bypasses it. The file system is not isolated: the
 program can read what its user can read, and write outside its directory what its user can
-write; started as root, the program runs as `run_as` (default "nobody") only if that user can
-run the interpreter, otherwise as root (logged as a warning). A process that leaves its
-process group (setsid) in netns mode is not killed with it. Memory is bounded per process
-(RLIMIT_AS), not in total, and the process limit (RLIMIT_NPROC) only applies when running as
-a dedicated user, since it counts all processes of the user. CPU and wall time are bounded;
-disk use only per file (RLIMIT_FSIZE). Use a container or a VM for hostile code.
+write. Started as root, the program runs as `run_as`, without supplementary groups,
+capabilities or set-user-ID gains, only if setpriv is installed and that user can run one of
+the interpreters tried; otherwise as root (logged as a warning that names the fix). A process
+that leaves its process group (setsid) in netns mode is not killed with it. Memory is bounded
+per process (RLIMIT_AS), not in total, and the process limit (RLIMIT_NPROC) only applies when
+running as a dedicated user, since it counts all processes of the user. CPU and wall time are
+bounded; disk use only per file (RLIMIT_FSIZE). Use a container or a VM for hostile code.
 """
 
 from __future__ import annotations
@@ -46,7 +63,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
@@ -80,9 +97,20 @@ PIPE_DRAIN_S = 1.0
 """How long to keep reading output after the program ended, for pipes held by its children."""
 
 PROBE_TIMEOUT_S = 30.0
-"""Limit of the trial run at `load` that tells whether network namespaces work here."""
+"""Limit of each trial run at `load` (an interpreter as the user, a network namespace)."""
+
+PROBE_SOURCE = "import os; print(os.geteuid())"
+"""The trial program: it must run, and as the user the programs are to run as."""
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+"""The programs' PATH, where `FALLBACK_PYTHON` is looked for too."""
+
+FALLBACK_PYTHON = "python3"
+"""Tried after the `python` option when `run_as` cannot run that (module docstring)."""
+
+DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--no-new-privs")
+"""setpriv's options besides the ids: no supplementary groups, no capabilities to pass on, and
+no set-user-ID or file-capability gains for anything the program starts."""
 
 REFUSED_EVENTS = (
     "socket.connect",
@@ -170,14 +198,40 @@ RUN_PYTHON = ToolSignature.of_model(
 
 @dataclass(frozen=True, slots=True)
 class _SandboxUser:
-    """The unprivileged user the program runs as when Hermesflow runs as root."""
+    """The unprivileged user the program runs as when Hermesflow runs as root, and the
+    commands that switch to it (module docstring, "Privileges")."""
 
     name: str
     uid: int
     gid: int
+    setpriv: str
+    env: str
 
-    def popen_options(self) -> dict[str, Any]:
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+    def prefix(self) -> list[str]:
+        """What runs the rest of a command line as this user."""
+        ids = [f"--reuid={self.uid}", f"--regid={self.gid}"]
+        return [self.setpriv, *ids, *DROP_PRIVILEGES, "--", self.env, "--"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    """How programs start: the interpreter, the user (None: Hermesflow's own), the isolation
+    and, for "netns", the unshare command."""
+
+    python: str
+    user: _SandboxUser | None
+    isolation: Isolation
+    unshare: str | None = None
+
+    def prefix(self) -> list[str]:
+        """The commands before the interpreter's (module docstring: the namespace first)."""
+        as_user = self.user.prefix() if self.user else []
+        if self.isolation == "audit-hook":
+            return as_user
+        assert self.unshare is not None
+        if self.user is None:
+            return [self.unshare, "--net", "--map-root-user"]
+        return [self.unshare, "--net", *as_user]
 
 
 class _CappedOutput:
@@ -231,8 +285,8 @@ class CodeExecutor(ToolBackend):
     (default 8 KiB each), `memory_bytes` (RLIMIT_AS, default 1 GiB), `isolation` ("auto": netns
     if it works here, else the audit hook; or insist on "netns" / "audit-hook"), `run_as` (the
     user to run as when started as root, default "nobody"; None keeps root), `python` (the
-    interpreter, default this one: give one that `run_as` can execute, with the packages the
-    programs may import).
+    interpreter, default this one, with the packages the programs may import; when `run_as`
+    cannot run it, `python3` on the sandbox PATH is used instead).
     """
 
     type_name: ClassVar[str] = "code"
@@ -261,10 +315,7 @@ class CodeExecutor(ToolBackend):
         self.requested_isolation = isolation
         self.run_as = run_as
         self.python = python or sys.executable
-        self.isolation: Isolation | None = None
-        """The isolation in force, known after `load`."""
-        self._user: _SandboxUser | None = None
-        self._unshare: str | None = None
+        self._launch: _Launch | None = None
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -276,84 +327,147 @@ class CodeExecutor(ToolBackend):
         return self._slots is not None
 
     @property
+    def isolation(self) -> Isolation | None:
+        """The isolation in force, known after `load`."""
+        return self._launch.isolation if self._launch else None
+
+    @property
+    def interpreter(self) -> str | None:
+        """The interpreter the programs run with, chosen at `load`."""
+        return self._launch.python if self._launch else None
+
+    @property
     def user(self) -> str:
         """Who the programs run as."""
-        return self._user.name if self._user else pwd.getpwuid(os.geteuid()).pw_name
+        return _user_name(self._launch.user if self._launch else None)
 
     async def load(self) -> None:
-        """Choose the user and the isolation by trying them (module docstring)."""
-        self._user = await self._choose_user()
-        self.isolation = await self._choose_isolation()
+        """Choose the user, the interpreter and the isolation by trying them (module docstring)."""
+        self._launch = await self._choose_isolation(await self._choose_interpreter())
         self._slots = asyncio.Semaphore(self.capacity)
         log.info(
-            "backend %r: code runs as %s with isolation %s", self.name, self.user, self.isolation
+            "backend %r: code runs as %s with %s and isolation %s",
+            self.name,
+            self.user,
+            self.interpreter,
+            self.isolation,
         )
 
     async def unload(self) -> None:
         self._slots = None
 
-    async def _choose_user(self) -> _SandboxUser | None:
+    def _sandbox_user(self) -> _SandboxUser | None:
+        """`run_as` when Hermesflow runs as root and can switch to it; None otherwise."""
         if os.geteuid() != 0 or self.run_as is None:
             return None
         try:
             entry = pwd.getpwnam(self.run_as)
         except KeyError:
-            log.warning("backend %r: no user %r; code runs as root", self.name, self.run_as)
-            return None
-        user = _SandboxUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
-        try:
-            probe = await asyncio.create_subprocess_exec(
-                self.python,
-                "-I",
-                "-c",
-                "pass",
-                cwd="/",
-                stderr=asyncio.subprocess.PIPE,
-                **user.popen_options(),
-            )
-            _, stderr = await probe.communicate()
-            failure = stderr.decode(errors="replace").strip() if probe.returncode else None
-        except OSError as error:
-            failure = str(error)
-        if failure is not None:
             log.warning(
-                "backend %r: user %r cannot run %s (%s); code runs as root — install Python where "
-                "that user can read it to drop privileges",
+                "backend %r: no user %r; code runs as root — create that user, or set the "
+                "backend's run_as option to an unprivileged user",
                 self.name,
                 self.run_as,
-                self.python,
-                failure,
             )
             return None
-        return user
+        setpriv, env = shutil.which("setpriv"), shutil.which("env")
+        if setpriv is None or env is None:
+            log.warning(
+                "backend %r: the setpriv or env command is missing; code runs as root — "
+                "install util-linux and coreutils to run it as %r",
+                self.name,
+                self.run_as,
+            )
+            return None
+        return _SandboxUser(entry.pw_name, entry.pw_uid, entry.pw_gid, setpriv, env)
 
-    async def _choose_isolation(self) -> Isolation:
+    async def _choose_interpreter(self) -> _Launch:
+        """The user and the interpreter (module docstring, "Privileges"); as root, with a
+        warning that names the fix, when the sandbox user can run no interpreter."""
+        user = self._sandbox_user()
+        launch, failures = await self._first_interpreter_that_runs(user)
+        if launch is None and user is not None:
+            log.warning(
+                "backend %r: user %r can run no Python interpreter (%s); code runs as root — "
+                "install Python where %r can read it (e.g. apt-get install python3), or set the "
+                "backend's python option to such an interpreter",
+                self.name,
+                user.name,
+                "; ".join(failures),
+                user.name,
+            )
+            launch, failures = await self._first_interpreter_that_runs(None)
+        if launch is None:
+            tried = "; ".join(failures)
+            raise RuntimeError(
+                f"backend {self.name!r}: no Python interpreter starts here ({tried}); set the "
+                "backend's python option to one that does"
+            )
+        if failures:
+            who = _user_name(launch.user)
+            log.warning(
+                "backend %r: %s cannot run %s; code runs with %s, which has only its own "
+                "packages — install the interpreter the programs need where %s can read it, "
+                "and set the python option to it",
+                self.name,
+                who,
+                "; ".join(failures),
+                launch.python,
+                who,
+            )
+        return launch
+
+    async def _first_interpreter_that_runs(
+        self, user: _SandboxUser | None
+    ) -> tuple[_Launch | None, list[str]]:
+        """The first of the `python` option and `FALLBACK_PYTHON` that runs the trial program
+        as `user`, and why those before it did not."""
+        fallback = shutil.which(FALLBACK_PYTHON, path=SANDBOX_PATH)
+        failures: list[str] = []
+        for python in dict.fromkeys([self.python, *([fallback] if fallback else [])]):
+            launch = _Launch(python, user, "audit-hook")
+            failure = await self._probe(launch)
+            if failure is None:
+                return launch, failures
+            failures.append(f"{python}: {failure}")
+        return None, failures
+
+    async def _choose_isolation(self, launch: _Launch) -> _Launch:
         if self.requested_isolation == "audit-hook":
-            return "audit-hook"
-        self._unshare = shutil.which("unshare")
+            return launch
+        unshare = shutil.which("unshare")
         failure = "the unshare command is not installed (util-linux)"
-        if self._unshare is not None:
-            try:
-                probe = await self._execute(RunPythonArgs(source="pass"), PROBE_TIMEOUT_S, "netns")
-                if probe["returncode"] == 0:
-                    return "netns"
-                failure = probe["stderr"].strip()
-            except OSError as error:
-                failure = str(error)
-            failure = f"unshare --net --map-root-user failed: {failure}"
+        if unshare is not None:
+            netns = replace(launch, isolation="netns", unshare=unshare)
+            failure = await self._probe(netns)
+            if failure is None:
+                return netns
+            failure = f"{' '.join(netns.prefix()[:2])} failed: {failure}"
         if self.requested_isolation == "netns":
             raise RuntimeError(f"backend {self.name!r}: network namespaces unavailable: {failure}")
         log.warning(
             "backend %r: %s; falling back to the audit-hook sandbox (weaker)", self.name, failure
         )
-        return "audit-hook"
+        return launch
+
+    async def _probe(self, launch: _Launch) -> str | None:
+        """Why the trial program cannot run with `launch`; None when it ran as it should."""
+        try:
+            ran = await self._execute(RunPythonArgs(source=PROBE_SOURCE), PROBE_TIMEOUT_S, launch)
+        except OSError as error:
+            return str(error)
+        if ran["returncode"] != 0:
+            return ran["stderr"].strip() or f"exit code {ran['returncode']}"
+        if launch.user is not None and ran["stdout"].strip() != str(launch.user.uid):
+            return f"it ran as uid {ran['stdout'].strip()}, not {launch.user.uid}"
+        return None
 
     async def _invoke(self, call: ToolCall, signature: ToolSignature) -> ToolOutput:
         args = signature.parse(RunPythonArgs, call.args)
-        assert self._slots is not None and self.isolation is not None
+        assert self._slots is not None and self._launch is not None
         async with self._slots:
             try:
-                value = await self._execute(args, call.timeout_s, self.isolation)
+                value = await self._execute(args, call.timeout_s, self._launch)
             except OSError as error:
                 return ToolOutput(error=f"run_python could not start the program: {error}")
         if value["timed_out"]:
@@ -364,20 +478,23 @@ class CodeExecutor(ToolBackend):
         return ToolOutput(value=value, text=_render(value))
 
     async def _execute(
-        self, args: RunPythonArgs, timeout_s: float, isolation: Isolation
+        self, args: RunPythonArgs, timeout_s: float, launch: _Launch
     ) -> dict[str, Any]:
         """Run one program in a fresh directory (module docstring, steps 1-4)."""
         workdir = Path(tempfile.mkdtemp(prefix="hermesflow-code-"))
         try:
-            self._write_files(workdir, args)
-            transport, program = await asyncio.get_running_loop().subprocess_exec(
-                lambda: _ProgramProtocol(self.max_output_bytes),
-                *self._command(timeout_s, isolation),
-                cwd=workdir,
-                env=_environment(workdir),
-                start_new_session=True,
-                **(self._user.popen_options() if self._user else {}),
-            )
+            self._write_files(workdir, args, launch.user)
+            command = [*launch.prefix(), *self._interpreter_command(timeout_s, launch)]
+            try:
+                transport, program = await asyncio.get_running_loop().subprocess_exec(
+                    lambda: _ProgramProtocol(self.max_output_bytes),
+                    *command,
+                    cwd=workdir,
+                    env=_environment(workdir),
+                    start_new_session=True,
+                )
+            except OSError as error:  # uvloop's error does not name the command
+                raise OSError(error.errno, error.strerror, command[0]) from error
             stdin = transport.get_pipe_transport(0)
             stdin.write(args.stdin.encode())  # buffered by the transport; dropped if unread
             stdin.write_eof()
@@ -403,16 +520,17 @@ class CodeExecutor(ToolBackend):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _write_files(self, workdir: Path, args: RunPythonArgs) -> None:
+    @staticmethod
+    def _write_files(workdir: Path, args: RunPythonArgs, user: _SandboxUser | None) -> None:
         for name, content in {**args.files, PROGRAM_NAME: args.source}.items():
             path = workdir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content, encoding="utf-8")
-        if self._user is not None:
+        if user is not None:
             for path in [workdir, *workdir.rglob("*")]:
-                os.chown(path, self._user.uid, self._user.gid)
+                os.chown(path, user.uid, user.gid)
 
-    def _command(self, timeout_s: float, isolation: Isolation) -> list[str]:
+    def _interpreter_command(self, timeout_s: float, launch: _Launch) -> list[str]:
         limits = {
             "RLIMIT_AS": self.memory_bytes,
             "RLIMIT_CPU": math.ceil(timeout_s) + CPU_SLACK_S,
@@ -420,18 +538,19 @@ class CodeExecutor(ToolBackend):
             "RLIMIT_NOFILE": OPEN_FILES_LIMIT,
             "RLIMIT_CORE": 0,
         }
-        if self._user is not None:
+        if launch.user is not None:
             limits["RLIMIT_NPROC"] = PROCESS_LIMIT
         config = {
             "limits": limits,
-            "refuse": list(REFUSED_EVENTS) if isolation == "audit-hook" else [],
+            "refuse": list(REFUSED_EVENTS) if launch.isolation == "audit-hook" else [],
             "refusal": REFUSAL,
         }
-        python = [self.python, "-I", "-c", _BOOTSTRAP, json.dumps(config), PROGRAM_NAME]
-        if isolation == "netns":
-            assert self._unshare is not None
-            return [self._unshare, "--net", "--map-root-user", *python]
-        return python
+        return [launch.python, "-I", "-c", _BOOTSTRAP, json.dumps(config), PROGRAM_NAME]
+
+
+def _user_name(user: _SandboxUser | None) -> str:
+    """The name of `user`, or of Hermesflow's own user when there is none to switch to."""
+    return user.name if user else pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _environment(workdir: Path) -> dict[str, str]:

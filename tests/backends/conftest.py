@@ -1,6 +1,7 @@
 """Fixtures of the backend tests.
 
 - `async_runner`: one asyncio.Runner for the session, driving the tool, code and search backends.
+- `uvloop_backend_loop`: like `backend_loop` below, on uvloop, the loop of Ray's async actors.
 - `gone`: whether a process has exited (waiting a little, since killing is asynchronous).
 - `backend_loop` and `cpu_llm`: an event loop running in a thread, and one loaded CPU model on it
   for the whole session (loading takes about a second; converting the GGUF, 20–30 s). The loop
@@ -48,8 +49,10 @@ class LoopThread:
     loop; tests hand it coroutines with `run` and block until they finish.
     """
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(
+        self, new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    ) -> None:
+        self.loop = new_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="backend-loop", daemon=True
         )
@@ -67,6 +70,16 @@ class LoopThread:
 @pytest.fixture(scope="session")
 def backend_loop() -> Iterator[LoopThread]:
     loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def uvloop_backend_loop() -> Iterator[LoopThread]:
+    """A uvloop loop in a thread: Ray's async actors run on uvloop, whose subprocess support
+    takes fewer options than asyncio's."""
+    uvloop = pytest.importorskip("uvloop")
+    loop = LoopThread(uvloop.new_event_loop)
     yield loop
     loop.close()
 

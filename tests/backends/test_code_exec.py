@@ -1,13 +1,16 @@
-"""`CodeExecutor`, once per isolation that works on this machine: output, stdin, files,
-failures, timeouts that leave no process behind, no network, limits, a bare environment."""
+"""`CodeExecutor`, once per isolation that works on this machine and per event loop (asyncio's,
+and uvloop's, which Ray's async actors run): output, stdin, files, failures, timeouts that leave
+no process behind, no network, limits, a bare environment; started as root, the user and the
+interpreter it chooses. `test_code_exec_in_ray.py` runs it in a real Ray actor."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import pwd
+import shutil
 import socket
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -16,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from hermesflow.backends import code_exec
 from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
-from hermesflow.backends.code_exec import CodeExecutor
+from hermesflow.backends.code_exec import FALLBACK_PYTHON, SANDBOX_PATH, CodeExecutor
 
 if TYPE_CHECKING:
     from conftest import LoopThread
@@ -25,16 +29,23 @@ if TYPE_CHECKING:
 MAX_OUTPUT_BYTES = 1024
 
 
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def loop(request: pytest.FixtureRequest) -> LoopThread:
+    """The event loop the backend runs on."""
+    name = "backend_loop" if request.param == "asyncio" else "uvloop_backend_loop"
+    return request.getfixturevalue(name)
+
+
 @pytest.fixture(scope="module", params=["netns", "audit-hook"])
-def executor(request: pytest.FixtureRequest, backend_loop: LoopThread) -> Iterator[CodeExecutor]:
+def executor(request: pytest.FixtureRequest, loop: LoopThread) -> Iterator[CodeExecutor]:
     backend = CodeExecutor("code", isolation=request.param, max_output_bytes=MAX_OUTPUT_BYTES)
     try:
-        backend_loop.run(backend.load())
+        loop.run(backend.load())
     except RuntimeError as error:
         pytest.skip(f"no {request.param} isolation here: {error}")
     assert backend.isolation == request.param
     yield backend
-    backend_loop.run(backend.unload())
+    loop.run(backend.unload())
 
 
 def run_code(
@@ -50,8 +61,8 @@ def run_code(
     return runner.run(executor.run(call))
 
 
-def test_prints(backend_loop: LoopThread, executor: CodeExecutor) -> None:
-    result = run_code(backend_loop, executor, "print('hello', 6 * 7)")
+def test_prints(loop: LoopThread, executor: CodeExecutor) -> None:
+    result = run_code(loop, executor, "print('hello', 6 * 7)")
     assert result.finish_reason == "stop"
     assert result.value == {
         "returncode": 0,
@@ -62,7 +73,7 @@ def test_prints(backend_loop: LoopThread, executor: CodeExecutor) -> None:
     assert result.text == "returncode: 0\nstdout:\nhello 42\n"
 
 
-def test_reads_stdin_and_files(backend_loop: LoopThread, executor: CodeExecutor) -> None:
+def test_reads_stdin_and_files(loop: LoopThread, executor: CodeExecutor) -> None:
     source = """
         import sys
         from helpers.shout import shout
@@ -73,14 +84,14 @@ def test_reads_stdin_and_files(backend_loop: LoopThread, executor: CodeExecutor)
         "helpers/__init__.py": "",
         "helpers/shout.py": "def shout(s):\n    return s.upper()\n",
     }
-    result = run_code(backend_loop, executor, source, stdin="quiet", files=files)
+    result = run_code(loop, executor, source, stdin="quiet", files=files)
     assert result.value["stdout"] == "QUIET from a file\n"
 
 
 def test_an_exception_is_a_nonzero_returncode_with_the_traceback(
-    backend_loop: LoopThread, executor: CodeExecutor
+    loop: LoopThread, executor: CodeExecutor
 ) -> None:
-    result = run_code(backend_loop, executor, "def f():\n    return 1 / 0\nf()\n")
+    result = run_code(loop, executor, "def f():\n    return 1 / 0\nf()\n")
     assert result.finish_reason == "stop", "a failing program is an observation, not a tool failure"
     assert result.value["returncode"] == 1
     stderr = result.value["stderr"]
@@ -90,18 +101,18 @@ def test_an_exception_is_a_nonzero_returncode_with_the_traceback(
         and "ZeroDivisionError: division by zero" in stderr
     )
     assert "runpy" not in stderr, "the bootstrap's frames are hidden"
-    assert run_code(backend_loop, executor, "import sys; sys.exit(7)").value["returncode"] == 7
+    assert run_code(loop, executor, "import sys; sys.exit(7)").value["returncode"] == 7
 
 
-def test_output_is_truncated(backend_loop: LoopThread, executor: CodeExecutor) -> None:
-    result = run_code(backend_loop, executor, "print('x' * 5000)")
+def test_output_is_truncated(loop: LoopThread, executor: CodeExecutor) -> None:
+    result = run_code(loop, executor, "print('x' * 5000)")
     stdout = result.value["stdout"]
     assert stdout.startswith("x" * MAX_OUTPUT_BYTES)
     assert stdout.endswith(f"[... {5001 - MAX_OUTPUT_BYTES} more bytes cut]")
 
 
 def test_a_timeout_kills_the_program_and_its_children(
-    backend_loop: LoopThread, executor: CodeExecutor, gone: Callable[[int], bool]
+    loop: LoopThread, executor: CodeExecutor, gone: Callable[[int], bool]
 ) -> None:
     spawn_child = """
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -114,7 +125,7 @@ def test_a_timeout_kills_the_program_and_its_children(
         while True:
             pass
     """
-    result = run_code(backend_loop, executor, source, timeout_s=1.5)
+    result = run_code(loop, executor, source, timeout_s=1.5)
     assert result.finish_reason == "error"
     assert result.error == "run_python timed out after 1.5 s; the program was killed"
     assert result.value["timed_out"] is True and result.value["returncode"] == -9
@@ -122,7 +133,7 @@ def test_a_timeout_kills_the_program_and_its_children(
         assert gone(pid), f"process {pid} outlived the timeout"
 
 
-def test_the_audit_hook_refuses_processes(backend_loop: LoopThread, executor: CodeExecutor) -> None:
+def test_the_audit_hook_refuses_processes(loop: LoopThread, executor: CodeExecutor) -> None:
     if executor.isolation != "audit-hook":
         pytest.skip("only the audit-hook sandbox refuses processes (a network namespace need not)")
     for source in (
@@ -130,7 +141,7 @@ def test_the_audit_hook_refuses_processes(backend_loop: LoopThread, executor: Co
         "import os; os.system('true')",
         "import os; os.fork()",
     ):
-        result = run_code(backend_loop, executor, source)
+        result = run_code(loop, executor, source)
         assert result.value["returncode"] == 1
         assert (
             "refused: this sandbox has no network and starts no programs" in result.value["stderr"]
@@ -138,7 +149,7 @@ def test_the_audit_hook_refuses_processes(backend_loop: LoopThread, executor: Co
 
 
 def test_children_left_behind_are_killed(
-    backend_loop: LoopThread, executor: CodeExecutor, gone: Callable[[int], bool]
+    loop: LoopThread, executor: CodeExecutor, gone: Callable[[int], bool]
 ) -> None:
     """The program ends while a child it started still holds its stdout: the call ends with
     the program, not at the timeout, and the child is killed."""
@@ -149,20 +160,20 @@ def test_children_left_behind_are_killed(
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         print(child.pid)
     """
-    result = run_code(backend_loop, executor, source, timeout_s=10)
+    result = run_code(loop, executor, source, timeout_s=10)
     assert result.finish_reason == "stop" and result.value["timed_out"] is False
     assert result.value["returncode"] == 0
     assert result.seconds < 5
     assert gone(int(result.value["stdout"]))
 
 
-def test_unread_stdin_is_no_error(backend_loop: LoopThread, executor: CodeExecutor) -> None:
-    result = run_code(backend_loop, executor, "print('done')", stdin="x" * (1 << 20))
+def test_unread_stdin_is_no_error(loop: LoopThread, executor: CodeExecutor) -> None:
+    result = run_code(loop, executor, "print('done')", stdin="x" * (1 << 20))
     assert result.value == {"returncode": 0, "stdout": "done\n", "stderr": "", "timed_out": False}
 
 
 def test_no_network_even_to_a_listening_local_socket(
-    backend_loop: LoopThread, executor: CodeExecutor
+    loop: LoopThread, executor: CodeExecutor
 ) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.setblocking(False)
@@ -177,7 +188,7 @@ def test_no_network_even_to_a_listening_local_socket(
             except OSError as error:
                 print(type(error).__name__, error)
         """
-        result = run_code(backend_loop, executor, source)
+        result = run_code(loop, executor, source)
         with pytest.raises(BlockingIOError):
             server.accept()
     stdout = result.value["stdout"]
@@ -188,14 +199,14 @@ def test_no_network_even_to_a_listening_local_socket(
     assert expected in stdout
 
 
-def test_memory_is_limited(backend_loop: LoopThread, executor: CodeExecutor) -> None:
-    result = run_code(backend_loop, executor, "block = bytearray(2 << 30)")
+def test_memory_is_limited(loop: LoopThread, executor: CodeExecutor) -> None:
+    result = run_code(loop, executor, "block = bytearray(2 << 30)")
     assert result.value["returncode"] == 1
     assert "MemoryError" in result.value["stderr"]
 
 
 def test_the_environment_is_bare_and_the_directory_removed(
-    backend_loop: LoopThread, executor: CodeExecutor, monkeypatch: pytest.MonkeyPatch
+    loop: LoopThread, executor: CodeExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HERMES_TEST_SECRET", "s3cret")
     source = """
@@ -203,7 +214,7 @@ def test_the_environment_is_bare_and_the_directory_removed(
         print(os.getcwd())
         print(sorted(os.environ))
     """
-    workdir, names = run_code(backend_loop, executor, source).value["stdout"].splitlines()
+    workdir, names = run_code(loop, executor, source).value["stdout"].splitlines()
     assert "HERMES_TEST_SECRET" not in names and "HOME" in names
     assert not Path(workdir).exists()
 
@@ -220,20 +231,20 @@ def test_the_environment_is_bare_and_the_directory_removed(
     ],
 )
 def test_bad_arguments_raise(
-    backend_loop: LoopThread, executor: CodeExecutor, args: dict, message: str
+    loop: LoopThread, executor: CodeExecutor, args: dict, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        backend_loop.run(executor.run(ToolCall(tool="run_python", args=args)))
+        loop.run(executor.run(ToolCall(tool="run_python", args=args)))
 
 
 def test_llm_calls_and_unknown_tools_raise(
-    backend_loop: LoopThread, executor: CodeExecutor
+    loop: LoopThread, executor: CodeExecutor
 ) -> None:
     with pytest.raises(TypeError, match="serves tool calls"):
-        backend_loop.run(executor.run(LLMCall(prompt="print(1)")))
+        loop.run(executor.run(LLMCall(prompt="print(1)")))
     listed = r"run_python\(source: str, stdin: str = '', files: dict\[str, str\] = \{\}\)"
     with pytest.raises(ValueError, match=rf"unknown tool 'python'; its tools: {listed}"):
-        backend_loop.run(executor.run(ToolCall(tool="python", args={"source": ""})))
+        loop.run(executor.run(ToolCall(tool="python", args={"source": ""})))
 
 
 def test_auto_isolation_prefers_netns_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
@@ -249,32 +260,102 @@ def test_auto_isolation_prefers_netns_and_logs_it(caplog: pytest.LogCaptureFixtu
     assert f"isolation {expected}" in caplog.text
 
 
-def _interpreter_for(user: str) -> str | None:
-    """An interpreter `user` can run: this one, or the system's (the bootstrap needs only the
-    standard library)."""
-    for python in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(
-            ["runuser", "-u", user, "--", python, "-I", "-c", "pass"], capture_output=True
-        )
-        if probe.returncode == 0:
-            return python
-    return None
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="privileges are dropped only when started as root"
+)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="privileges are dropped only when started as root")
-def test_started_as_root_the_program_runs_as_nobody(backend_loop: LoopThread) -> None:
-    python = _interpreter_for("nobody")
-    if python is None:
-        pytest.skip("user nobody can run no Python interpreter here")
-    backend = CodeExecutor("dropped", python=python)
-    backend_loop.run(backend.load())
+@pytest.fixture
+def unreadable_python(tmp_path: Path) -> Path:
+    """A working interpreter behind a directory only root may enter: what `nobody` meets in
+    a virtualenv under /root."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    link = private / "python"
+    link.symlink_to(sys.executable)
+    return link
+
+
+def fallback_python() -> str:
+    found = shutil.which(FALLBACK_PYTHON, path=SANDBOX_PATH)
+    if found is None:
+        pytest.skip(f"no {FALLBACK_PYTHON} on {SANDBOX_PATH}")
+    return found
+
+
+@as_root
+def test_started_as_root_the_program_runs_as_nobody(loop: LoopThread) -> None:
+    backend = CodeExecutor("dropped")
+    loop.run(backend.load())
     assert backend.user == "nobody"
     source = """
-        import resource
+        import os, resource
         open("mine.txt", "w").write("the directory is the program's")
+        print(os.geteuid(), os.getegid(), os.getgroups())
         print(resource.getrlimit(resource.RLIMIT_NPROC)[0])
         open("/root/hermesflow-sandbox-probe", "w")
     """
-    result = run_code(backend_loop, backend, source)
-    assert result.value["stdout"] == "64\n"
+    result = run_code(loop, backend, source)
+    nobody = pwd.getpwnam("nobody")
+    assert result.value["stdout"] == f"{nobody.pw_uid} {nobody.pw_gid} []\n64\n"
     assert "PermissionError: [Errno 13] Permission denied: '/root/" in result.value["stderr"]
+
+
+@as_root
+def test_an_interpreter_nobody_cannot_run_gives_way_to_one_it_can(
+    loop: LoopThread, unreadable_python: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fallback = fallback_python()
+    backend = CodeExecutor("fallback", python=str(unreadable_python), isolation="audit-hook")
+    with caplog.at_level(logging.INFO, logger="hermesflow.backends.code_exec"):
+        loop.run(backend.load())
+    assert backend.user == "nobody" and backend.interpreter == fallback
+    assert f"nobody cannot run {unreadable_python}: " in caplog.text
+    assert "Permission denied" in caplog.text and f"code runs with {fallback}" in caplog.text
+    result = run_code(loop, backend, "import os, sys; print(os.geteuid(), sys.executable)")
+    assert result.value["stdout"] == f"{pwd.getpwnam('nobody').pw_uid} {fallback}\n"
+
+
+@as_root
+def test_without_an_interpreter_for_nobody_the_warning_names_the_fix(
+    loop: LoopThread,
+    unreadable_python: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(code_exec, "FALLBACK_PYTHON", "no-such-python")
+    backend = CodeExecutor("root", python=str(unreadable_python), isolation="audit-hook")
+    with caplog.at_level(logging.WARNING, logger="hermesflow.backends.code_exec"):
+        loop.run(backend.load())
+    assert backend.user == "root" and backend.interpreter == str(unreadable_python)
+    assert "user 'nobody' can run no Python interpreter" in caplog.text
+    assert "code runs as root — install Python where 'nobody' can read it" in caplog.text
+    assert run_code(loop, backend, "import os; print(os.geteuid())").value["stdout"] == "0\n"
+
+
+def test_no_interpreter_at_all_fails_load_with_the_fix(
+    loop: LoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(code_exec, "FALLBACK_PYTHON", "no-such-python")
+    backend = CodeExecutor("none", python="/no/such/python", run_as=None, isolation="audit-hook")
+    message = (
+        r"backend 'none': no Python interpreter starts here \(/no/such/python: .*No such file.*\); "
+        "set the backend's python option to one that does"
+    )
+    with pytest.raises(RuntimeError, match=message):
+        loop.run(backend.load())
+
+
+def test_a_program_that_cannot_start_is_a_tool_error(loop: LoopThread, tmp_path: Path) -> None:
+    """The interpreter checked at `load` is gone at the call: an error result naming it, not
+    an exception out of the backend."""
+    link = tmp_path / "python"
+    link.symlink_to(sys.executable)
+    backend = CodeExecutor("gone", python=str(link), run_as=None, isolation="audit-hook")
+    loop.run(backend.load())
+    link.unlink()
+    result = run_code(loop, backend, "print(1)")
+    assert result.finish_reason == "error" and result.value is None
+    assert result.error == (
+        f"run_python could not start the program: [Errno 2] No such file or directory: '{link}'"
+    )
