@@ -59,5 +59,13 @@ down:
 bench: $(STAMP)
 	$(BIN)/python bench/scheduling.py
 
+# The prepared GPU check (bench/gpu_check.py, docs/benchmarks.md): on a machine with an NVIDIA
+# GPU it installs the gpu extra into .venv-gpu, runs every gpu test and every benchmark's GPU
+# mode within 8 minutes, and writes bench/results/gpu-check.json and gpu-check.log. Offline:
+# make gpu-check GPU_CHECK_ARGS="--python PY --wheelhouse DIR".
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -75,6 +75,9 @@ def gpu_llm(async_runner: asyncio.Runner) -> Iterator[VLLMBackend]:
         gpu_memory_utilization=0.3,
         max_model_len=2048,
         max_input_tokens=1024,
+        # No CUDA graphs or torch.compile: the engine starts in seconds rather than a minute,
+        # and these tests check behaviour, not speed (bench/vllm_priority.py measures that).
+        engine_options={"enforce_eager": True},
     )
     async_runner.run(backend.load())
     yield backend
