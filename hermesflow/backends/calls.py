@@ -5,13 +5,65 @@ A step of an application issues one or more calls. An `LLMCall` goes to a langua
 backend (the CPU model, vLLM, any OpenAI-compatible server); a `ToolCall` goes to a tool backend
 (Python functions, code execution, search). Both are JSON-serialisable, so a call can be stored
 before it is dispatched and replayed after a crash, and a `CallResult` stored when it finishes.
+
+A backend that cannot run a call as sent — an LLM call on a tool backend, an unknown tool,
+arguments that do not fit the tool, a prompt longer than the model takes — raises
+`CallRefused`: the caller's mistake, told apart from the backend failing (its own fault) by the
+result's `error_code`, so the HTTP API answers the one with a 4xx and the other with a 502.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CallKind(StrEnum):
+    """What a call asks for, and so which backends can serve it (the calls' `kind` field)."""
+
+    LLM = "llm"
+    TOOL = "tool"
+
+
+class Truncation(StrEnum):
+    """What an LLM backend does with a prompt longer than it takes (the name and values of the
+    `truncation` parameter of OpenAI's Responses API)."""
+
+    DISABLED = "disabled"
+    """Refuse the call (`context_length_exceeded`): nothing is cut without the caller asking."""
+    AUTO = "auto"
+    """Keep the end of the prompt, as much as fits: the end of a conversation is what its next
+    turn depends on."""
+
+
+class CallErrorCode(StrEnum):
+    """Why a call ended without a result, when it is not the tool's own failure (a tool that
+    raised is an observation its program reads, with no code). The values are OpenAI's error
+    codes where OpenAI has one."""
+
+    INVALID_CALL = "invalid_call"
+    """Refused: the call does not fit its backend (kind, tool name, arguments)."""
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    """Refused: the prompt (plus the tokens to generate) does not fit the model."""
+    BACKEND_ERROR = "backend_error"
+    """The backend failed: its fault, not the caller's; the details are in the server's log."""
+
+    @property
+    def refused(self) -> bool:
+        """Whether the caller must change the call (a 4xx), rather than the server be fixed."""
+        return self is not CallErrorCode.BACKEND_ERROR
+
+
+class CallRefused(ValueError):
+    """A backend refuses a call as sent; the message says what to change. The backend actor
+    answers it as a result whose `error_code` says so (`result`), not as a crash."""
+
+    code: ClassVar[CallErrorCode] = CallErrorCode.INVALID_CALL
+
+    def result(self) -> CallResult:
+        return CallResult(finish_reason="error", error=str(self), error_code=self.code)
 
 
 class ChatMessage(BaseModel):
@@ -35,6 +87,10 @@ class LLMCall(BaseModel):
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     stop: list[str] = Field(default_factory=list)
+    truncation: Truncation = Field(
+        default=Truncation.DISABLED,
+        description="a prompt longer than the backend takes: refused (disabled) or cut to its end (auto)",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> LLMCall:
@@ -66,7 +122,9 @@ class CallResult(BaseModel):
     JSON result. `seconds` is the backend's own time for the call, `prefill_s`/`decode_s` split
     it for LLM calls (what the cost model is calibrated from). `error` is set, and `text` empty,
     when the tool raised or timed out: a failed tool call is an observation the program reacts
-    to (a ReAct agent reads the error), not a crash of the application.
+    to (a ReAct agent reads the error), not a crash of the application. `error_code` is set
+    when the call did not run as sent: refused by its backend (the caller's mistake) or failed
+    in it (the backend's fault); see `CallErrorCode`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,3 +139,4 @@ class CallResult(BaseModel):
     batch_size: int = 1
     finish_reason: Literal["stop", "length", "error"] = "stop"
     error: str | None = None
+    error_code: CallErrorCode | None = None

@@ -10,27 +10,42 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hermesflow.backends.calls import LLMCall
+from hermesflow.backends.calls import CallErrorCode, CallRefused, LLMCall, Truncation
 
 _DECODE_OPTIONS = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
 """Decoding that round-trips: no special tokens in the text, no space "clean-up" that would
 make the text of a token sequence differ from the concatenation of its pieces."""
 
 
+class ContextLengthExceeded(CallRefused):
+    """The prompt, or the prompt plus the tokens to generate, does not fit the model, and the
+    call did not ask for truncation (OpenAI's 400 `context_length_exceeded`)."""
+
+    code = CallErrorCode.CONTEXT_LENGTH_EXCEEDED
+
+
 @dataclass(frozen=True)
 class EncodedPrompt:
-    """The token ids a call is generated from; `dropped` tokens were cut from the front."""
+    """The token ids a call is generated from; `dropped` tokens were cut from the front (only
+    when the call asked for `truncation: auto`)."""
 
     ids: list[int]
     dropped: int = 0
 
 
-def encode_call(tokenizer: Any, call: LLMCall, max_input_tokens: int) -> EncodedPrompt:
+def encode_call(
+    tokenizer: Any, call: LLMCall, max_input_tokens: int, context_tokens: int
+) -> EncodedPrompt:
     """Token ids of an LLM call: `messages` rendered with the tokenizer's chat template (with the
-    assistant's generation prompt), or `prompt` encoded as is. A prompt longer than
-    `max_input_tokens` keeps its last `max_input_tokens` tokens — the end of a conversation is
-    what the next turn depends on. Works with any tokenizer that has the Hugging Face
-    `apply_chat_template`/`encode` methods (vLLM's too)."""
+    assistant's generation prompt), or `prompt` encoded as is. Works with any tokenizer that has
+    the Hugging Face `apply_chat_template`/`encode` methods (vLLM's too).
+
+    The prompt must fit both the backend's `max_input_tokens` and, with the call's `max_tokens`
+    to generate, the model's `context_tokens`. One that does not is refused with
+    `ContextLengthExceeded` naming the counts — never silently cut — unless the call asked for
+    `truncation: auto`: then it keeps its last tokens that fit (the end of a conversation is
+    what the next turn depends on).
+    """
     if call.messages is not None:
         messages = [message.model_dump() for message in call.messages]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -38,9 +53,33 @@ def encode_call(tokenizer: Any, call: LLMCall, max_input_tokens: int) -> Encoded
     else:
         ids = list(tokenizer.encode(call.prompt))
     if not ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
-    dropped = max(0, len(ids) - max_input_tokens)
-    return EncodedPrompt(ids[dropped:], dropped)
+        raise CallRefused("the prompt encodes to no tokens; give a non-empty prompt")
+    room = min(max_input_tokens, context_tokens - call.max_tokens)
+    if len(ids) <= room:
+        return EncodedPrompt(ids)
+    if call.truncation is Truncation.AUTO and room >= 1:
+        return EncodedPrompt(ids[len(ids) - room :], len(ids) - room)
+    raise ContextLengthExceeded(_too_long(call, len(ids), max_input_tokens, context_tokens))
+
+
+def _too_long(call: LLMCall, prompt_tokens: int, max_input_tokens: int, context_tokens: int) -> str:
+    """OpenAI's wording, with the counts and what to change."""
+    what = "messages" if call.messages is not None else "prompt"
+    if prompt_tokens > max_input_tokens:
+        return (
+            f"This model's maximum prompt length is {max_input_tokens} tokens, but your {what} "
+            f"resulted in {prompt_tokens} tokens. Shorten the {what}, or send "
+            f'"truncation": "auto" to keep its last {max_input_tokens} tokens.'
+        )
+    requested = prompt_tokens + call.max_tokens
+    fix = "lower max_tokens or shorten the " + what
+    if context_tokens - call.max_tokens >= 1:
+        fix += ', or send "truncation": "auto" to keep the end of the prompt that fits'
+    return (
+        f"This model's maximum context length is {context_tokens} tokens, but you requested "
+        f"{requested} tokens ({prompt_tokens} in the {what}, {call.max_tokens} in the "
+        f"completion); {fix}."
+    )
 
 
 class TextStream:

