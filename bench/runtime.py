@@ -10,6 +10,13 @@ calls, PDGraphs refitted from the observations, measured warm-ups), replays in i
 that happened at the same arrival times, and reports the simulated mean ACT and its difference
 from the real one.
 
+The engine's speed is measured first (a few calls timed on the real LLM backend,
+`hermesflow.demo.measure_engine`), and each load is turned into an arrival rate at that speed,
+so a load means the same on any machine; every point reports the load its run really offered and
+how busy the engine was. An application that fails is never a figure: ACT counts completed
+applications only, each failure is printed with its class and error, the JSON carries
+`apps_failed` and `failures`, and the benchmark exits 1.
+
 Targets (runtime issue): mean ACT gittins <= 0.5 x fcfs; cold starts < 5 % of ACT; scheduler
 overhead < 2 ms per step; simulated mean ACT within 20 % of the real one, per policy.
 
@@ -22,19 +29,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from hermesflow.apps.suite import REFERENCE_APPS
-from hermesflow.demo import demo_arrivals, run_comparison
+from hermesflow.demo import calibrated_costs, demo_arrivals, measure_engine, print_failures, run_comparison
 from hermesflow.pdgraph.model import StageKind
 from hermesflow.ray_cluster import connect
 from hermesflow.schedulers.calibration import fidelity, learned_from_run, observed_plans
+from hermesflow.schedulers.experiment import MAX_REAL_APPS
 from hermesflow.schedulers.runtime_config import CPU_MODEL_COST
 from hermesflow.schedulers.workload import Arrival
 
 LOADS = (0.8, 1.2)
+SUMMARY_FIELDS = (
+    "apps", "apps_completed", "apps_failed", "act_scope", "mean_act_s", "p95_act_s", "cold_start_share",
+    "overhead_ms_per_step", "overhead_wall_ms_per_step", "journal_ms_per_step", "calls", "makespan_s",
+    "offered_load", "llm_busy_share", "failures",
+)
 
 
 def _kinds(priors) -> dict[str, str]:
@@ -47,11 +63,53 @@ def _kinds(priors) -> dict[str, str]:
     return kinds
 
 
+def _apps(text: str) -> int:
+    apps = int(text)
+    if not 1 <= apps <= MAX_REAL_APPS:
+        raise argparse.ArgumentTypeError(f"{apps} applications; give 1 to {MAX_REAL_APPS}")
+    return apps
+
+
+def _replay(run, arrivals, priors, kinds) -> dict[str, float | None]:
+    """The simulator calibrated from `run` replaying it (None when no application completed)."""
+    summary = run.summary()
+    if summary["mean_act_s"] is None:
+        return {"sim_mean_act_s": None, "sim_difference": None, "sim_srpt_mean_act_s": None, "llm_decode_s_per_token": None}
+    graphs, costs = learned_from_run(run.db_url, priors, CPU_MODEL_COST)
+    plans = observed_plans(run.db_url, costs)
+    warmups = {kinds[name]: seconds for name, seconds in run.warmup_s.items() if name in kinds}
+    check = fidelity(
+        policy=run.policy, planner=run.planner, graphs=graphs, costs=costs, arrivals=arrivals,
+        warmup_by_kind=warmups, warm_at_start=("llm",) if run.planner != "on-demand" else (),
+        real_mean_act_s=summary["mean_act_s"], plans=plans,
+    )
+    bound = None
+    if run.policy == "gittins":  # what a clairvoyant SRPT would reach on the same model
+        bound = fidelity(
+            policy="srpt", planner=run.planner, graphs=graphs, costs=costs, arrivals=arrivals,
+            warmup_by_kind=warmups, warm_at_start=("llm",), real_mean_act_s=summary["mean_act_s"], plans=plans,
+        ).simulated_mean_act_s
+    return {
+        "sim_mean_act_s": check.simulated_mean_act_s,
+        "sim_difference": check.difference,
+        "sim_srpt_mean_act_s": bound,
+        "llm_decode_s_per_token": costs.llm["llm"].decode_s_per_token,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"x{a / b:.2f}"
+
+
+def _num(value: float | None, template: str) -> str:
+    return "-" if value is None else template.format(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--apps", type=int, default=None)
+    parser.add_argument("--apps", type=_apps, default=None, help=f"applications per run, 1 to {MAX_REAL_APPS}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     loads = LOADS[-1:] if args.quick else LOADS
@@ -60,65 +118,52 @@ def main() -> None:
     kinds = _kinds(priors)
     connect(None)
     started = time.time()
-    results = []
+    probe = measure_engine(args.seed)
+    costs = calibrated_costs(probe)
+    results, failed = [], False
     with tempfile.TemporaryDirectory(prefix="hermesflow-bench-") as tmp:
         for load in loads:
-            planned = demo_arrivals(apps, load, args.seed)
+            planned = demo_arrivals(apps, load, args.seed, costs)
             arrivals = [Arrival(p.at_s, p.app_class) for p in planned]
-            runs = run_comparison(planned, Path(tmp) / f"load-{load}")
+            runs = run_comparison(planned, Path(tmp) / f"load-{load}", costs)
+            failed = failed or any(run.failures for run in runs)
             for run in runs:
-                graphs, costs = learned_from_run(run.db_url, priors, CPU_MODEL_COST)
-                plans = observed_plans(run.db_url, costs)
-                warmups = {kinds[name]: seconds for name, seconds in run.warmup_s.items() if name in kinds}
                 summary = run.summary()
-                check = fidelity(
-                    policy=run.policy,
-                    planner=run.planner,
-                    graphs=graphs,
-                    costs=costs,
-                    arrivals=arrivals,
-                    warmup_by_kind=warmups,
-                    warm_at_start=("llm",) if run.planner != "on-demand" else (),
-                    real_mean_act_s=summary["mean_act_s"],
-                    plans=plans,
-                )
-                bound = None
-                if run.policy == "gittins":  # what a clairvoyant SRPT would reach on the same model
-                    bound = fidelity(
-                        policy="srpt", planner=run.planner, graphs=graphs, costs=costs, arrivals=arrivals,
-                        warmup_by_kind=warmups, warm_at_start=("llm",), real_mean_act_s=summary["mean_act_s"],
-                        plans=plans,
-                    ).simulated_mean_act_s
                 results.append(
-                    {
-                        "name": run.policy,
-                        "load": load,
-                        **{k: summary[k] for k in ("mean_act_s", "p95_act_s", "cold_start_share", "overhead_ms_per_step", "overhead_wall_ms_per_step", "journal_ms_per_step", "apps_completed", "apps_failed", "calls", "makespan_s")},
-                        "sim_mean_act_s": check.simulated_mean_act_s,
-                        "sim_difference": check.difference,
-                        "sim_srpt_mean_act_s": bound,
-                        "llm_decode_s_per_token": costs.llm["llm"].decode_s_per_token,
-                    }
+                    {"name": run.policy, "load": load, **{k: summary[k] for k in SUMMARY_FIELDS},
+                     **_replay(run, arrivals, priors, kinds)}
                 )
+            print_failures(runs, Console())
+    engine = probe.engine
+    print(
+        f"engine probe: {len(probe.results)} calls in {probe.seconds:.1f} s; decode {engine.decode_s_per_token * 1e3:.1f} ms/token "
+        f"at full batch, prefill {engine.prefill_s_per_token * 1e3:.2f} ms/token (x{probe.slowdown:.2f} the prior's decode)"
+    )
     for load in loads:
         rows = {r["name"]: r for r in results if r["load"] == load}
         g, f = rows["gittins"], rows["fcfs"]
         print(
-            f"load {load}: gittins mean ACT {g['mean_act_s']:.1f}s P95 {g['p95_act_s']:.1f}s | fcfs mean "
-            f"{f['mean_act_s']:.1f}s P95 {f['p95_act_s']:.1f}s | ratio mean x{g['mean_act_s'] / f['mean_act_s']:.2f} "
-            f"(target <= 0.5), P95 x{g['p95_act_s'] / f['p95_act_s']:.2f}; simulated clairvoyant SRPT / "
-            f"simulated fcfs: x{g['sim_srpt_mean_act_s'] / f['sim_mean_act_s']:.2f}"
+            f"load {load} (offered: gittins {_num(g['offered_load'], '{:.2f}')}, fcfs {_num(f['offered_load'], '{:.2f}')}): "
+            f"completed gittins {g['apps_completed']}/{g['apps']}, fcfs {f['apps_completed']}/{f['apps']}; "
+            f"ACT of completed apps: gittins mean {_num(g['mean_act_s'], '{:.1f}s')} P95 {_num(g['p95_act_s'], '{:.1f}s')} | "
+            f"fcfs mean {_num(f['mean_act_s'], '{:.1f}s')} P95 {_num(f['p95_act_s'], '{:.1f}s')} | ratio mean "
+            f"{_ratio(g['mean_act_s'], f['mean_act_s'])} (target <= 0.5), P95 {_ratio(g['p95_act_s'], f['p95_act_s'])}; "
+            f"simulated clairvoyant SRPT / simulated fcfs: {_ratio(g['sim_srpt_mean_act_s'], f['sim_mean_act_s'])}"
         )
         for r in (g, f):
             print(
-                f"  {r['name']}: cold share {r['cold_start_share']:.1%} (target < 5% for gittins), "
-                f"overhead {r['overhead_ms_per_step']:.2f} ms CPU/step (target < 2; wall "
-                f"{r['overhead_wall_ms_per_step']:.2f}, of which journal {r['journal_ms_per_step']:.2f}), simulated mean ACT "
-                f"{r['sim_mean_act_s']:.1f}s ({r['sim_difference']:+.0%} vs real; target within 20%)"
+                f"  {r['name']}: failed {r['apps_failed']}, cold share {_num(r['cold_start_share'], '{:.1%}')} (target < 5% "
+                f"for gittins), LLM busy {_num(r['llm_busy_share'], '{:.0%}')}, overhead {r['overhead_ms_per_step']:.2f} ms "
+                f"CPU/step (target < 2; wall {r['overhead_wall_ms_per_step']:.2f}, of which journal "
+                f"{r['journal_ms_per_step']:.2f}), simulated mean ACT {_num(r['sim_mean_act_s'], '{:.1f}s')} "
+                f"({_num(r['sim_difference'], '{:+.0%}')} vs real; target within 20%)"
             )
     print(f"total {time.time() - started:.0f} s")
     if args.json:
-        print(json.dumps({"bench": "runtime", "results": results}))
+        print(json.dumps({"bench": "runtime", "engine": probe.summary(), "results": results}))
+    if failed:
+        print("FAILED: applications failed for an infrastructure reason (listed above)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -170,37 +170,38 @@ GatewayNameOption = Annotated[str, typer.Option(help="Ray actor name of the HTTP
 
 @app.command("demo")
 def demo_command(
-    apps: Annotated[int, typer.Option(help="applications per run")] = 32,
-    load: Annotated[float, typer.Option(help="offered LLM work / engine capacity (declared PDGraphs)")] = 1.2,
+    apps: Annotated[int, typer.Option(help="applications per run, 1 to 500 (the cap: real runs take about 4 s each)")] = 32,
+    load: Annotated[float, typer.Option(help="offered LLM work / engine capacity, at the engine speed measured before the runs")] = 1.2,
     seed: Annotated[int, typer.Option()] = 0,
     reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports"),
     json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line (bench format)")] = False,
 ) -> None:
     """Serve the reference application mix for real (SmolLM2 on the CPU, real tools, local Ray)
     twice with the same arrivals: Hermesflow-Gittins with PDGraph prewarm, then request-FCFS with
-    load on demand. Prints mean and P95 ACT, their ratio and the cold-start share; writes an HTML
-    report under --reports."""
-    from hermesflow.demo import run_demo
+    load on demand. The LLM engine is timed first, so --load means the same on any machine.
+    Prints mean and P95 ACT of the completed applications, their ratio, the cold-start share,
+    the measured load and every failed application with its error; writes an HTML report under
+    --reports. Exits 1 when an application failed for an infrastructure reason."""
+    from hermesflow.schedulers.experiment import MAX_REAL_APPS
 
-    results, report = run_demo(apps, load, seed, reports, show_progress=not json_output)
-    rows = [r.summary() for r in results]
-    table = Table("policy", "prewarm", "apps", "mean ACT s", "P95 ACT s", "cold share", "sched ms/step")
-    for r in rows:
-        table.add_row(
-            str(r["policy"]), str(r["planner"]), f"{r['apps_completed']}/{apps}", f"{r['mean_act_s']:.1f}",
-            f"{r['p95_act_s']:.1f}", f"{r['cold_start_share']:.1%}", f"{r['overhead_ms_per_step']:.2f}",
-        )
+    if not 1 <= apps <= MAX_REAL_APPS:
+        raise typer.BadParameter(f"{apps} applications; give 1 to {MAX_REAL_APPS}", param_hint="--apps")
+    if not (np.isfinite(load) and load > 0):
+        raise typer.BadParameter(f"{load}; give a positive load such as 1.2 (1.0 = the engine's capacity)", param_hint="--load")
+    from hermesflow.demo import demo_json, print_demo, run_demo
+    from hermesflow.schedulers.runtime_results import ExperimentError
+
     out = Console(stderr=json_output)
-    out.print(table)
-    gittins, fcfs = rows
-    out.print(
-        f"Hermesflow / request-FCFS: mean ACT x{gittins['mean_act_s'] / fcfs['mean_act_s']:.2f}, "
-        f"P95 ACT x{gittins['p95_act_s'] / fcfs['p95_act_s']:.2f}; cold-start share "
-        f"{gittins['cold_start_share']:.1%} vs {fcfs['cold_start_share']:.1%}. Report: {report}"
-    )
+    try:
+        demo = run_demo(apps, load, seed, reports, show_progress=not json_output)
+    except ExperimentError as error:
+        out.print(f"[bold red]The demo could not run:[/] {error}")
+        raise typer.Exit(1) from None
+    print_demo(demo, out)
     if json_output:
-        results_json = [{"name": r["policy"], **{k: v for k, v in r.items() if k != "policy"}} for r in rows]
-        print(json.dumps({"bench": "demo", "results": results_json}))
+        print(json.dumps(demo_json(demo)))
+    if demo.failed:
+        raise typer.Exit(1)
 
 
 def _warm_names(warm: str, known: list[str]) -> tuple[str, ...]:

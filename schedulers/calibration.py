@@ -12,6 +12,11 @@ need no model: the refit PDGraphs carry their measured seconds.
 the run's own refitted PDGraphs (what the policy and planner believe), its calibrated engine and
 its measured warm-up times, under the same policy and planner, and compares mean ACT. Without
 observed plans it draws runs from the refitted graphs instead (a coarser check).
+
+The same pieces measure the load a real run offered, whatever the machine: `calibrate_engine`
+fits the engine from a short warm-up probe before the runs (`runtime_experiment.probe_engine`),
+`offered_load` prices the LLM work the run's applications really brought at that speed, and
+`busy_share` reads how much of the run the engine spent computing.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.pdgraph.sampler import PlannedRequest, PlannedStage, RunPlan
 from hermesflow.store import Store
+from hermesflow.store_schema import RunRow
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.simulator import SimulationConfig, Simulator
@@ -84,9 +90,8 @@ def learned_from_run(
     return graphs, prior_costs.model_copy(update={"llm": engines})
 
 
-def observed_plans(db_url: str, costs: CostModel) -> list[RunPlan]:
-    """The runs of a real experiment as they happened — every stage, fan-out and token count —
-    in admission order, with LLM work priced by `costs` (the calibrated engine)."""
+def _observations_by_run(db_url: str) -> tuple[list[RunRow], dict[int, list[StageObservation]]]:
+    """Every run of a store in admission order, and every observation of each."""
     store = Store(db_url)
     runs = store.runs()
     by_run: dict[int, list[StageObservation]] = {run.id: [] for run in runs}
@@ -94,6 +99,13 @@ def observed_plans(db_url: str, costs: CostModel) -> list[RunPlan]:
         for obs in store.observations(app_class, limit=1_000_000):
             by_run[obs.run_id].append(obs)
     store.close()
+    return runs, by_run
+
+
+def observed_plans(db_url: str, costs: CostModel) -> list[RunPlan]:
+    """The runs of a real experiment as they happened — every stage, fan-out and token count —
+    in admission order, with LLM work priced by `costs` (the calibrated engine)."""
+    runs, by_run = _observations_by_run(db_url)
     plans = []
     for run in runs:
         stages = []
@@ -109,6 +121,46 @@ def observed_plans(db_url: str, costs: CostModel) -> list[RunPlan]:
             stages.append(PlannedStage(obs.stage, obs.backend, requests))
         plans.append(RunPlan(run.app_class, tuple(stages)))
     return plans
+
+
+def offered_load(db_url: str, backend: str, engine: LLMEngineCost, arrival_span_s: float) -> float:
+    """The load a real run offered `backend`: the LLM work of every step its applications ran
+    there (their real token counts, priced by `engine`, the speed measured on this machine),
+    per second of the span in which they arrived, over the engine's capacity of one
+    engine-second of work per second (`pdgraph/costs.py`) — the quantity `--load` asks for."""
+    if arrival_span_s <= 0:
+        raise ValueError(f"arrival span is {arrival_span_s} s; give the positive span the applications arrived in")
+    _, by_run = _observations_by_run(db_url)
+    work = sum(
+        engine.work_s(i, o)
+        for observations in by_run.values()
+        for obs in observations
+        if obs.backend == backend
+        for i, o in zip(obs.input_tokens, obs.output_tokens, strict=True)
+    )
+    return work / arrival_span_s
+
+
+def busy_share(db_url: str, backend: str, start_s: float, end_s: float) -> float:
+    """Share of [start_s, end_s] (unix seconds) in which `backend` was computing: the union of
+    its calls' own spans, each ending at its completion and lasting the seconds the backend
+    measured for it (an LLM call's span runs from its prefill to its last token)."""
+    if end_s <= start_s:
+        raise ValueError(f"the window [{start_s}, {end_s}] is empty; give end_s > start_s")
+    store = Store(db_url)
+    spans = sorted(
+        (max(d.at_s - d.detail["seconds"], start_s), min(d.at_s, end_s))
+        for d in store.decisions()
+        if d.kind == "complete" and d.backend == backend and d.detail
+    )
+    store.close()
+    busy, covered_to = 0.0, start_s
+    for begin, end in spans:
+        begin = max(begin, covered_to)
+        if end > begin:
+            busy += end - begin
+            covered_to = end
+    return busy / (end_s - start_s)
 
 
 @dataclass(frozen=True, slots=True)

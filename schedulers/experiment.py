@@ -22,6 +22,12 @@ from hermesflow.schedulers.workload import (
 )
 
 
+MAX_REAL_APPS = 500
+"""Most applications a real experiment (`hermesflow demo`, `bench/runtime.py`) serves per
+scheduler. Real runs take wall time — about 4 s per application at load 1.2 on 2 cores — so the
+cap bounds one demo to about an hour; the simulator has no such limit."""
+
+
 class ArrivalProcess(StrEnum):
     POISSON = "poisson"
     BURSTY = "bursty"

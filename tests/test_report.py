@@ -21,3 +21,18 @@ def test_report_is_one_file_with_summary_rows_and_embedded_plots(tmp_path):
     assert "25.0" in text and "1.0%" in text
     assert text.count('src="data:image/png;base64,') == 2
     assert "Demo &lt;test&gt;" in text and "a note &amp; more" in text
+
+
+def test_report_lists_failed_applications_and_marks_act_as_completed_only(tmp_path):
+    """A run where nothing completed has no ACT figures ("-"), and its failures are listed."""
+    failure = {"key": "app-1", "app_class": "code_gen", "end": "failed", "error": "backend 'code' could not be warmed: <boom>"}
+    summaries = [
+        {"policy": "fcfs", "planner": "on-demand", "apps_completed": 0, "apps_failed": 1, "mean_act_s": None,
+         "p95_act_s": None, "cold_start_share": None, "overhead_ms_per_step": 1.0, "makespan_s": 5.0,
+         "offered_load": 1.25, "llm_busy_share": 0.5, "failures": [failure]},
+    ]
+    text = write_report(tmp_path / "index.html", "Demo", summaries, {"fcfs": np.array([])}, {"fcfs": {}}).read_text()
+    assert "<td>fcfs + on-demand</td><td>0</td><td>1</td><td>-</td><td>-</td><td>-</td>" in text
+    assert "<td>1.25</td><td>50%</td>" in text
+    assert "<td>code_gen</td><td>app-1</td><td>failed</td><td>backend &#x27;code&#x27; could not be warmed: &lt;boom&gt;</td>" in text
+    assert "mean ACT (s)*" in text and "* completed applications only" in text
