@@ -56,6 +56,7 @@ from hermesflow.schedulers.runtime_prewarm import PrewarmMixin
 from hermesflow.schedulers.runtime_refit import RefitMixin
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
+    RunFailed,
     SubmissionError,
     UnknownApplication,
     load_program,
@@ -361,7 +362,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
             self._timed(self._retry, live, stored, request, str(error))
             return
         except Exception as error:  # noqa: BLE001 - a failing call is a result the program sees
-            result = CallResult(finish_reason="error", error=f"{type(error).__name__}: {error}")
+            result = slot.failure(error)
         finally:
             self._running_calls.discard(stored.id)
         self._timed(self._complete, live, stored, result)
@@ -493,7 +494,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         self._end(live, RunEnd(RunPhase.FAILED, None, error), None, None, live.doc["step"])
         for future in live.waiters.values():
             if not future.done():
-                future.set_exception(RuntimeError(error))
+                future.set_exception(RunFailed(error))
 
     def _forget(self, live: LiveRun) -> None:
         app = live.record

@@ -12,6 +12,12 @@ call, so a step is retried, never lost.
 
 Every completed warm-up is counted and its measured time kept (`warmups`, `last_warmup_s`, the
 `/v1/backends` view) and reported to the scheduler's Ray metrics with each warm/cold transition.
+
+A warmed tool backend tells its tool signatures (`signatures`), which the scheduler checks later
+steps against before queueing them (`hermesflow.backends.call_checks`); they outlive the actor,
+since the backend's configuration does not change. A call the backend fails (it raised) becomes
+an error result naming the backend and an incident id; the traceback, with its paths, pids and
+actor ids, goes to the log only (`hermesflow.incidents`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ from ray.exceptions import RayActorError
 
 from hermesflow.backends.actor import BackendActor
 from hermesflow.backends.base import BackendSpec
-from hermesflow.backends.calls import CallResult
+from hermesflow.backends.call_checks import call_kind_of
+from hermesflow.backends.calls import CallErrorCode, CallResult
+from hermesflow.backends.tools import ToolSignature
+from hermesflow.incidents import described, report
 from hermesflow.schedulers.interface import BackendPhase
 from hermesflow.schedulers.metrics import SchedulerMetrics
 from hermesflow.schedulers.prewarm import BackendStatus
@@ -61,6 +70,9 @@ class BackendSlot:
         self.last_error: str | None = None
         self.warmups = 0
         self.last_warmup_s: float | None = None
+        self.serves = call_kind_of(spec.type)
+        self.signatures: dict[str, ToolSignature] | None = None
+        """A tool backend's tools, known once it has been warm (None before, and for LLMs)."""
         self._actor: Any = None
         self._generation = 0
         self._on_change = on_change
@@ -98,15 +110,17 @@ class BackendSlot:
         try:
             capacity = await actor.capacity.remote()
             await actor.load.remote()
+            signatures = await actor.signatures.remote()
         except Exception as error:  # noqa: BLE001 - any load failure leaves the backend cold
             if generation == self._generation:
                 self.failures += 1
-                self.last_error = f"{type(error).__name__}: {error}"
-                log.error("backend %s failed to warm: %s", self.name, self.last_error)
+                self.last_error = described(error)
+                log.error("backend %s failed to warm", self.name, exc_info=error)
                 self._to_cold()
             return
         if generation != self._generation:  # released while warming
             return
+        self.signatures = signatures
         measured = time.time() - start
         self.warmup_s = WARMUP_EMA * measured + (1 - WARMUP_EMA) * self.warmup_s
         self.capacity = capacity
@@ -179,7 +193,8 @@ class BackendSlot:
             return result
         except RayActorError as error:
             if generation == self._generation:
-                self.last_error = f"actor died: {error}"
+                self.last_error = f"its actor died during a call ({described(error)})"
+                log.error("backend %s: its actor died during a call", self.name, exc_info=error)
                 self._generation += 1
                 self._to_cold()
             raise BackendDied(f"backend {self.name!r} died during a call") from error
@@ -187,3 +202,9 @@ class BackendSlot:
             self.in_flight -= 1
             self.last_used_s = time.time()
             self._on_change()
+
+    def failure(self, error: Exception) -> CallResult:
+        """The result of a call this backend failed by raising (its fault, not the caller's):
+        the message names the backend and an incident id, the traceback goes to the log."""
+        message = report(log, f"backend {self.name!r} failed the call", error)
+        return CallResult(finish_reason="error", error=message, error_code=CallErrorCode.BACKEND_ERROR)

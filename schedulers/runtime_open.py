@@ -28,7 +28,8 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hermesflow.apps.program import StepPlan
-from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.backends.call_checks import LLM_BACKEND_TYPES, check_call
+from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
 from hermesflow.journal import RunEnd, StoredCall
 from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
 from hermesflow.schedulers.open_apps import DECLARED_SOURCE, open_class_prior, structure_of
@@ -43,8 +44,6 @@ from hermesflow.schedulers.runtime_state import (
 from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow
 
 _CALL = TypeAdapter(Call)
-LLM_BACKEND_TYPES = frozenset({"transformers", "vllm", "openai"})
-"""Backend types whose steps are LLM stages in a learned graph."""
 
 
 class OpenRunsMixin:
@@ -98,7 +97,9 @@ class OpenRunsMixin:
 
     async def _parse_step(self, stage: str, call: dict[str, Any], backend: str | None) -> tuple[Call, str]:
         """The step's call, validated, and the backend it runs on (default: `llm` for an LLM
-        call), once the scheduler is ready."""
+        call), once the scheduler is ready. A call its backend cannot run (wrong kind, unknown
+        tool, arguments that do not fit the tool's signature) is refused here, before anything
+        is stored or queued."""
         await self._ready.wait()
         try:
             parsed = _CALL.validate_python(call)
@@ -109,6 +110,11 @@ class OpenRunsMixin:
             raise SubmissionError(
                 f"unknown backend {backend!r} for step {stage!r}; configured backends: {sorted(self.slots)}"
             )
+        slot = self.slots[backend]
+        try:
+            check_call(backend, slot.serves, slot.signatures, parsed)
+        except CallRefused as refused:
+            raise SubmissionError(f"step {stage!r}: {refused}") from None
         return parsed, backend
 
     def _session_key(self, session: str) -> str:

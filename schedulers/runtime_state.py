@@ -39,6 +39,11 @@ class ApplicationFinished(SubmissionError):
     application's state, not a malformed request)."""
 
 
+class RunFailed(RuntimeError):
+    """The application a caller waits on failed. The message is the scheduler's own, written
+    for clients (the HTTP API passes it on, unlike an unexpected error's)."""
+
+
 @dataclass(eq=False)
 class LiveRun:
     """A run in memory: its scheduling record and where its current step is."""

@@ -6,6 +6,11 @@ backend's capacity — the scheduler never sends more — and is killed to relea
 its memory for sure. `stream` is a Ray streaming generator: it yields `{"delta": text}` items as
 the backend produces text, then one `{"result": CallResult}` item.
 
+Before each call the actor checks that the call fits the backend (`call_checks`); a call that
+does not, or that the backend refuses itself (`CallRefused`, e.g. a prompt longer than the model
+takes), is answered as a result with its `error_code`, not raised: a caller's mistake must reach
+the client as a clear 4xx, not as a remote traceback.
+
 Torch in a Ray worker sees `OMP_NUM_THREADS=1` (Ray sets it to the actor's CPUs); backends that
 compute set their own thread count in `load` (the `threads` option).
 """
@@ -23,7 +28,9 @@ import ray
 from pydantic import TypeAdapter
 
 from hermesflow.backends.base import Backend, BackendSpec, make_backend
-from hermesflow.backends.calls import Call, CallResult
+from hermesflow.backends.call_checks import call_kind_of, check_call
+from hermesflow.backends.calls import Call, CallRefused, CallResult
+from hermesflow.backends.tools import ToolBackend, ToolSignature
 
 _CALL = TypeAdapter(Call)
 
@@ -36,6 +43,7 @@ class BackendActor:
         self.spec = BackendSpec.model_validate(spec)
         self.backend: Backend = make_backend(self.spec)
         self._takes_priority = "priority" in inspect.signature(self.backend.run).parameters
+        self._serves = call_kind_of(self.spec.type)
 
     def pid(self) -> int:
         return os.getpid()
@@ -51,6 +59,14 @@ class BackendActor:
 
     async def unload(self) -> None:
         await self.backend.unload()
+
+    def signatures(self) -> dict[str, ToolSignature] | None:
+        """The tools a loaded tool backend serves (None for other backends, and before `load`):
+        what the scheduler checks tool calls against before it queues them."""
+        backend = self.backend
+        if isinstance(backend, ToolBackend) and backend.loaded:
+            return dict(backend.signatures)
+        return None
 
     async def run(self, call: dict[str, Any], priority: float | None = None) -> dict[str, Any]:
         result = await self._run(call, priority, None)
@@ -72,6 +88,10 @@ class BackendActor:
 
     async def _run(self, call: dict[str, Any], priority: float | None, sink) -> CallResult:
         parsed = _CALL.validate_python(call)
-        if self._takes_priority and priority is not None:
-            return await self.backend.run(parsed, sink, priority=priority)
-        return await self.backend.run(parsed, sink)
+        try:
+            check_call(self.spec.name, self._serves, self.signatures(), parsed)
+            if self._takes_priority and priority is not None:
+                return await self.backend.run(parsed, sink, priority=priority)
+            return await self.backend.run(parsed, sink)
+        except CallRefused as refused:
+            return refused.result()

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from transformers import AutoModel, AutoTokenizer
 
 from hermesflow.backends.calls import ToolCall
+from hermesflow.backends.search_tool import SEARCH, SearchArgs
 from hermesflow.backends.tools import ToolBackend, ToolOutput, ToolSignature
 
 log = logging.getLogger(__name__)
@@ -61,20 +62,6 @@ class Passage(BaseModel):
     id: Annotated[str, StringConstraints(min_length=1)]
     title: str = ""
     text: Annotated[str, StringConstraints(min_length=1)]
-
-
-class SearchArgs(BaseModel):
-    """The arguments of `search`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-    k: Annotated[int, Field(ge=1)] = 3
-
-
-SEARCH = ToolSignature.of_model(
-    "search", SearchArgs, "Find the k passages of the corpus closest in meaning to the query."
-)
 
 
 def default_model_path() -> Path:

@@ -93,6 +93,9 @@ class ToolSignature:
     summary: str = ""
     takes_any_keyword: bool = False
     """The function has `**kwargs`: argument names beyond `params` are its business."""
+    arguments: type[BaseModel] | None = None
+    """The model a tool made with `of_model` validates its arguments with, so that a caller (the
+    scheduler, before it queues a call) can check their types and values too, with `parse`."""
 
     @classmethod
     def of_function(cls, name: str, function: Callable[..., Any]) -> ToolSignature:
@@ -127,7 +130,7 @@ class ToolSignature:
             )
             for field, info in model.model_fields.items()
         )
-        return cls(name, params, summary)
+        return cls(name, params, summary, arguments=model)
 
     def __str__(self) -> str:
         params = [str(p) for p in self.params] + (["**kwargs"] if self.takes_any_keyword else [])
