@@ -15,6 +15,11 @@ OpenAPI schema. Three groups live here:
   subset of OpenAI's request fields Hermesflow honours, and the response and stream-chunk
   shapes OpenAI clients parse. Request models accept (and ignore) the OpenAI fields they do not
   use, so a stock client's extra parameters do not fail a request.
+
+Names a client creates (application ids, step ids, class, stage and backend names, the OpenAI
+`user`) have fixed length limits (`MAX_*_CHARS`): they are keys of the store's tables and of
+Airflow's ids. The limits an operator may change (body size, labels) are `ApiLimits` settings
+(`hermesflow.config`), checked by the gateway.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hermesflow.backends.calls import Call, CallResult, ChatMessage
+from hermesflow.backends.calls import Call, CallResult, ChatMessage, Truncation
 
 __all__ = [
     "APP_HEADER",
@@ -72,8 +77,28 @@ TERMINAL_STEP_STATES = frozenset({"done", "failed"})
 
 JSON = dict[str, Any]
 
+MAX_APP_ID_CHARS = 128
+"""Longest application id: the store's run key column."""
+MAX_STEP_ID_CHARS = 200
+"""Longest client-named step id: the store's step id column."""
+MAX_CLASS_CHARS = 250
+"""Longest application-class name: Airflow's dag_id limit (a DAG is an application class)."""
+MAX_NAME_CHARS = 200
+"""Longest stage, backend or model name."""
+MAX_USER_CHARS = 120
+"""Longest OpenAI `user`: it names a session whose later applications are `user#2`, `user#3`,
+..., which must fit an application id."""
+
+AppClassName = Annotated[str, Field(min_length=1, max_length=MAX_CLASS_CHARS)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+
 
 # -- control API ---------------------------------------------------------------------------------
+
+_LABELS = (
+    "the client's own key-value notes on the run, stored with it (limits: `ApiLimits`, "
+    "HERMES_API_MAX_LABELS and friends)"
+)
 
 
 class AppSubmission(BaseModel):
@@ -81,14 +106,14 @@ class AppSubmission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    app_class: Annotated[str, Field(min_length=1, description="a program class the scheduler runs")]
+    app_class: AppClassName = Field(description="a program class the scheduler runs")
     inputs: JSON = Field(
         default_factory=dict, description="the class's inputs (validated by its program)"
     )
-    app_id: Annotated[str | None, Field(min_length=1, max_length=128)] = Field(
+    app_id: Annotated[str | None, Field(min_length=1, max_length=MAX_APP_ID_CHARS)] = Field(
         default=None, description="client-chosen id that makes the submission idempotent"
     )
-    labels: JSON | None = None
+    labels: JSON | None = Field(default=None, description=_LABELS)
 
 
 class AppView(BaseModel):
@@ -131,13 +156,11 @@ class StepSubmission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    app_class: Annotated[
-        str, Field(min_length=1, description="an open class (not a program class)")
-    ]
-    stage: Annotated[str, Field(min_length=1, description="the step's stage in the class's graph")]
-    backend: Annotated[str | None, Field(min_length=1)] = None
+    app_class: AppClassName = Field(description="an open class (not a program class)")
+    stage: Name = Field(description="the step's stage in the class's graph")
+    backend: Name | None = None
     call: Call
-    labels: JSON | None = None
+    labels: JSON | None = Field(default=None, description=_LABELS)
     stream: bool = Field(default=False, description="answer with Server-Sent Events of text deltas")
 
 
@@ -198,13 +221,13 @@ class TaskOutcome(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    app_class: Annotated[str, Field(min_length=1, description="the application's class (dag_id)")]
+    app_class: AppClassName = Field(description="the application's class (dag_id)")
     task_id: Annotated[str, Field(min_length=1, max_length=250)]
     map_index: Annotated[int, Field(ge=-1, description="-1 for a task that is not mapped")] = -1
     try_number: Annotated[int, Field(ge=1)]
     state: TaskState
     duration_s: Annotated[float | None, Field(ge=0)] = None
-    step_id: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
+    step_id: Annotated[str | None, Field(min_length=1, max_length=MAX_STEP_ID_CHARS)] = Field(
         default=None, description="the Hermesflow step this task ran, if any"
     )
     recorded: bool | None = Field(
@@ -274,8 +297,8 @@ MAX_LIVE_APPS = 1000
 MIN_ACT_WINDOW_S = 60.0
 MAX_ACT_WINDOW_S = 30 * 86400.0
 MAX_ACT_BUCKETS = 200
-MAX_CLASS_FILTER = 250
-"""Longest application-class name a monitoring filter accepts (Airflow's dag_id limit)."""
+MAX_CLASS_FILTER = MAX_CLASS_CHARS
+"""Longest application-class name a monitoring filter accepts."""
 
 
 class RemainingEstimate(BaseModel):
@@ -418,15 +441,21 @@ class _GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(default="llm", description="the LLM backend to run on (see GET /v1/models)")
+    model: Name = Field(default="llm", description="the LLM backend to run on (see GET /v1/models)")
     max_tokens: Annotated[int | None, Field(ge=1)] = None
     temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
     stop: str | list[str] | None = None
     n: Annotated[int, Field(ge=1, le=1, description="only one choice per request")] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(
+    user: Annotated[str | None, Field(max_length=MAX_USER_CHARS)] = Field(
         default=None, description=f"application id when no {APP_HEADER} header is sent"
+    )
+    truncation: Truncation = Field(
+        default=Truncation.DISABLED,
+        description="Hermesflow's extension, named as in OpenAI's Responses API: a prompt longer "
+        "than the model takes is refused with 400 `context_length_exceeded` (`disabled`, the "
+        "default) or keeps its last tokens that fit (`auto`)",
     )
 
     @property

@@ -8,7 +8,13 @@ Every route awaits one method of the scheduler actor; the app holds no state of 
 number of gateways may front one scheduler.
 
 Auth: with a `token`, every route but `/healthz` needs `Authorization: Bearer <token>` (401
-without it, 403 with another; compared in constant time), `/docs` and `/openapi.json` included.
+with `WWW-Authenticate: Bearer` without it or with another, the answer OpenAI clients read as
+an authentication error; compared in constant time), `/docs` and `/openapi.json` included.
+
+Limits and errors: a body over `ApiLimits.max_body_bytes` is refused with 413, a JSON body that
+is not Unicode with 400, before any route works on it (`hermesflow.gateway_limits`). Every
+error is rendered in its route family's format; an unexpected one is a 500 whose message names
+an incident id, its traceback goes to the log only.
 
 Serving: `GatewayActor` is a plain detached Ray actor that binds the listening socket itself
 (a taken port fails its creation with a clear error rather than uvicorn's `sys.exit`) and runs
@@ -23,6 +29,7 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import socket
 import time
 from typing import Any
@@ -40,12 +47,17 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hermesflow.api_models import Health
+from hermesflow.config import ApiLimits
 from hermesflow.gateway_control import control_router
+from hermesflow.gateway_limits import BodyLimit, require_unicode
 from hermesflow.gateway_monitor import monitor_router
 from hermesflow.gateway_openai import OpenAIRoute, error_document, openai_router
 from hermesflow.gateway_scheduler import ApiError, SchedulerProxy
+from hermesflow.incidents import report
 from hermesflow.schedulers.runtime import get_scheduler
 from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME
+
+log = logging.getLogger(__name__)
 
 GATEWAY_NAME = "gateway"
 DEFAULT_HOST = "127.0.0.1"
@@ -98,7 +110,11 @@ def _token_guard(token: str) -> Any:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not hmac.compare_digest(credentials.credentials.encode(), expected):
-            raise HTTPException(403, "invalid bearer token")
+            raise HTTPException(
+                401,
+                "invalid bearer token: send the token the server was started with",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
 
     return require_token
 
@@ -122,13 +138,21 @@ async def _api_error(request: Request, error: ApiError) -> JSONResponse:
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Any:
     if _is_openai_route(request):
-        kind = (
-            "authentication_error" if error.status_code in (401, 403) else "invalid_request_error"
-        )
-        return _openai_error(
-            ApiError(error.status_code, str(error.detail), type=kind), error.headers
-        )
+        if error.status_code == 401:
+            problem = ApiError(401, str(error.detail), type="authentication_error", code="invalid_api_key")
+        else:
+            problem = ApiError(error.status_code, str(error.detail))
+        return _openai_error(problem, error.headers)
     return await http_exception_handler(request, error)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    """A bug: 500 naming an incident id; the traceback goes to the log, never to the client."""
+    message = report(log, f"{request.method} {request.url.path} failed", error)
+    problem = ApiError(500, message, type="server_error")
+    if _is_openai_route(request):
+        return _openai_error(problem)
+    return JSONResponse({"detail": message}, status_code=500)
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Any:
@@ -148,10 +172,17 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 
 def build_app(
-    scheduler: Any, token: str | None = None, *, event_poll_s: float | None = None
+    scheduler: Any,
+    token: str | None = None,
+    *,
+    limits: ApiLimits | None = None,
+    event_poll_s: float | None = None,
 ) -> FastAPI:
-    """The HTTP API in front of `scheduler` (the scheduler actor's handle)."""
-    guard = [Depends(_token_guard(token))] if token else []
+    """The HTTP API in front of `scheduler` (the scheduler actor's handle); `limits` default to
+    the `HERMES_API_*` settings."""
+    limits = limits or ApiLimits()
+    auth = [Depends(_token_guard(token))] if token else []
+    guard = [*auth, Depends(require_unicode)]
     app = FastAPI(
         title="Hermesflow",
         summary="Serve multi-step LLM applications sooner: Gittins scheduling on demand graphs, with prewarming.",
@@ -164,6 +195,8 @@ def build_app(
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/healthz", tags=["health"], summary="Liveness", response_model=Health)
     async def healthz() -> Health:
@@ -179,7 +212,7 @@ def build_app(
 
     proxy = SchedulerProxy(scheduler)
     options = {} if event_poll_s is None else {"poll_s": event_poll_s}
-    app.include_router(control_router(proxy, **options), dependencies=guard)
+    app.include_router(control_router(proxy, limits=limits, **options), dependencies=guard)
     app.include_router(monitor_router(proxy), dependencies=guard)
     app.include_router(openai_router(proxy), dependencies=guard)
     return app
@@ -224,11 +257,13 @@ class GatewayActor:
         scheduler_name: str,
         namespace: str,
         log_level: str = "warning",
+        limits: dict[str, Any] | None = None,
     ) -> None:
-        app = build_app(get_scheduler(scheduler_name, namespace), token)
+        api_limits = ApiLimits(**limits) if limits is not None else ApiLimits()
+        app = build_app(get_scheduler(scheduler_name, namespace), token, limits=api_limits)
         self._socket = _listen(host, port)
         bound_port = self._socket.getsockname()[1]
-        self._settings = _settings(host, bound_port, token, scheduler_name)
+        self._settings = _settings(host, bound_port, token, scheduler_name, api_limits)
         self._url = _url(host, bound_port)
         config = uvicorn.Config(
             app,
@@ -274,11 +309,14 @@ def start_gateway(
     name: str = GATEWAY_NAME,
     log_level: str = "warning",
     timeout_s: float = 60.0,
+    limits: ApiLimits | None = None,
 ) -> str:
     """Start the gateway actor (or find the running one of that name) in front of the named
     scheduler and return its base URL once `/healthz` answers. Ray must be initialised and
     the scheduler running. `port=0` picks a free port. The actor is placed on this driver's
-    node (soft), so a loopback address is reachable from here."""
+    node (soft), so a loopback address is reachable from here. `limits` default to the
+    `HERMES_API_*` settings of this process (the one the operator starts)."""
+    limits = limits or ApiLimits()
     get_scheduler(scheduler_name, namespace)  # a clear error here rather than a dead actor
     handle = GatewayActor.options(
         name=name,
@@ -290,10 +328,10 @@ def start_gateway(
         scheduling_strategy=NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=True
         ),
-    ).remote(host, port, token, scheduler_name, namespace, log_level)
+    ).remote(host, port, token, scheduler_name, namespace, log_level, limits.model_dump())
     url = ray.get(handle.url.remote(), timeout=timeout_s)
     running = ray.get(handle.settings.remote())
-    wanted = _settings(host, port or running["port"], token, scheduler_name)
+    wanted = _settings(host, port or running["port"], token, scheduler_name, limits)
     if running != wanted:
         differ = sorted(k for k in wanted if wanted[k] != running[k])
         raise RuntimeError(
@@ -304,9 +342,17 @@ def start_gateway(
     return url
 
 
-def _settings(host: str, port: int, token: str | None, scheduler_name: str) -> dict[str, Any]:
+def _settings(
+    host: str, port: int, token: str | None, scheduler_name: str, limits: ApiLimits
+) -> dict[str, Any]:
     digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-    return {"host": host, "port": port, "token_sha256": digest, "scheduler": scheduler_name}
+    return {
+        "host": host,
+        "port": port,
+        "token_sha256": digest,
+        "scheduler": scheduler_name,
+        "limits": limits.model_dump(),
+    }
 
 
 def _wait_healthy(url: str, timeout_s: float) -> None:

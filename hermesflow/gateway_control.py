@@ -6,6 +6,12 @@ a run's state (optionally long-polling until it ends) and its event stream, reco
 of an application's tasks, declare an open class's PDGraph, and inspect backends, counters and
 the learned PDGraphs. Every route is one awaited call of the scheduler actor through `SchedulerProxy`; the
 event stream polls the scheduler's journal, so it needs no push channel out of the actor.
+
+A step whose call does not fit its backend is refused with 422: by the scheduler at submission,
+or, where only the backend can tell (a prompt longer than the model takes), by the backend,
+whose refusal comes back as the call's result. A backend that fails a call is a 502; a tool
+that fails is a result (200) with its `error`, which the client reads as an observation. Labels
+are held to `ApiLimits`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from fastapi.sse import EventSourceResponse
 
 from hermesflow.api_models import (
+    MAX_APP_ID_CHARS,
+    MAX_CLASS_CHARS,
+    MAX_STEP_ID_CHARS,
     AppEvent,
     AppSubmission,
     AppView,
@@ -31,7 +40,16 @@ from hermesflow.api_models import (
     StepView,
     TaskOutcome,
 )
-from hermesflow.gateway_scheduler import SSE_HEADERS, SSE_KEEPALIVE, ApiError, SchedulerProxy, sse
+from hermesflow.config import ApiLimits
+from hermesflow.gateway_limits import check_labels
+from hermesflow.gateway_scheduler import (
+    SSE_HEADERS,
+    SSE_KEEPALIVE,
+    ApiError,
+    SchedulerProxy,
+    check_result,
+    sse,
+)
 from hermesflow.pdgraph.model import PDGraph
 
 TERMINAL_EVENTS = frozenset({"finish", "fail"})
@@ -45,12 +63,18 @@ MAX_WAIT_S = 600.0
 MAX_STEP_WAIT_S = 60.0
 """Longest long poll on one step: short enough for an Airflow trigger to poll again safely."""
 
-AppId = Annotated[str, Path(min_length=1, max_length=128, description="the application id")]
-"""128: the length of the store's run key column."""
-StepId = Annotated[
-    str, Path(min_length=1, max_length=200, description="the client's id of the step")
+AppId = Annotated[
+    str, Path(min_length=1, max_length=MAX_APP_ID_CHARS, description="the application id")
 ]
-ClassName = Annotated[str, Path(min_length=1, description="the application class")]
+StepId = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_STEP_ID_CHARS, description="the client's id of the step"),
+]
+ClassName = Annotated[
+    str, Path(min_length=1, max_length=MAX_CLASS_CHARS, description="the application class")
+]
+REFUSED_STATUS = status.HTTP_422_UNPROCESSABLE_CONTENT
+"""A call its backend refused is an invalid call, like one the scheduler refuses."""
 
 _SSE_RESPONSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
@@ -59,8 +83,16 @@ def _stream_response(chunks: AsyncIterator[bytes]) -> EventSourceResponse:
     return EventSourceResponse(chunks, headers=SSE_HEADERS)
 
 
-def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> APIRouter:
-    """The control routes, bound to one scheduler."""
+def _checked_step(result: CallResult) -> CallResult:
+    return check_result(result, refused_status=REFUSED_STATUS)
+
+
+def control_router(
+    proxy: SchedulerProxy, *, limits: ApiLimits | None = None, poll_s: float = EVENT_POLL_S
+) -> APIRouter:
+    """The control routes, bound to one scheduler; `limits` default to the `HERMES_API_*`
+    settings."""
+    limits = limits or ApiLimits()
     router = APIRouter(prefix="/v1")
 
     @router.post(
@@ -69,11 +101,12 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         summary="Submit a program run",
         status_code=status.HTTP_201_CREATED,
         response_model=AppView,
-        responses={422: {"description": "unknown class or invalid inputs"}},
+        responses={422: {"description": "unknown class, invalid inputs, or labels over the limits"}},
     )
     async def submit_app(body: AppSubmission) -> Any:
         """Admit a run of a program class with its inputs. Sending the same `app_id` again
         returns the existing run instead of starting a second one."""
+        check_labels(body.labels, limits)
         return await proxy.call(
             "submit", body.app_class, body.inputs, key=body.app_id, labels=body.labels
         )
@@ -137,7 +170,11 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         responses={
             200: _SSE_RESPONSE,
             409: {"description": "the application has ended"},
-            422: {"description": "invalid call, unknown backend, or a program class"},
+            422: {
+                "description": "invalid call (for its backend too), unknown backend, a program "
+                "class, or labels over the limits"
+            },
+            502: {"description": "the backend failed the call"},
         },
     )
     async def submit_step(app_id: AppId, body: StepSubmission) -> Any:
@@ -145,6 +182,7 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         index, runs, and its result is the answer. The first step opens the application;
         finish it with `POST /v1/apps/{app_id}/finish`. With `stream: true` the answer is
         Server-Sent Events: `{"delta": text}` documents, then `{"result": CallResult}`."""
+        check_labels(body.labels, limits)
         kwargs = {
             "key": app_id,
             "app_class": body.app_class,
@@ -154,8 +192,9 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
             "labels": body.labels,
         }
         if not body.stream:
-            return await proxy.call("submit_step", **kwargs)
-        items = await proxy.stream_step(**kwargs)
+            result = await proxy.call("submit_step", **kwargs)
+            return _checked_step(CallResult.model_validate(result))
+        items = await proxy.stream_step(_checked_step, **kwargs)
         return _stream_response(_step_events(items))
 
     @router.put(
@@ -179,6 +218,7 @@ def control_router(proxy: SchedulerProxy, *, poll_s: float = EVENT_POLL_S) -> AP
         the next `attempt` (202). The step is stored, so it survives a scheduler restart."""
         if body.stream:
             raise ApiError(422, "a named step is read with GET, not streamed; send stream=false")
+        check_labels(body.labels, limits)
         view, created = await proxy.call(
             "put_step",
             app_id,

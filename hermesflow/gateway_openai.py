@@ -1,5 +1,5 @@
-"""The OpenAI-compatible routes of the gateway: `/v1/models`, `/v1/chat/completions`,
-`/v1/completions`, streamed or not.
+"""The OpenAI-compatible routes of the gateway: `/v1/models` (and `/v1/models/{model}`),
+`/v1/chat/completions`, `/v1/completions`, streamed or not.
 
 Each request is one step of an application. Its id comes from the `X-Hermesflow-App` header or
 else the request's `user` field, so every call of one program is ranked as one application by
@@ -8,8 +8,11 @@ its runs, and `X-Hermesflow-Stage` names the step (default `chat` / `completion`
 without an application id is an application of one step: it gets a fresh id and is finished
 right after its answer. The answer's `X-Hermesflow-App` header says which id was used.
 
-`model` names the LLM backend (default `llm`). Unset `temperature` means greedy decoding.
-Errors use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`.
+`model` names the LLM backend (default `llm`). Unset `temperature` means greedy decoding. A
+prompt longer than the backend takes is refused with OpenAI's 400 `context_length_exceeded`,
+also when only the backend can count its tokens (its refusal comes back as the call's result,
+before any text is streamed); with the extension field `truncation: "auto"` it keeps its end
+instead. Errors use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pydantic import ValidationError
 from hermesflow.api_models import (
     APP_HEADER,
     CLASS_HEADER,
+    MAX_APP_ID_CHARS,
+    MAX_CLASS_CHARS,
+    MAX_NAME_CHARS,
     STAGE_HEADER,
     ChatChoice,
     ChatChunkChoice,
@@ -44,18 +50,23 @@ from hermesflow.api_models import (
     OpenAIError,
     Usage,
 )
+from hermesflow.backends.call_checks import LLM_BACKEND_TYPES
 from hermesflow.backends.calls import CallResult, LLMCall
-from hermesflow.gateway_scheduler import SSE_HEADERS, ApiError, SchedulerProxy, sse
+from hermesflow.gateway_scheduler import SSE_HEADERS, ApiError, SchedulerProxy, check_result, sse
 
 OPEN_CLASS = "openai"
 """The application class of OpenAI-compatible requests that name none."""
-LLM_BACKEND_TYPES = frozenset({"transformers", "vllm", "openai"})
-"""Backend types that serve `LLMCall`s, listed as models."""
 DONE = "[DONE]"
 
 _ERRORS = {
-    400: {"model": OpenAIError, "description": "invalid request"},
+    400: {
+        "model": OpenAIError,
+        "description": "invalid request, or a prompt longer than the model takes "
+        "(`context_length_exceeded`)",
+    },
+    401: {"model": OpenAIError, "description": "a missing or wrong bearer token"},
     404: {"model": OpenAIError, "description": "unknown model"},
+    413: {"model": OpenAIError, "description": "a body over the server's limit"},
     422: {
         "model": OpenAIError,
         "description": "refused by the scheduler (e.g. a finished application)",
@@ -73,12 +84,27 @@ class OpenAIRoute(APIRoute):
 
 
 AppHeader = Annotated[
-    str | None, Header(alias=APP_HEADER, description="application id grouping requests")
+    str | None,
+    Header(
+        alias=APP_HEADER,
+        min_length=1,
+        max_length=MAX_APP_ID_CHARS,
+        description="application id grouping requests",
+    ),
 ]
 ClassHeader = Annotated[
-    str | None, Header(alias=CLASS_HEADER, description="application class (default openai)")
+    str | None,
+    Header(
+        alias=CLASS_HEADER,
+        min_length=1,
+        max_length=MAX_CLASS_CHARS,
+        description="application class (default openai)",
+    ),
 ]
-StageHeader = Annotated[str | None, Header(alias=STAGE_HEADER, description="stage of this step")]
+StageHeader = Annotated[
+    str | None,
+    Header(alias=STAGE_HEADER, min_length=1, max_length=MAX_NAME_CHARS, description="stage of this step"),
+]
 
 
 class Grouping:
@@ -128,7 +154,10 @@ def _usage(result: CallResult) -> Usage:
 
 
 def _check_result(result: CallResult) -> CallResult:
-    if result.finish_reason == "error":
+    """The result, or OpenAI's error for a call that did not run as sent: 400 for a call its
+    backend refused (e.g. `context_length_exceeded`), 502 for one it failed."""
+    check_result(result, refused_status=400)
+    if result.finish_reason == "error":  # an error without a code: no LLM backend answers so
         raise ApiError(
             502,
             f"the backend failed the call: {result.error}",
@@ -207,7 +236,7 @@ def openai_router(proxy: SchedulerProxy) -> APIRouter:
         render: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]],
     ) -> EventSourceResponse:
         try:
-            items = await proxy.stream_step(**step.kwargs(call))
+            items = await proxy.stream_step(_check_result, **step.kwargs(call))
         except ApiError:
             await finish(step)
             raise
@@ -230,6 +259,18 @@ def openai_router(proxy: SchedulerProxy) -> APIRouter:
     )
     async def list_models() -> Any:
         return ModelList(data=[Model(id=name) for name in await llm_models()])
+
+    @router.get(
+        "/models/{model:path}",
+        summary="One model (LLM backend) this server runs",
+        response_model=Model,
+        responses={404: _ERRORS[404]},
+    )
+    async def retrieve_model(model: str) -> Any:
+        """What OpenAI clients' `models.retrieve` reads; a name that is not one of this
+        server's LLM backends is OpenAI's 404 `model_not_found`."""
+        await check_model(model)
+        return Model(id=model)
 
     async def answer(
         body: ChatCompletionRequest | CompletionRequest,
@@ -307,7 +348,7 @@ def _reply_head(prefix: str, model: str) -> dict[str, Any]:
 def _generation_options(
     body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
 ) -> dict[str, Any]:
-    options: dict[str, Any] = {"stop": body.stop_list}
+    options: dict[str, Any] = {"stop": body.stop_list, "truncation": body.truncation}
     if max_tokens is not None:
         options["max_tokens"] = max_tokens
     if body.temperature is not None:

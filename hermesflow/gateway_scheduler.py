@@ -5,9 +5,12 @@ scheduler's answers into HTTP: a `SubmissionError` (the scheduler refusing a sub
 delivers it wrapped in a `RayTaskError`, the original is its `cause`) becomes 422 — or 404 when
 the route names an application or step that does not exist, or 409 when it sends a step to an
 application that has ended; any other Ray error (a dead or restarting scheduler actor) becomes
-503; a step or run that failed in the scheduler becomes 502. Routes render an `ApiError` in
-their own family's format (FastAPI's `{"detail"}` or OpenAI's `{"error"}`, see
-`hermesflow.gateway`).
+503; a run that failed (`RunFailed`, whose message the scheduler writes for clients) becomes
+502, and so does any other error, told as its type and an incident id: its text (a remote
+traceback with paths, pids and actor ids) goes to the gateway's log only. A call's result can
+be an error too (`check_result`): refused by its backend (the caller's mistake, a 4xx) or failed
+in it (502). Routes render an `ApiError` in their own family's format (FastAPI's `{"detail"}`
+or OpenAI's `{"error"}`, see `hermesflow.gateway`).
 
 Server-Sent Events are formatted here too (`sse`), one JSON document per `data:` line.
 """
@@ -15,14 +18,19 @@ Server-Sent Events are formatted here too (`sse`), one JSON document per `data:`
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.sse import format_sse_event
 from pydantic import BaseModel
 from ray.exceptions import RayError, RayTaskError
 
-from hermesflow.schedulers.runtime_state import ApplicationFinished, SubmissionError
+from hermesflow.backends.calls import CallErrorCode, CallResult
+from hermesflow.incidents import original, report
+from hermesflow.schedulers.runtime_state import ApplicationFinished, RunFailed, SubmissionError
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -46,10 +54,6 @@ class ApiError(Exception):
         self.code = code
 
 
-def _cause(error: RayTaskError) -> BaseException:
-    return getattr(error, "cause", None) or error
-
-
 def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0])  # str(KeyError) quotes its message
@@ -62,14 +66,15 @@ def to_api_error(error: Exception, *, missing_app: bool = False) -> ApiError:
     if isinstance(error, ApiError):
         return error
     if isinstance(error, RayError) and not isinstance(error, RayTaskError):
+        log.warning("the scheduler is not reachable", exc_info=error)
         return ApiError(
             503,
-            f"the Hermesflow scheduler is not reachable ({type(error).__name__}: {error}); check that "
+            f"the Hermesflow scheduler is not reachable ({type(error).__name__}); check that "
             "`hermesflow serve` is running on this Ray cluster",
             type="server_error",
             code="scheduler_unavailable",
         )
-    cause = _cause(error) if isinstance(error, RayTaskError) else error
+    cause = original(error)
     if isinstance(cause, SubmissionError):
         if missing_app or isinstance(cause, LookupError):
             return ApiError(404, _message(cause), code="not_found")
@@ -78,11 +83,27 @@ def to_api_error(error: Exception, *, missing_app: bool = False) -> ApiError:
         return ApiError(422, _message(cause), code="submission_refused")
     if isinstance(cause, KeyError):
         return ApiError(404, _message(cause), code="not_found")
-    return ApiError(
+    if isinstance(cause, RunFailed):
+        message = f"the application failed: {cause}"
+    else:
+        message = report(log, "the request failed in the scheduler", error)
+    return ApiError(502, message, type="server_error", code="scheduler_error")
+
+
+def check_result(result: CallResult, refused_status: int) -> CallResult:
+    """`result`, unless its call did not run as sent: refused by its backend (the caller's
+    mistake: `refused_status`, with the refusal's code) or failed in it (502). A tool's own
+    failure is a result like any other (the program reads its error)."""
+    code = result.error_code
+    if code is None:
+        return result
+    if code.refused:
+        raise ApiError(refused_status, result.error or "the backend refused the call", code=code.value)
+    raise ApiError(
         502,
-        f"the request failed in the scheduler: {type(cause).__name__}: {_message(cause)}",
+        result.error or "the backend failed the call",
         type="server_error",
-        code="scheduler_error",
+        code=CallErrorCode.BACKEND_ERROR.value,
     )
 
 
@@ -98,12 +119,18 @@ class SchedulerProxy:
         except RayError as error:
             raise to_api_error(error, missing_app=missing_app) from None
 
-    async def stream_step(self, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream_step(
+        self, check: Callable[[CallResult], object], **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
         """`stream_step`'s items (`{"delta"}`..., then `{"result"}`). The first item is awaited
         here, before the caller starts an HTTP response, so a refused step is still an HTTP
-        error; a failure later in the stream raises `ApiError` from the iterator."""
+        error — also one its backend refused, whose result comes first and is given to `check`
+        (which raises `ApiError` for it); a failure later in the stream raises `ApiError` from
+        the iterator."""
         generator = self.handle.stream_step.options(num_returns="streaming").remote(**kwargs)
         first = await self._next(generator)
+        if first is not None and "result" in first:
+            check(CallResult.model_validate(first["result"]))
 
         async def items() -> AsyncIterator[dict[str, Any]]:
             item = first

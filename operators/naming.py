@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-MAX_APP_ID_CHARS = 128
-"""Longest application id the HTTP API accepts (the store's run key column)."""
-MAX_STEP_ID_CHARS = 200
-"""Longest step id the HTTP API accepts."""
+from hermesflow.api_models import MAX_APP_ID_CHARS, MAX_STEP_ID_CHARS
 
 
 class HermesNameError(ValueError):

@@ -1,6 +1,7 @@
 """The HTTP API end to end: one scheduler and one gateway actor on the session's Ray cluster, a
-real CPU LLM and a real tool pool, driven over HTTP by httpx and by the official `openai`
-client."""
+real CPU LLM, a real tool pool and a real search index, driven over HTTP by httpx and by the
+official `openai` client. A second gateway in front of the same scheduler has small limits, so
+the limit checks need no large bodies (one real 20 MB body goes to the first)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +19,13 @@ ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
 from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.gateway import start_gateway  # noqa: E402
+from hermesflow.backends.calls import LLMCall  # noqa: E402
+from hermesflow.config import ApiLimits  # noqa: E402
+from hermesflow.gateway import start_gateway, stop_gateway  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
-from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
+from hermesflow.schedulers.runtime_config import NAMESPACE, RuntimeConfig  # noqa: E402
 from hermesflow.store import Store  # noqa: E402
-from support.serving import serving  # noqa: E402
+from support.serving import serving, wait_warm  # noqa: E402
 
 try:
     from hermesflow.apps.suite import REFERENCE_APPS
@@ -32,29 +36,79 @@ TOKEN = f"test-token-{uuid.uuid4().hex}"
 PROGRAM = "map_reduce"
 """The reference class submitted as a program run: own short text, one chunk (two LLM calls)."""
 MAX_TOKENS = 8
-BACKENDS = [
-    BackendSpec(name="tools", type="python-tools", options={"workers": 2}, expected_warmup_s=2.0),
-    BackendSpec(
-        name="llm", type="transformers", options={"max_batch": 4}, num_cpus=1, expected_warmup_s=5.0
-    ),
+MAX_INPUT_TOKENS = 256
+"""The LLM's longest prompt here: small, so a prompt over it is cheap to build, and cut, here."""
+PASSAGES = [
+    {"id": "paris", "title": "Paris", "text": "Paris is the capital of France."},
+    {"id": "rome", "title": "Rome", "text": "Rome is the capital of Italy."},
 ]
+"""The search backend's corpus: two passages embed in no time."""
 CALCULATE = {"kind": "tool", "tool": "calculator", "args": {"expression": "2 + 3 * 4"}}
+LIMITS = ApiLimits(
+    max_body_bytes=4096, max_labels=2, max_label_key_chars=16, max_label_value_chars=32
+)
+"""The second gateway's limits."""
+INTERNALS = ("Traceback", 'File "', "pid=", "actor_id", "RayTaskError", "ray::")
+"""What a remote traceback shows and no answer may: source paths, the pid, the actor id."""
+
+
+def _backends(corpus: Path) -> list[BackendSpec]:
+    """Tools and the LLM (warm at start), a search index (cold: its signature is learned at its
+    first warm-up) and a tool pool that cannot start (its tool's module does not exist)."""
+    return [
+        BackendSpec(
+            name="tools", type="python-tools", options={"workers": 2}, expected_warmup_s=2.0
+        ),
+        BackendSpec(
+            name="llm",
+            type="transformers",
+            options={"max_batch": 4, "max_input_tokens": MAX_INPUT_TOKENS},
+            num_cpus=1,
+            expected_warmup_s=5.0,
+        ),
+        BackendSpec(
+            name="search", type="search", options={"corpus": str(corpus)}, expected_warmup_s=5.0
+        ),
+        BackendSpec(
+            name="broken",
+            type="python-tools",
+            options={"tools": {"missing": "no_such_module:run"}, "workers": 1},
+            expected_warmup_s=1.0,
+        ),
+    ]
 
 
 @pytest.fixture(scope="module")
 def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One scheduler (tools + the CPU LLM, both warm) and one gateway with a token, under
-    names no other test module uses."""
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('gateway') / 'hermes.db'}"
+    """One scheduler (tools + the CPU LLM, both warm; search and the broken pool cold) and one
+    gateway with a token, under names no other test module uses."""
+    folder = tmp_path_factory.mktemp("gateway")
+    db_url = f"sqlite:///{folder / 'hermes.db'}"
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in PASSAGES))
     programs = {}
     if PROGRAM in REFERENCE_APPS:
         cls = REFERENCE_APPS[PROGRAM]
         programs[PROGRAM] = f"{cls.__module__}:{cls.__qualname__}"
     config = RuntimeConfig(
-        db_url=db_url, backends=BACKENDS, programs=programs, warm_at_start=("llm", "tools")
+        db_url=db_url, backends=_backends(corpus), programs=programs, warm_at_start=("llm", "tools")
     )
     with serving(config, TOKEN, "gw") as served:
+        wait_warm(served.url, TOKEN, ("llm", "tools"), timeout_s=300)
         yield Served(served.url, db_url, served.scheduler_name, served.gateway_name)
+
+
+@pytest.fixture(scope="module")
+def limited(served: Served) -> Iterator[str]:
+    """A second gateway in front of the same scheduler, with `LIMITS`; its base URL."""
+    name = f"gw-limited-{uuid.uuid4().hex[:8]}"
+    url = start_gateway(
+        port=0, token=TOKEN, scheduler_name=served.scheduler_name, name=name, limits=LIMITS
+    )
+    try:
+        yield url
+    finally:
+        stop_gateway(name)
 
 
 @dataclass
@@ -88,6 +142,15 @@ def _sse_documents(response: httpx.Response) -> list[Any]:
     return documents
 
 
+def _assert_no_internals(text: str) -> None:
+    leaked = [marker for marker in INTERNALS if marker in text]
+    assert not leaked, f"the answer shows {leaked}: {text[:2000]}"
+
+
+def _app_id(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
 def _events(api: httpx.Client, app_id: str) -> list[dict[str, Any]]:
     response = api.get(f"/v1/apps/{app_id}/events", params={"follow": "false"})
     assert response.status_code == 200, response.text
@@ -108,15 +171,17 @@ def test_routes_need_the_bearer_token(served: Served, path: str) -> None:
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = httpx.get(f"{served.url}{path}", headers={"Authorization": "Bearer not-the-token"})
-    assert wrong.status_code == 403
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"].startswith("Bearer")
     right = httpx.get(f"{served.url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
     assert right.status_code == 200
 
 
-def test_openai_routes_answer_auth_errors_in_openai_format(served: Served) -> None:
+def test_a_wrong_token_is_an_authentication_error_for_openai_clients(served: Served) -> None:
     bad = openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong", max_retries=0)
-    with pytest.raises(openai.PermissionDeniedError) as raised:
+    with pytest.raises(openai.AuthenticationError) as raised:
         bad.models.list()
+    assert raised.value.code == "invalid_api_key"
     assert raised.value.body["type"] == "authentication_error"
 
 
@@ -151,6 +216,15 @@ def test_openapi_schema_lists_every_route_with_tags(api: httpx.Client) -> None:
 
 def test_models_are_the_llm_backends(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["llm"]
+
+
+def test_models_retrieve_reads_one_llm_backend(client: openai.OpenAI) -> None:
+    model = client.models.retrieve("llm")
+    assert model.id == "llm" and model.object == "model"
+    for name in ("tools", "gpt-nope"):
+        with pytest.raises(openai.NotFoundError) as raised:
+            client.models.retrieve(name)
+        assert raised.value.code == "model_not_found" and name in raised.value.message
 
 
 def test_chat_completion_is_a_one_step_application(
@@ -465,7 +539,8 @@ def test_unknown_applications_and_classes_are_404(
 
 def test_backends_stats_and_class_graph(api: httpx.Client) -> None:
     backends = {b["name"]: b for b in api.get("/v1/backends").json()}
-    assert set(backends) == {"tools", "llm"} and backends["llm"]["type"] == "transformers"
+    assert set(backends) == {"tools", "llm", "search", "broken"}
+    assert backends["llm"]["type"] == "transformers"
     stats = api.get("/v1/stats").json()
     assert stats["policy"] == "gittins" and stats["completed_calls"] >= 0
     api.post(
@@ -504,3 +579,273 @@ def test_the_same_name_with_other_settings_is_refused(served: Served) -> None:
 def test_a_gateway_needs_its_scheduler(ray_cluster: None) -> None:
     with pytest.raises(RuntimeError, match="no Hermesflow scheduler named 'nobody'"):
         start_gateway(port=0, scheduler_name="nobody", name=f"gw-orphan-{uuid.uuid4().hex[:6]}")
+
+
+# -- refusals: bad input is a clear 4xx, checked before anything runs ------------------------------
+
+LONE_SURROGATE = b"\\udc80x"
+"""A JSON escape of half a UTF-16 pair: valid JSON, no Unicode character."""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_in_a_chat_is_400_before_anything_runs(
+    api: httpx.Client, stream: bool
+) -> None:
+    app_id = _app_id("surrogate")
+    body = (
+        b'{"model": "llm", "max_tokens": 4, "stream": ' + (b"true" if stream else b"false")
+        + b', "messages": [{"role": "user", "content": "' + LONE_SURROGATE + b'"}]}'
+    )
+    response = api.post(
+        "/v1/chat/completions",
+        content=body,
+        headers={"Content-Type": "application/json", "X-Hermesflow-App": app_id},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages.0.content"
+    assert "lone UTF-16 surrogate (\\udc80)" in error["message"]
+    assert api.get(f"/v1/apps/{app_id}").status_code == 404, "the request was admitted"
+
+
+def test_a_lone_surrogate_in_a_step_is_400_on_the_control_api(api: httpx.Client) -> None:
+    app_id = _app_id("surrogate-step")
+    body = (
+        b'{"app_class": "notebook", "stage": "write", "call": {"kind": "llm", "prompt": "'
+        + LONE_SURROGATE + b'", "max_tokens": 2}}'
+    )
+    response = api.post(
+        f"/v1/apps/{app_id}/steps", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("call.prompt: the text holds a lone UTF-16")
+    assert api.get(f"/v1/apps/{app_id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("backend", "call", "problem"),
+    [
+        (
+            "tools",
+            {"kind": "llm", "prompt": "hi"},
+            "backend 'tools' runs tool calls, not llm calls; send llm calls to a backend of type",
+        ),
+        (
+            "tools",
+            {"kind": "tool", "tool": "nope"},
+            "backend 'tools' has no tool 'nope'; its tools: calculator(expression: str)",
+        ),
+        (
+            "tools",
+            {"kind": "tool", "tool": "calculator", "args": {"expr": "1"}},
+            "missing ['expression']; unknown ['expr'] argument(s)",
+        ),
+        (
+            "llm",
+            {"kind": "tool", "tool": "calculator", "args": {"expression": "1"}},
+            "backend 'llm' runs llm calls, not tool calls",
+        ),
+    ],
+)
+def test_a_call_that_does_not_fit_its_backend_is_refused_at_submission(
+    api: httpx.Client, backend: str, call: dict, problem: str
+) -> None:
+    app_id = _app_id("misfit")
+    step = {"app_class": "notebook", "stage": "use", "backend": backend, "call": call}
+    for response in (
+        api.post(f"/v1/apps/{app_id}/steps", json=step),
+        api.put(f"/v1/apps/{app_id}/steps/first", json=step),
+    ):
+        assert response.status_code == 422, response.text
+        assert problem in response.json()["detail"]
+        _assert_no_internals(response.text)
+    assert api.get(f"/v1/apps/{app_id}").status_code == 404, "a refused step was stored"
+
+
+def test_search_arguments_are_checked_against_its_signature(api: httpx.Client) -> None:
+    """`search` starts cold, so the first call can only be checked by the backend itself, after
+    its warm-up; from then on the scheduler knows its signature and refuses at submission."""
+    bad = {"kind": "tool", "tool": "search", "args": {"query": "capital", "k": -5}}
+    problem = "k: Input should be greater than or equal to 1); it takes search(query: str, k: int = 3)"
+    first, second = _app_id("search-cold"), _app_id("search-known")
+    for app_id in (first, second):
+        step = {"app_class": "lookup", "stage": "find", "backend": "search", "call": bad}
+        response = api.post(f"/v1/apps/{app_id}/steps", json=step)
+        assert response.status_code == 422, response.text
+        assert problem in response.json()["detail"]
+        _assert_no_internals(response.text)
+    assert api.get(f"/v1/apps/{second}").status_code == 404, "refused after it was stored"
+    good = {"kind": "tool", "tool": "search", "args": {"query": "capital of Italy", "k": 1}}
+    answer = api.post(
+        f"/v1/apps/{first}/steps",
+        json={"app_class": "lookup", "stage": "find", "backend": "search", "call": good},
+    )
+    assert answer.status_code == 200 and answer.json()["value"][0]["id"] == "rome"
+    api.post(f"/v1/apps/{first}/finish")
+
+
+def test_a_prompt_longer_than_the_model_takes_is_openais_context_length_exceeded(
+    client: openai.OpenAI, api: httpx.Client
+) -> None:
+    long = "word " * (2 * MAX_INPUT_TOKENS)
+    chat = {"model": "llm", "messages": [{"role": "user", "content": long}], "max_tokens": 4}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.chat.completions.create(**chat, stream=stream)
+        assert raised.value.code == "context_length_exceeded"
+        message = raised.value.message
+        assert f"maximum prompt length is {MAX_INPUT_TOKENS} tokens" in message
+        asked = int(message.split("resulted in ")[1].split()[0])
+        assert asked > MAX_INPUT_TOKENS and '"truncation": "auto"' in message
+    with pytest.raises(openai.BadRequestError) as completion:
+        client.completions.create(model="llm", prompt=long, max_tokens=4)
+    assert completion.value.code == "context_length_exceeded"
+    step = {"app_class": "notebook", "stage": "write", "call": {"kind": "llm", "prompt": long}}
+    refused = api.post(f"/v1/apps/{_app_id('long')}/steps", json=step)
+    assert refused.status_code == 422 and "maximum prompt length" in refused.json()["detail"]
+
+
+def test_truncation_auto_keeps_the_end_of_a_long_prompt(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="llm",
+        messages=[{"role": "user", "content": "word " * (2 * MAX_INPUT_TOKENS)}],
+        max_tokens=2,
+        extra_body={"truncation": "auto"},
+    )
+    assert completion.usage.prompt_tokens == MAX_INPUT_TOKENS
+
+
+def test_a_call_its_backend_fails_is_reported_without_internals(
+    api: httpx.Client, served: Served
+) -> None:
+    """In-cluster code reaches the scheduler without the gateway's checks; a call that then
+    breaks the backend (the tokenizer cannot encode a lone surrogate) is its failure, told with
+    an incident id; the traceback stays in the log."""
+    scheduler = ray.get_actor(served.scheduler_name, namespace=NAMESPACE)
+    app_id = _app_id("backend-failure")
+    call = LLMCall(prompt="\udc80x", max_tokens=2).model_dump(mode="json")
+    ray.get(scheduler.put_step.remote(app_id, "write", "notebook", "write", call, "llm"))
+    response = api.get(f"/v1/apps/{app_id}/steps/write", params={"wait": 60})
+    view = response.json()
+    assert view["state"] == "failed" and view["result"]["error_code"] == "backend_error"
+    assert view["error"].startswith("backend 'llm' failed the call (TypeError)")
+    assert "incident" in view["error"]
+    _assert_no_internals(response.text)
+    api.post(f"/v1/apps/{app_id}/finish")
+
+
+# -- limits: body, labels, names -------------------------------------------------------------------
+
+
+def test_a_20_mb_chat_is_413_naming_the_limit(api: httpx.Client) -> None:
+    content = b"x" * (20 * 2**20)
+    body = b'{"model": "llm", "messages": [{"role": "user", "content": "' + content + b'"}]}'
+    response = api.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413, response.text[:500]
+    message = response.json()["error"]["message"]
+    assert f"has {len(body)} bytes, more than this server's limit of {4 * 2**20} bytes" in message
+    assert "HERMES_API_MAX_BODY_BYTES" in message
+
+
+def test_a_body_over_a_configured_limit_is_413_also_without_a_length(limited: str) -> None:
+    labels = {"note": "x" * LIMITS.max_body_bytes}
+    with httpx.Client(base_url=limited, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        declared = api.post("/v1/apps", json={"app_class": PROGRAM, "labels": labels})
+        assert declared.status_code == 413
+        assert f"limit of {LIMITS.max_body_bytes} bytes" in declared.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the gateway counts what it reads
+            yield b'{"model": "llm", "messages": [{"role": "user", "content": "'
+            yield b"x" * LIMITS.max_body_bytes
+            yield b'"}]}'
+
+        counted = api.post(
+            "/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert counted.status_code == 413
+        assert "is longer than this server's limit" in counted.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        ({"a": 1, "b": 2, "c": 3}, "3 labels, more than 2 (HERMES_API_MAX_LABELS)"),
+        ({"k" * 17: 1}, "has 17 characters, more than 16 (HERMES_API_MAX_LABEL_KEY_CHARS)"),
+        (
+            {"note": "v" * 40},
+            "'note' has 42 characters as JSON, more than 32 (HERMES_API_MAX_LABEL_VALUE_CHARS)",
+        ),
+    ],
+)
+def test_labels_over_the_limits_are_refused(limited: str, labels: dict, problem: str) -> None:
+    app_id = _app_id("labels")
+    step = {"app_class": "notebook", "stage": "calc", "backend": "tools", "call": CALCULATE}
+    with httpx.Client(base_url=limited, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        for response in (
+            api.post(f"/v1/apps/{app_id}/steps", json={**step, "labels": labels}),
+            api.put(f"/v1/apps/{app_id}/steps/calc", json={**step, "labels": labels}),
+            api.post("/v1/apps", json={"app_class": PROGRAM, "labels": labels}),
+        ):
+            assert response.status_code == 422, response.text
+            assert problem in response.json()["detail"]
+        assert api.get(f"/v1/apps/{app_id}").status_code == 404
+        within = api.post(f"/v1/apps/{app_id}/steps", json={**step, "labels": {"team": "a"}})
+        assert within.status_code == 200, within.text
+        api.post(f"/v1/apps/{app_id}/finish")
+
+
+CHAT = {"model": "llm", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 1}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "problem"),
+    [
+        ("/v1/chat/completions", {**CHAT, "user": "u" * 121}, {}, 400, "at most 120 characters"),
+        ("/v1/chat/completions", CHAT, {"X-Hermesflow-App": "a" * 129}, 400, "at most 128"),
+        ("/v1/chat/completions", CHAT, {"X-Hermesflow-Class": "c" * 251}, 400, "at most 250"),
+        ("/v1/chat/completions", CHAT, {"X-Hermesflow-Stage": "s" * 201}, 400, "at most 200"),
+        (
+            "/v1/apps/names/steps",
+            {"app_class": "c" * 251, "stage": "s", "backend": "tools", "call": CALCULATE},
+            {},
+            422,
+            "at most 250",
+        ),
+        (
+            "/v1/apps/names/steps",
+            {"app_class": "n", "stage": "s" * 201, "backend": "tools", "call": CALCULATE},
+            {},
+            422,
+            "at most 200",
+        ),
+        ("/v1/apps", {"app_class": "c" * 251}, {}, 422, "at most 250"),
+    ],
+)
+def test_names_over_their_limits_are_refused(
+    api: httpx.Client, path: str, body: dict, headers: dict, status: int, problem: str
+) -> None:
+    response = api.post(path, json=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert problem in response.text
+
+
+# -- last: a backend that cannot warm (the planner may go on trying it for a while) ----------------
+
+
+def test_a_backend_that_cannot_warm_fails_its_steps_without_internals(api: httpx.Client) -> None:
+    app_id = _app_id("broken")
+    call = {"kind": "tool", "tool": "missing", "args": {}}
+    response = api.post(
+        f"/v1/apps/{app_id}/steps",
+        json={"app_class": "broken_class", "stage": "use", "backend": "broken", "call": call},
+    )
+    assert response.status_code == 502, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("the application failed: backend 'broken' could not be warmed")
+    assert "No module named 'no_such_module'" in detail
+    _assert_no_internals(response.text)
+    backends = api.get("/v1/backends")
+    assert "no_such_module" in {b["name"]: b for b in backends.json()}["broken"]["last_error"]
+    _assert_no_internals(backends.text)

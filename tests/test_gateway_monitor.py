@@ -96,7 +96,7 @@ def test_monitoring_routes_need_the_bearer_token(served: Serving, path: str) -> 
     missing = httpx.get(f"{served.url}{path}")
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     wrong = httpx.get(f"{served.url}{path}", headers={"Authorization": "Bearer not-the-token"})
-    assert wrong.status_code == 403
+    assert wrong.status_code == 401
     with _client(served.url) as api:
         assert api.get(path).status_code == 200
 

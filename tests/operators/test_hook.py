@@ -59,7 +59,7 @@ def test_a_wrong_token_says_which_password_to_set(
     monkeypatch.setenv("AIRFLOW_CONN_HERMES_WRONG_TOKEN", f"hermesflow://:not-it@{host_port}")
     ok, message = HermesHook("hermes_wrong_token").test_connection()
     assert not ok
-    assert "403" in message and "password" in message and "--token" in message
+    assert "401" in message and "password" in message and "--token" in message
 
 
 def test_an_unreachable_server_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
