@@ -23,6 +23,12 @@ overhead < 2 ms per step; simulated mean ACT within 20 % of the real one, per po
     python bench/runtime.py            # 2 loads x 32 apps, about 8 minutes on 2 cores
     python bench/runtime.py --quick    # 1 load x 6 apps, under a minute after the model is converted
     python bench/runtime.py --json     # last line: {"bench": "runtime", "results": [...]}
+    python bench/runtime.py --gpu      # the LLM in vLLM on a CUDA GPU (the gpu extra); --eager: no
+                                       # CUDA graphs or torch.compile (faster engine starts)
+
+GPU mode serves the same model with vLLM (`hermesflow.apps.suite.LLMEngine.GPU`); the scheduler
+passes each call's Gittins rank to vLLM as its request priority. Its engine probe starts from the
+vLLM prior (`VLLM_MODEL_COST`); everything else is as on the CPU.
 """
 
 from __future__ import annotations
@@ -36,13 +42,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hermesflow.apps.suite import REFERENCE_APPS
-from hermesflow.demo import calibrated_costs, demo_arrivals, measure_engine, print_failures, run_comparison
+from hermesflow.apps.suite import REFERENCE_APPS, LLMEngine
+from hermesflow.demo import (
+    EngineSetup,
+    calibrated_costs,
+    demo_arrivals,
+    measure_engine,
+    print_failures,
+    run_comparison,
+)
+from hermesflow.backends.vllm_llm import missing_gpu_stack
 from hermesflow.pdgraph.model import StageKind
 from hermesflow.ray_cluster import connect
 from hermesflow.schedulers.calibration import fidelity, learned_from_run, observed_plans
 from hermesflow.schedulers.experiment import MAX_REAL_APPS
-from hermesflow.schedulers.runtime_config import CPU_MODEL_COST
 from hermesflow.schedulers.workload import Arrival
 
 LOADS = (0.8, 1.2)
@@ -70,12 +83,12 @@ def _apps(text: str) -> int:
     return apps
 
 
-def _replay(run, arrivals, priors, kinds) -> dict[str, float | None]:
+def _replay(run, arrivals, priors, kinds, setup: EngineSetup) -> dict[str, float | None]:
     """The simulator calibrated from `run` replaying it (None when no application completed)."""
     summary = run.summary()
     if summary["mean_act_s"] is None:
         return {"sim_mean_act_s": None, "sim_difference": None, "sim_srpt_mean_act_s": None, "llm_decode_s_per_token": None}
-    graphs, costs = learned_from_run(run.db_url, priors, CPU_MODEL_COST)
+    graphs, costs = learned_from_run(run.db_url, priors, setup.prior)
     plans = observed_plans(run.db_url, costs)
     warmups = {kinds[name]: seconds for name, seconds in run.warmup_s.items() if name in kinds}
     check = fidelity(
@@ -111,27 +124,34 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--apps", type=_apps, default=None, help=f"applications per run, 1 to {MAX_REAL_APPS}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gpu", action="store_true", help="the LLM in vLLM on a CUDA GPU (needs the gpu extra)")
+    parser.add_argument("--eager", action="store_true", help="with --gpu: vLLM without CUDA graphs or torch.compile")
     args = parser.parse_args()
+    if args.eager and not args.gpu:
+        parser.error("--eager is a vLLM option: give it with --gpu")
+    if args.gpu and (missing := missing_gpu_stack()):
+        parser.error(f"--gpu {missing}")
+    setup = EngineSetup.of(LLMEngine.GPU if args.gpu else LLMEngine.CPU, eager=args.eager)
     loads = LOADS[-1:] if args.quick else LOADS
     apps = args.apps or (6 if args.quick else 32)
     priors = {name: cls().prior() for name, cls in REFERENCE_APPS.items()}
     kinds = _kinds(priors)
     connect(None)
     started = time.time()
-    probe = measure_engine(args.seed)
-    costs = calibrated_costs(probe)
+    probe = measure_engine(args.seed, setup)
+    costs = calibrated_costs(probe, setup)
     results, failed = [], False
     with tempfile.TemporaryDirectory(prefix="hermesflow-bench-") as tmp:
         for load in loads:
             planned = demo_arrivals(apps, load, args.seed, costs)
             arrivals = [Arrival(p.at_s, p.app_class) for p in planned]
-            runs = run_comparison(planned, Path(tmp) / f"load-{load}", costs)
+            runs = run_comparison(planned, Path(tmp) / f"load-{load}", costs, setup=setup)
             failed = failed or any(run.failures for run in runs)
             for run in runs:
                 summary = run.summary()
                 results.append(
                     {"name": run.policy, "load": load, **{k: summary[k] for k in SUMMARY_FIELDS},
-                     **_replay(run, arrivals, priors, kinds)}
+                     "engine": setup.engine.value, **_replay(run, arrivals, priors, kinds, setup)}
                 )
             print_failures(runs, Console())
     engine = probe.engine

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import random
 import sys
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hermesflow.backends.calls import LLMCall
-from hermesflow.backends.vllm_llm import VLLM_INSTALL, VLLMBackend
+from hermesflow.backends.vllm_llm import VLLMBackend, missing_gpu_stack
 from hermesflow.pdgraph.gittins import gittins_rank
 
 BENCH = "vllm_priority"
@@ -154,7 +153,7 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="vLLM without CUDA graphs or torch.compile (faster start)")
     args = parser.parse_args()
     count, batch = (48, 4) if args.quick else (160, 8)
-    missing = _missing_gpu_stack()
+    missing = missing_gpu_stack()
     if missing:
         print(f"{BENCH}: skipped: {missing}", file=sys.stderr)
         if args.json:
@@ -170,17 +169,6 @@ def main() -> None:
         )
     if args.json:
         print(json.dumps({"bench": BENCH, "results": rows}))
-
-
-def _missing_gpu_stack() -> str | None:
-    """Why this machine cannot run the benchmark, or None."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU"
-    if importlib.util.find_spec("vllm") is None:
-        return f"needs vLLM: `{VLLM_INSTALL}`"
-    return None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ every application that failed, with its class and error; it writes an HTML repor
 prior cost model is refitted from them (`calibration.calibrate_engine`), so a slower or busier
 machine gets proportionally fewer arrivals per second (`workload.arrival_rate_for_load`). Each
 run then reports the load it really offered at that speed and how busy the engine was.
+
+The LLM engine is the CPU one by default; `bench/runtime.py --gpu` runs the same comparison
+with vLLM on a GPU (`EngineSetup`).
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ from rich.console import Console
 from rich.table import Table
 
 from hermesflow.apps.program import StepPlan
-from hermesflow.apps.suite import DEMO_MIX, REFERENCE_APPS, program_paths, suite_backends
+from hermesflow.apps.suite import DEMO_MIX, REFERENCE_APPS, LLMEngine, program_paths, suite_backends
+from hermesflow.backends.base import BackendSpec
 from hermesflow.backends.calls import LLMCall
 from hermesflow.backends.model_files import ensure_smollm2
 from hermesflow.pdgraph.costs import CostModel
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.report import write_report
-from hermesflow.schedulers.runtime_config import CPU_MODEL_COST, RuntimeConfig
+from hermesflow.schedulers.runtime_config import CPU_MODEL_COST, VLLM_MODEL_COST, RuntimeConfig
 from hermesflow.schedulers.runtime_experiment import EngineProbe, PlannedApp, plan_arrivals, probe_engine, run_experiment
 from hermesflow.schedulers.runtime_results import RuntimeResult
 from hermesflow.schedulers.workload import arrival_rate_for_load
@@ -46,6 +50,28 @@ PROBE_CALLS = 6
 """Calls of the engine probe: enough for the fit (`calibration.MIN_CALLS`), within one batch."""
 PROBE_MAX_TOKENS = 16
 """Tokens each probe call generates: enough decode steps to time, a few seconds in all."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSetup:
+    """The suite's backends with the LLM on one engine, and that engine's prior cost model
+    (the starting point the probe refits)."""
+
+    engine: LLMEngine
+    backends: tuple[BackendSpec, ...]
+    prior: CostModel
+
+    @classmethod
+    def of(cls, engine: LLMEngine = LLMEngine.CPU, *, eager: bool = False) -> EngineSetup:
+        prior = VLLM_MODEL_COST if engine is LLMEngine.GPU else CPU_MODEL_COST
+        return cls(engine, tuple(suite_backends(engine, eager=eager)), prior)
+
+    @property
+    def llm(self) -> BackendSpec:
+        return next(b for b in self.backends if b.name == LLM_BACKEND)
+
+
+CPU_SETUP = EngineSetup.of(LLMEngine.CPU)
 
 
 def probe_calls(seed: int, n: int = PROBE_CALLS) -> list[LLMCall]:
@@ -64,16 +90,15 @@ def probe_calls(seed: int, n: int = PROBE_CALLS) -> list[LLMCall]:
     return calls[:n]
 
 
-def measure_engine(seed: int) -> EngineProbe:
+def measure_engine(seed: int, setup: EngineSetup = CPU_SETUP) -> EngineProbe:
     """The demo's LLM backend timed on this machine (Ray must be initialised)."""
     ensure_smollm2()  # convert the shipped GGUF once, before anything is timed
-    spec = next(b for b in suite_backends() if b.name == LLM_BACKEND)
-    return probe_engine(spec, CPU_MODEL_COST.engine(LLM_BACKEND), probe_calls(seed))
+    return probe_engine(setup.llm, setup.prior.engine(LLM_BACKEND), probe_calls(seed))
 
 
-def calibrated_costs(probe: EngineProbe) -> CostModel:
-    """The prior CPU cost model with the probed engine in place of the prior one."""
-    return CPU_MODEL_COST.model_copy(update={"llm": {**CPU_MODEL_COST.llm, probe.backend: probe.engine}})
+def calibrated_costs(probe: EngineProbe, setup: EngineSetup = CPU_SETUP) -> CostModel:
+    """The engine's prior cost model with the probed engine in place of the prior one."""
+    return setup.prior.model_copy(update={"llm": {**setup.prior.llm, probe.backend: probe.engine}})
 
 
 def arrival_rate(load: float, costs: CostModel) -> float:
@@ -90,14 +115,16 @@ def demo_arrivals(apps: int, load: float, seed: int, costs: CostModel) -> list[P
     return plan_arrivals(programs, DEMO_MIX, arrival_rate(load, costs), apps, seed)
 
 
-def run_config(policy: str, planner: str, db_url: str, costs: CostModel) -> RuntimeConfig:
+def run_config(
+    policy: str, planner: str, db_url: str, costs: CostModel, setup: EngineSetup = CPU_SETUP
+) -> RuntimeConfig:
     """The demo's scheduler: the reference programs and backends, the calibrated cost model;
     Hermesflow pins the LLM warm (its planner), the baseline loads every backend on demand."""
     return RuntimeConfig(
         policy=policy,
         planner=planner,
         db_url=db_url,
-        backends=suite_backends(),
+        backends=list(setup.backends),
         programs=program_paths(),
         warm_at_start=("llm",) if planner != "on-demand" else (),
         costs=costs,
@@ -110,12 +137,13 @@ def run_comparison(
     costs: CostModel,
     on_progress: Callable[[str, int], None] | None = None,
     runs: Sequence[tuple[str, str]] = RUNS,
+    setup: EngineSetup = CPU_SETUP,
 ) -> list[RuntimeResult]:
     """Serve `planned` once per (policy, planner); each run gets its own SQLite store under
     `out_dir`, so its PDGraphs start from the declared priors. Ray must be initialised."""
     results = []
     for policy, planner in runs:
-        config = run_config(policy, planner, f"sqlite:///{out_dir / f'{policy}-{planner}.db'}", costs)
+        config = run_config(policy, planner, f"sqlite:///{out_dir / f'{policy}-{planner}.db'}", costs, setup)
         progress = None if on_progress is None else (lambda done, p=policy: on_progress(p, done))
         results.append(run_experiment(config, planned, on_progress=progress))
     return results
@@ -222,8 +250,13 @@ def run_demo(apps: int, load: float, seed: int, reports_root: Path, show_progres
     out_dir.mkdir(parents=True, exist_ok=True)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show_progress, transient=False,
+        console=Console(stderr=True), disable=not show_progress, transient=False,
     ) as progress:
+        progress.console.print(
+            f"LLM engine timed: x{probe.slowdown:.2f} the prior cost model's decode time per token; "
+            f"{apps} applications at load {load:g} arrive over {planned[-1].at_s / 60:.1f} min per scheduler.",
+            highlight=False,
+        )
         tasks = {policy: progress.add_task(f"{policy} + {planner}", total=apps) for policy, planner in RUNS}
         results = run_comparison(planned, out_dir, costs, lambda policy, done: progress.update(tasks[policy], completed=done))
     demo = DemoRun(apps, load, seed, probe, arrival_rate(load, costs), results, out_dir / "index.html")

@@ -32,6 +32,21 @@ CPU_MODEL_COST = CostModel(
 of an LLM call in engine-seconds at full batch; admission prefills in a pass of its own.
 `schedulers/calibration.py` refits it from a real run."""
 
+VLLM_MODEL_COST = CostModel(
+    llm={
+        LLM_BACKEND: LLMEngineCost(
+            prefill_s_per_token=2e-5,
+            decode_s_per_token=6e-4,
+            max_batch=8,
+            kv_tokens=65_536,
+            prefill_stalls=False,
+        )
+    }
+)
+"""The prior for SmolLM2-135M in vLLM on one GPU, batch 8: a decode iteration of a few
+milliseconds (a tiny model's iteration is mostly fixed per-step cost) and prefill chunked into
+the batch. A starting point only: the demo's engine probe and `calibration` refit it."""
+
 
 class RuntimeConfig(BaseModel):
     """Everything the scheduler actor is built from; it is stored with the actor, so a

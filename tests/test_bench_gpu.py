@@ -77,3 +77,26 @@ def test_the_benchmark_says_why_it_cannot_run_here() -> None:
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer == {"bench": "vllm_priority", "results": [], "skipped": "needs a CUDA GPU"}
+
+
+def test_the_runtime_benchmark_refuses_gpu_mode_without_a_gpu() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/runtime.py", "--quick", "--gpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "--gpu needs a CUDA GPU" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_gpu_mode_serves_the_same_model_in_vllm_on_one_gpu() -> None:
+    from hermesflow.apps.suite import LLMEngine
+    from hermesflow.demo import CPU_SETUP, EngineSetup
+    from hermesflow.schedulers.runtime_config import VLLM_MODEL_COST
+
+    gpu = EngineSetup.of(LLMEngine.GPU, eager=True)
+    assert gpu.llm.type == "vllm" and gpu.llm.num_gpus == 1
+    assert gpu.llm.options["engine_options"] == {"enforce_eager": True}
+    assert gpu.llm.options["max_batch"] == CPU_SETUP.llm.options["max_batch"]
+    assert gpu.prior is VLLM_MODEL_COST and not gpu.prior.llm["llm"].prefill_stalls
+    assert [b.name for b in gpu.backends] == [b.name for b in CPU_SETUP.backends]
+    assert [b for b in gpu.backends if b.name != "llm"] == [b for b in CPU_SETUP.backends if b.name != "llm"]

@@ -15,6 +15,7 @@ program, pass its `module:Class` to the runtime configuration instead of changin
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from types import MappingProxyType
 
 from hermesflow.apps.code_gen import CodeGenTestLoop
@@ -50,6 +51,21 @@ the big ones (map_reduce about 3.5 times fact_check's prior demand) most of the 
 LLM_MAX_BATCH = 8
 LLM_WARMUP_S = 5.0
 """Ray actor start plus loading SmolLM2-135M from saved safetensors (measured 4.8 s)."""
+VLLM_WARMUP_S = 30.0
+"""Ray actor start plus a vLLM engine for SmolLM2-135M (its engine process, weights, KV cache
+and, unless eager, CUDA graphs): tens of seconds; replaced by the measured moving average."""
+VLLM_MEMORY_SHARE = 0.3
+"""vLLM's share of the GPU's memory: SmolLM2-135M needs a fraction of any data-centre GPU."""
+VLLM_MAX_MODEL_LEN = 4096
+
+
+class LLMEngine(StrEnum):
+    """Which engine serves the suite's LLM steps: the same model either way."""
+
+    CPU = "cpu"
+    """SmolLM2-135M-Instruct in transformers on the CPU: the default, needs nothing more."""
+    GPU = "gpu"
+    """SmolLM2-135M-Instruct in vLLM on a CUDA GPU: needs the `gpu` extra."""
 SEARCH_WARMUP_S = 8.0
 """Actor start, load the sentence encoder and embed the 228-passage corpus: 5 s alone on
 2 cores, 7-17 s beside a busy LLM actor (measured). The scheduler replaces it by its own
@@ -76,16 +92,37 @@ def program_paths() -> dict[str, str]:
     return {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in REFERENCE_APPS.items()}
 
 
-def suite_backends() -> list[BackendSpec]:
-    """The backends the suite's stages name: the CPU LLM, search, code execution, the tool pool."""
-    return [
-        BackendSpec(
+def llm_backend(engine: LLMEngine = LLMEngine.CPU, *, eager: bool = False) -> BackendSpec:
+    """The suite's LLM backend on `engine`; `eager` runs vLLM without CUDA graphs or
+    torch.compile (a start in seconds instead of a minute, slower decoding)."""
+    if engine is LLMEngine.GPU:
+        return BackendSpec(
             name=LLM_BACKEND,
-            type="transformers",
-            options={"max_batch": LLM_MAX_BATCH},
+            type="vllm",
+            options={
+                "max_batch": LLM_MAX_BATCH,
+                "gpu_memory_utilization": VLLM_MEMORY_SHARE,
+                "max_model_len": VLLM_MAX_MODEL_LEN,
+                "engine_options": {"enforce_eager": eager},
+            },
             num_cpus=1,
-            expected_warmup_s=LLM_WARMUP_S,
-        ),
+            num_gpus=1,
+            expected_warmup_s=VLLM_WARMUP_S,
+        )
+    return BackendSpec(
+        name=LLM_BACKEND,
+        type="transformers",
+        options={"max_batch": LLM_MAX_BATCH},
+        num_cpus=1,
+        expected_warmup_s=LLM_WARMUP_S,
+    )
+
+
+def suite_backends(engine: LLMEngine = LLMEngine.CPU, *, eager: bool = False) -> list[BackendSpec]:
+    """The backends the suite's stages name: the LLM (on `engine`, see `llm_backend`), search,
+    code execution, the tool pool."""
+    return [
+        llm_backend(engine, eager=eager),
         BackendSpec(name=SEARCH_BACKEND, type="search", expected_warmup_s=SEARCH_WARMUP_S),
         BackendSpec(name=CODE_BACKEND, type="code"),
         BackendSpec(

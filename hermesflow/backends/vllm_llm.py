@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import inspect
 import time
 import uuid
@@ -28,6 +29,18 @@ from hermesflow.backends.llm_text import encode_call
 from hermesflow.backends.model_files import ensure_smollm2
 
 VLLM_INSTALL = "pip install 'hermesflow[gpu]'"
+
+
+def missing_gpu_stack() -> str | None:
+    """Why this machine cannot run the vLLM backend (no CUDA GPU, or no vLLM), or None; checked
+    without importing vLLM, so a command can refuse up front instead of failing at `load`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if importlib.util.find_spec("vllm") is None:
+        return f"needs vLLM: `{VLLM_INSTALL}`"
+    return None
 DEFAULT_PRIORITY = 0
 """vLLM's priority for a call that carries none."""
 
