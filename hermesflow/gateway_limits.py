@@ -129,6 +129,10 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= _SHOWN_CHARS else f"{name[:_SHOWN_CHARS]!r}..."
+
+
 def check_labels(labels: Mapping[str, Any] | None, limits: ApiLimits) -> None:
     """Refuse (422) labels with more keys, or longer keys or values, than `limits` allow."""
     if not labels:
@@ -142,13 +146,13 @@ def check_labels(labels: Mapping[str, Any] | None, limits: ApiLimits) -> None:
     for key, value in labels.items():
         if len(key) > limits.max_label_key_chars:
             problems.append(
-                f"the key {key[:_SHOWN_CHARS]!r}... has {len(key)} characters, more than "
+                f"the key {_shown(key)} has {len(key)} characters, more than "
                 f"{limits.max_label_key_chars} ({ApiLimits.env_name('max_label_key_chars')})"
             )
         size = len(json.dumps(value, ensure_ascii=False))
         if size > limits.max_label_value_chars:
             problems.append(
-                f"the value of {key[:_SHOWN_CHARS]!r} has {size} characters as JSON, more than "
+                f"the value of {_shown(key)} has {size} characters as JSON, more than "
                 f"{limits.max_label_value_chars} ({ApiLimits.env_name('max_label_value_chars')})"
             )
     if problems:
