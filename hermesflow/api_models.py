@@ -255,6 +255,9 @@ class BackendView(BaseModel):
     name: str
     type: str
     phase: Literal["cold", "warming", "warm", "draining"]
+    pinned: bool = Field(
+        default=False, description="kept warm from the start (`--warm`); `/readyz` waits for it"
+    )
     warmup_s: float
     capacity: int
     in_flight: int

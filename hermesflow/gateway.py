@@ -3,11 +3,12 @@ inside a detached Ray actor.
 
 `build_app(scheduler, token)` assembles the app from its route groups — the control API
 (`hermesflow.gateway_control`), its monitoring views (`hermesflow.gateway_monitor`) and the
-OpenAI-compatible API (`hermesflow.gateway_openai`) — plus `/healthz` and the OpenAPI documents.
+OpenAI-compatible API (`hermesflow.gateway_openai`) — plus the probes `/healthz` (liveness) and
+`/readyz` (readiness: the pinned backends are warm) and the OpenAPI documents.
 Every route awaits one method of the scheduler actor; the app holds no state of its own, so any
 number of gateways may front one scheduler.
 
-Auth: with a `token`, every route but `/healthz` needs `Authorization: Bearer <token>` (401
+Auth: with a `token`, every route but the probes needs `Authorization: Bearer <token>` (401
 with `WWW-Authenticate: Bearer` without it or with another, the answer OpenAI clients read as
 an authentication error; compared in constant time), `/docs` and `/openapi.json` included.
 
@@ -21,6 +22,9 @@ Serving: `GatewayActor` is a plain detached Ray actor that binds the listening s
 `uvicorn.Server` as a task on its own event loop; 127.0.0.1 by default. On one machine this is
 cheaper and faster than Ray Serve, whose replicas also open a gRPC port on every interface
 (docs/STACK §10). `start_gateway` creates it (or finds it) and waits until `/healthz` answers.
+`stop_gateway` drains it first (`hermesflow.gateway_lifecycle`): new requests get 503, open ones
+may finish within the grace period, and what is still open then is ended with an error, never
+cut off.
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hermesflow.api_models import Health
 from hermesflow.config import ApiLimits
 from hermesflow.gateway_control import control_router
+from hermesflow.gateway_lifecycle import Drain, readiness_router
 from hermesflow.gateway_limits import BodyLimit, require_unicode
 from hermesflow.gateway_monitor import monitor_router
 from hermesflow.gateway_openai import OpenAIRoute, error_document, openai_router
 from hermesflow.gateway_scheduler import ApiError, SchedulerProxy
 from hermesflow.incidents import report
+from hermesflow.lifecycle import DEFAULT_GRACE_S, DrainReport
 from hermesflow.schedulers.runtime import get_scheduler
 from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME
 
@@ -65,10 +71,10 @@ DEFAULT_PORT = 8000
 TOKEN_ENV = "HERMES_API_TOKEN"
 """Environment variable the CLI reads the API token from."""
 GRACEFUL_SHUTDOWN_S = 5.0
-"""How long a stopping gateway lets open responses (event streams) finish."""
+"""After the drain, how long uvicorn waits for connections to close (none should be open)."""
 
 _TAGS = [
-    {"name": "health", "description": "Liveness of the HTTP server (no auth)."},
+    {"name": "health", "description": "Liveness and readiness of the server (no auth)."},
     {"name": "applications", "description": "Submit program runs, read their state and events."},
     {
         "name": "steps",
@@ -182,7 +188,8 @@ def build_app(
     the `HERMES_API_*` settings."""
     limits = limits or ApiLimits()
     auth = [Depends(_token_guard(token))] if token else []
-    guard = [*auth, Depends(require_unicode)]
+    drain = Drain()
+    guard = [*auth, Depends(require_unicode), Depends(drain.admit)]
     app = FastAPI(
         title="Hermesflow",
         summary="Serve multi-step LLM applications sooner: Gittins scheduling on demand graphs, with prewarming.",
@@ -197,6 +204,8 @@ def build_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(drain.middleware)
+    app.state.drain = drain
 
     @app.get("/healthz", tags=["health"], summary="Liveness", response_model=Health)
     async def healthz() -> Health:
@@ -211,6 +220,7 @@ def build_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Hermesflow API")
 
     proxy = SchedulerProxy(scheduler)
+    app.include_router(readiness_router(proxy, drain))
     options = {} if event_poll_s is None else {"poll_s": event_poll_s}
     app.include_router(control_router(proxy, limits=limits, **options), dependencies=guard)
     app.include_router(monitor_router(proxy), dependencies=guard)
@@ -273,6 +283,7 @@ class GatewayActor:
             lifespan="off",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
+        self._drain: Drain = app.state.drain
         self._server = uvicorn.Server(config)
         self._serving = asyncio.get_running_loop().create_task(
             self._server.serve(sockets=[self._socket])
@@ -293,10 +304,13 @@ class GatewayActor:
         other settings under the same name."""
         return self._settings
 
-    async def stop(self) -> None:
-        """Stop accepting, let open responses finish (bounded), and return."""
+    async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+        """Drain (refuse new requests, let open ones finish for up to `grace_s`, end the rest
+        with an error), stop the server, and say how the drain went."""
+        drained = await self._drain.drain(grace_s)
         self._server.should_exit = True
         await self._serving
+        return drained.model_dump()
 
 
 def start_gateway(
@@ -372,15 +386,20 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def stop_gateway(name: str = GATEWAY_NAME, namespace: str = NAMESPACE) -> bool:
-    """Stop and kill the named gateway actor; False if there was none."""
+def stop_gateway(
+    name: str = GATEWAY_NAME, namespace: str = NAMESPACE, grace_s: float = DEFAULT_GRACE_S
+) -> DrainReport | None:
+    """Drain the named gateway actor for up to `grace_s` seconds, stop and kill it, and say how
+    the drain went; None if there was no such gateway."""
     try:
         handle = ray.get_actor(name, namespace=namespace)
     except ValueError:
-        return False
+        return None
+    started = time.monotonic()
     try:
-        ray.get(handle.stop.remote(), timeout=GRACEFUL_SHUTDOWN_S + 5)
-    except (ray.exceptions.RayError, TimeoutError):
-        pass  # it is killed below either way
+        drained = ray.get(handle.stop.remote(grace_s), timeout=grace_s + GRACEFUL_SHUTDOWN_S + 10)
+        outcome = DrainReport.model_validate(drained)
+    except (ray.exceptions.RayError, TimeoutError) as error:  # it is killed below either way
+        outcome = DrainReport.failed(f"{type(error).__name__}", time.monotonic() - started)
     ray.kill(handle)
-    return True
+    return outcome

@@ -193,6 +193,7 @@ class MonitorMixin:
                 "name": name,
                 "type": slot.spec.type,
                 "phase": slot.phase.name.lower(),
+                "pinned": name in self.config.warm_at_start,
                 "warmup_s": slot.warmup_s,
                 "capacity": slot.capacity,
                 "in_flight": slot.in_flight,

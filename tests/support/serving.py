@@ -17,6 +17,11 @@ import httpx
 import pytest
 
 
+TEARDOWN_GRACE_S = 2.0
+"""How long a test's gateway lets requests still open at teardown finish (a test's own work is
+over by then; the default grace period is for users)."""
+
+
 @dataclass(frozen=True)
 class Serving:
     url: str
@@ -41,7 +46,7 @@ def serving(config: Any, token: str | None, prefix: str) -> Iterator[Serving]:
         url = start_gateway(port=0, token=token, scheduler_name=scheduler_name, name=gateway_name)
         yield Serving(url, scheduler, scheduler_name, gateway_name)
     finally:
-        stop_gateway(gateway_name)
+        stop_gateway(gateway_name, grace_s=TEARDOWN_GRACE_S)
         ray.get(scheduler.shutdown.remote())
         ray.kill(scheduler, no_restart=True)
 
