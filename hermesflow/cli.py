@@ -15,6 +15,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hermesflow.cli_options import (
+    AT_LEAST_ONE,
+    LOAD,
+    MAX_SIMULATED_APPS,
+    PORT,
+    POSITIVE,
+    SEED,
+    SIMULATED_APPS,
+    Bounds,
+    OneOf,
+    database_url,
+    existing_file,
+    http_url,
+    not_blank,
+)
+from hermesflow.lifecycle import DEFAULT_GRACE_S, DEFAULT_READY_TIMEOUT_S
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph, StageKind
 from hermesflow.pdgraph.workload_file import WorkloadFileError, hermes_mix, load_workload
@@ -30,8 +46,29 @@ console = Console(stderr=True)
 
 WorkloadOption = Annotated[
     Path | None,
-    typer.Option(help="workload file (schema hermesflow.app_workload.v1); default: the Hermes mix"),
+    typer.Option(
+        help="workload file (schema hermesflow.app_workload.v1); default: the Hermes mix",
+        callback=existing_file,
+    ),
 ]
+PolicyOption = Annotated[
+    str, typer.Option(help=f"one of: {', '.join(POLICIES)}", callback=OneOf("policy", tuple(POLICIES)))
+]
+PlannerOption = Annotated[
+    str,
+    typer.Option(
+        help=f"prewarm planner, one of: {', '.join(PLANNERS)}",
+        callback=OneOf("prewarm planner", tuple(PLANNERS)),
+    ),
+]
+LoadOption = Annotated[
+    float, typer.Option(help="offered LLM work / LLM capacity, 0.01 to 100, e.g. 0.9", callback=LOAD)
+]
+SimulatedAppsOption = Annotated[
+    int,
+    typer.Option(help=f"applications to simulate, 1 to {MAX_SIMULATED_APPS:,}", callback=SIMULATED_APPS),
+]
+SeedOption = Annotated[int, typer.Option(help="random seed, 0 or more", callback=SEED)]
 
 
 def _graphs(workload: Path | None) -> dict[str, PDGraph]:
@@ -64,20 +101,19 @@ def _print_summaries(rows: list[dict[str, object]]) -> None:
 
 @app.command("simulate")
 def simulate_command(
-    policy: Annotated[str, typer.Option(help=f"one of: {', '.join(POLICIES)}")] = "gittins",
-    load: Annotated[float, typer.Option(help="offered LLM work / LLM capacity, e.g. 0.9")] = 0.9,
-    apps: Annotated[int, typer.Option(help="applications to simulate")] = 500,
-    seed: Annotated[int, typer.Option()] = 0,
+    policy: PolicyOption = "gittins",
+    load: LoadOption = 0.9,
+    apps: SimulatedAppsOption = 500,
+    seed: SeedOption = 0,
     workload: WorkloadOption = None,
-    planner: Annotated[str, typer.Option(help=f"prewarm planner, one of: {', '.join(PLANNERS)}")] = "pdgraph",
+    planner: PlannerOption = "pdgraph",
     arrivals: Annotated[ArrivalProcess, typer.Option(help="arrival process")] = ArrivalProcess.POISSON,
-    max_warm: Annotated[int | None, typer.Option(help="budget of warm backends (default: none)")] = None,
+    max_warm: Annotated[
+        int | None, typer.Option(help="budget of warm backends, 1 or more (default: none)", callback=AT_LEAST_ONE)
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line")] = False,
 ) -> None:
     """Simulate the application mix under one policy and print mean and P95 ACT."""
-    for name, known in ((policy, POLICIES), (planner, PLANNERS)):
-        if name not in known:
-            raise typer.BadParameter(f"unknown name {name!r}; choose one of: {', '.join(known)}")
     result = _run(
         f"{policy} @ load {load}", apps, json_output, graphs=_graphs(workload), policy=policy,
         planner=planner, load=load, seed=seed, arrivals=arrivals, max_warm=max_warm,
@@ -129,9 +165,9 @@ def pdgraph_show(app_class: Annotated[str, typer.Argument(help="application clas
 
 @app.command("compare")
 def compare_command(
-    load: Annotated[float, typer.Option()] = 0.9,
-    apps: Annotated[int, typer.Option()] = 500,
-    seed: Annotated[int, typer.Option()] = 0,
+    load: LoadOption = 0.9,
+    apps: SimulatedAppsOption = 500,
+    seed: SeedOption = 0,
     json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line (bench format)")] = False,
 ) -> None:
     """Simulated: Hermesflow-Gittins with prewarm against request-FCFS with load-on-demand on the
@@ -164,8 +200,17 @@ AddressOption = Annotated[
     str | None,
     typer.Option(help="Ray cluster to join, e.g. 'auto' or '127.0.0.1:6379' (default: start a local loopback one)"),
 ]
-SchedulerNameOption = Annotated[str, typer.Option(help="Ray actor name of the scheduler")]
-GatewayNameOption = Annotated[str, typer.Option(help="Ray actor name of the HTTP gateway")]
+SchedulerNameOption = Annotated[str, typer.Option(help="Ray actor name of the scheduler", callback=not_blank)]
+GatewayNameOption = Annotated[str, typer.Option(help="Ray actor name of the HTTP gateway", callback=not_blank)]
+GracePeriodOption = Annotated[
+    float,
+    typer.Option(
+        "--grace-period",
+        help="seconds the API lets open requests and streams finish when stopping, 0 to 3600; "
+        "new requests get 503 meanwhile, and what is still open at the end gets an error",
+        callback=Bounds(low=0, high=3600, why="an hour at most: a longer stop looks hung"),
+    ),
+]
 
 
 @app.command("demo")
@@ -237,21 +282,54 @@ def _program_classes(paths: list[str]) -> dict[str, str]:
     return classes
 
 
+SERVABLE_POLICIES = tuple(name for name, cls in POLICIES.items() if not cls.needs_oracle)
+"""Policies a live scheduler can run: the others need to know the future (simulation only)."""
+
+
+def _servable_policy(name: str) -> str:
+    """Option callback of `serve --policy`."""
+    if name in POLICIES and name not in SERVABLE_POLICIES:
+        raise typer.BadParameter(
+            f"{name!r} needs to know each application's future demand, so it runs only in "
+            f"`hermesflow simulate`; choose one of: {', '.join(SERVABLE_POLICIES)}"
+        )
+    return OneOf("policy", SERVABLE_POLICIES)(name)
+
+
 @app.command("serve")
 def serve_command(
     address: AddressOption = None,
     host: Annotated[str, typer.Option(help="address the HTTP API listens on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8000,
+    port: Annotated[int, typer.Option(help="HTTP port, 0 to 65535 (0: any free port)", callback=PORT)] = 8000,
     token: Annotated[
         str | None, typer.Option(envvar=TOKEN_ENVVAR, help="require 'Authorization: Bearer <token>' on the API")
     ] = None,
-    policy: Annotated[str, typer.Option(help=f"one of: {', '.join(POLICIES)}")] = "gittins",
-    planner: Annotated[str, typer.Option(help=f"prewarm planner, one of: {', '.join(PLANNERS)}")] = "pdgraph",
-    db_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store (default: HERMES_DB_URL or SQLite)")] = None,
-    warm: Annotated[str, typer.Option(help="backends warmed at start and kept warm, comma-separated ('' for none)")] = "llm",
-    detach: Annotated[bool, typer.Option(help="leave the scheduler and API running and exit (needs --address)")] = False,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help=f"one of: {', '.join(SERVABLE_POLICIES)} (the others run only in `simulate`)",
+            callback=_servable_policy,
+        ),
+    ] = "gittins",
+    planner: PlannerOption = "pdgraph",
+    db_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL of the store (default: HERMES_DB_URL or SQLite)", callback=database_url),
+    ] = None,
+    warm: Annotated[
+        str,
+        typer.Option(
+            help="backends warmed at start and kept warm, comma-separated ('' for none); the API is "
+            "ready, and its URL printed, once they are warm"
+        ),
+    ] = "llm",
+    detach: Annotated[
+        bool, typer.Option(help="once ready, leave the scheduler and API running and exit (needs --address)")
+    ] = False,
     dashboard: Annotated[bool, typer.Option(help="start Ray's dashboard (local cluster only; needed by `ray job submit`)")] = False,
-    num_cpus: Annotated[int | None, typer.Option(help="logical CPUs of a local cluster (default: all)")] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="logical CPUs of a local cluster, 1 or more (default: all)", callback=AT_LEAST_ONE)
+    ] = None,
     scheduler_name: SchedulerNameOption = "scheduler",
     gateway_name: GatewayNameOption = "gateway",
     program: Annotated[
@@ -261,18 +339,29 @@ def serve_command(
             "repeatable); the module must be importable by Ray's workers, e.g. PYTHONPATH=$PWD"
         ),
     ] = None,
+    grace_period: GracePeriodOption = DEFAULT_GRACE_S,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds to wait for the --warm backends before giving up (exit 1)",
+            callback=Bounds(low=0, low_open=True, high=3600, why="an hour at most"),
+        ),
+    ] = DEFAULT_READY_TIMEOUT_S,
 ) -> None:
     """Run the scheduler and the HTTP API (OpenAI-compatible and control API) on Ray.
 
-    The scheduler runs the reference application suite on its backends, plus any --program;
-    the API's URL is printed on stdout. Blocks until Ctrl-C, then stops both, unless --detach.
+    The scheduler runs the reference application suite on its backends, plus any --program.
+    Once the --warm backends are warm (`GET /readyz` answers 200), the API's URL is printed on
+    stdout. It serves until Ctrl-C or SIGTERM, or until `hermesflow stop` stops it from another
+    shell: the API drains (new requests get 503, open ones may finish within --grace-period,
+    the rest end with an error), then the scheduler and its backends stop. With --detach it
+    exits once ready and leaves both running.
     """
     from hermesflow.apps.suite import program_paths, suite_backends
+    from hermesflow.cli_options import check_can_listen
     from hermesflow.schedulers.runtime_config import RuntimeConfig
+    from hermesflow.serve_session import ServedNames, ServePlan, serve
 
-    for name, known, hint in ((policy, POLICIES, "--policy"), (planner, PLANNERS, "--planner")):
-        if name not in known:
-            raise typer.BadParameter(f"unknown name {name!r}; choose one of: {', '.join(known)}", param_hint=hint)
     if detach and address is None:
         raise typer.BadParameter(
             "a local cluster started by `serve` ends with it; start Ray first (`ray start --head`) and pass "
@@ -288,55 +377,41 @@ def serve_command(
         programs={**program_paths(), **_program_classes(program or [])},
         warm_at_start=_warm_names(warm, [b.name for b in backends]),
     )
-    from hermesflow.ray_cluster import connect  # sets Ray's environment before Ray is imported
-
-    connect(address, dashboard=dashboard, num_cpus=num_cpus)
-    from hermesflow.gateway import start_gateway
-    from hermesflow.schedulers.runtime import start_scheduler
-
-    console.print(f"starting the scheduler ({policy} + {planner}) and the API ...")
-    start_scheduler(config, name=scheduler_name)
-    try:
-        url = start_gateway(host, port, token, scheduler_name, name=gateway_name)
-    except Exception:
-        if not detach:
-            _stop_serving(scheduler_name, gateway_name)
-        raise
-    print(url, flush=True)
-    if detach:
-        console.print(f"running detached; stop with `hermesflow stop --address {address}`")
-        return
-    console.print("serving; Ctrl-C stops")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        console.print("stopping ...")
-    finally:
-        _stop_serving(scheduler_name, gateway_name)
+    check_can_listen(host, port)
+    names = ServedNames(scheduler=scheduler_name, gateway=gateway_name)
+    plan = ServePlan(
+        config=config,
+        names=names,
+        host=host,
+        port=port,
+        token=token,
+        detach=detach,
+        grace_s=grace_period,
+        ready_timeout_s=ready_timeout,
+        stop_hint=f"stop it with `hermesflow stop --address {address} --scheduler-name {scheduler_name} "
+        f"--gateway-name {gateway_name}`",
+    )
+    _connect(address, dashboard=dashboard, num_cpus=num_cpus)
+    status = serve(plan)
+    if not detach:
         from hermesflow.ray_cluster import disconnect
 
         disconnect()
+    raise typer.Exit(status)
 
 
-def _stop_serving(scheduler_name: str, gateway_name: str) -> list[str]:
-    """Kill the gateway, release the scheduler's backends and kill the scheduler."""
-    import ray
+def _connect(address: str | None, **options: Any) -> None:
+    """Join the Ray cluster at `address` (or start a local one); one that does not answer is a
+    usage error of --address."""
+    from hermesflow.ray_cluster import ClusterUnreachable, LocalClusterFailed, connect
 
-    from hermesflow.gateway import stop_gateway
-    from hermesflow.schedulers.runtime_config import NAMESPACE
-
-    stopped = [gateway_name] if stop_gateway(gateway_name, NAMESPACE) else []
     try:
-        scheduler = ray.get_actor(scheduler_name, namespace=NAMESPACE)
-    except ValueError:
-        return stopped
-    try:
-        ray.get(scheduler.shutdown.remote(), timeout=30)
-    except (ray.exceptions.RayError, TimeoutError) as error:
-        console.print(f"the scheduler did not release its backends cleanly: {error}", markup=False)
-    ray.kill(scheduler, no_restart=True)
-    return [*stopped, scheduler_name]
+        connect(address, **options)
+    except ClusterUnreachable as error:
+        raise typer.BadParameter(str(error), param_hint="--address") from None
+    except LocalClusterFailed as error:
+        console.print(str(error), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("stop")
@@ -344,12 +419,15 @@ def stop_command(
     address: Annotated[str, typer.Option(help="the Ray cluster the scheduler runs on")] = "auto",
     scheduler_name: SchedulerNameOption = "scheduler",
     gateway_name: GatewayNameOption = "gateway",
+    grace_period: GracePeriodOption = DEFAULT_GRACE_S,
 ) -> None:
-    """Stop a detached `hermesflow serve`: the HTTP API, the scheduler and its backends."""
-    from hermesflow.ray_cluster import connect
+    """Stop a `hermesflow serve`, detached or in the foreground of another shell (which then
+    exits): the API drains for up to --grace-period seconds, then the API, the scheduler and
+    its backends stop."""
+    from hermesflow.serve_session import ServedNames, stop_serving
 
-    connect(address)
-    stopped = _stop_serving(scheduler_name, gateway_name)
+    _connect(address)
+    stopped = stop_serving(ServedNames(scheduler=scheduler_name, gateway=gateway_name), grace_period)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -358,10 +436,14 @@ def submit_command(
     app_class: Annotated[str, typer.Argument(help="application class, e.g. map_reduce")],
     inputs: Annotated[str, typer.Option(help="the class's inputs as a JSON object")] = "{}",
     wait: Annotated[bool, typer.Option(help="wait until the run ends and print its final state")] = False,
-    url: Annotated[str, typer.Option(envvar=URL_ENVVAR, help="base URL of the Hermesflow API")] = DEFAULT_API_URL,
+    url: Annotated[
+        str, typer.Option(envvar=URL_ENVVAR, help="base URL of the Hermesflow API", callback=http_url)
+    ] = DEFAULT_API_URL,
     token: Annotated[str | None, typer.Option(envvar=TOKEN_ENVVAR, help="the API's bearer token")] = None,
     app_id: Annotated[str | None, typer.Option(help="idempotency key: the same id is the same run")] = None,
-    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 600.0,
+    timeout: Annotated[
+        float, typer.Option(help="with --wait: give up after this many seconds (above 0)", callback=POSITIVE)
+    ] = 600.0,
 ) -> None:
     """Submit a run over the HTTP API and print its state as JSON (exit 1 if it failed)."""
     import httpx

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,55 +154,78 @@ def test_submit_to_nothing_says_so() -> None:
 # -- serve as a subprocess -------------------------------------------------------------------------
 
 
-def _read_url(process: subprocess.Popen, timeout_s: float = STARTUP_S) -> str:
-    """The first stdout line of `serve` (its URL); fails with its stderr if it exits first."""
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.5):
-            line = process.stdout.readline()
-            if line:
-                return line.strip()
-        if process.poll() is not None:
-            break
-    process.kill()
-    pytest.fail(
-        f"`hermesflow serve` printed no URL (exit {process.poll()}):\n{process.stderr.read()}"
-    )
+class ServeProcess:
+    """`hermesflow serve` in a subprocess. Its stdout and stderr go to files, not pipes: a pipe
+    that nobody reads while the process runs fills up (Ray's warnings on a loaded machine are
+    enough) and blocks the process at its next write, which looked like a serve that did not
+    exit after Ctrl-C."""
 
+    def __init__(self, folder: Path, *arguments: str, env: dict[str, str] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.out, self.err = folder / "serve.stdout", folder / "serve.stderr"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.process = subprocess.Popen(
+                [HERMESFLOW, "serve", "--port", "0", *arguments],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
 
-def _serve(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [HERMESFLOW, "serve", "--port", "0", "--warm", "", *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text()
 
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
 
-def _wait_or_explain(process: subprocess.Popen, timeout_s: float) -> int:
-    """The exit code; if the process hangs, fail with where its threads are and its stderr."""
-    try:
-        return process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        py_spy = Path(sys.executable).parent / "py-spy"
-        stacks = (
-            subprocess.run(
-                [str(py_spy), "dump", "--pid", str(process.pid)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-            if py_spy.exists()
-            else "(py-spy is not installed)"
-        )
-        process.kill()
+    def wait_for(self, pattern: str, *, stream: str = "stdout", timeout_s: float = STARTUP_S) -> re.Match:
+        """The first match of `pattern` in stdout (or stderr); fails with stderr if the process
+        exits or the time runs out first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.stdout if stream == "stdout" else self.stderr)
+            if found:
+                return found
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
         pytest.fail(
-            f"`hermesflow serve` still ran {timeout_s:.0f} s after the signal.\n"
-            f"stacks:\n{stacks}\nstderr:\n{process.stderr.read()}"
+            f"`hermesflow serve` printed no {pattern!r} on {stream} (exit {self.process.poll()}):\n"
+            f"{self.stderr}"
         )
+
+    def url(self, timeout_s: float = STARTUP_S) -> str:
+        """The first stdout line: the URL, printed once the API is ready."""
+        return self.wait_for(r"^(\S+)\n", timeout_s=timeout_s).group(1)
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code; if the process hangs, fail with where its threads are and its stderr."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            py_spy = Path(sys.executable).parent / "py-spy"
+            stacks = (
+                subprocess.run(
+                    [str(py_spy), "dump", "--pid", str(self.process.pid)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout
+                if py_spy.exists()
+                else "(py-spy is not installed)"
+            )
+            self.process.kill()
+            pytest.fail(
+                f"`hermesflow serve` still ran {timeout_s:.0f} s on.\n"
+                f"stacks:\n{stacks}\nstderr:\n{self.stderr}"
+            )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def _actor_exists(name: str) -> bool:
@@ -212,7 +238,16 @@ def _actor_exists(name: str) -> bool:
     return True
 
 
-@pytest.fixture
+def _names() -> list[str]:
+    return [
+        "--scheduler-name",
+        f"serve-s-{uuid.uuid4().hex[:6]}",
+        "--gateway-name",
+        f"serve-g-{uuid.uuid4().hex[:6]}",
+    ]
+
+
+@pytest.fixture(scope="module")
 def cluster_address(ray_cluster: None) -> str:
     import ray
 
@@ -220,13 +255,11 @@ def cluster_address(ray_cluster: None) -> str:
 
 
 def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: Path) -> None:
-    names = [
-        "--scheduler-name",
-        f"serve-s-{uuid.uuid4().hex[:6]}",
-        "--gateway-name",
-        f"serve-g-{uuid.uuid4().hex[:6]}",
-    ]
-    process = _serve(
+    names = _names()
+    serve = ServeProcess(
+        tmp_path,
+        "--warm",
+        "",
         "--address",
         cluster_address,
         "--detach",
@@ -234,8 +267,8 @@ def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: P
         f"sqlite:///{tmp_path / 'h.db'}",
         *names,
     )
-    url = _read_url(process)
-    assert process.wait(timeout=60) == 0
+    url = serve.url()
+    assert serve.wait(timeout_s=60) == 0
     assert url.startswith("http://127.0.0.1:")
     backends = httpx.get(f"{url}/v1/backends", timeout=30).json()  # no token: the API is open
     assert {b["name"] for b in backends} == {"llm", "search", "code", "tools"}
@@ -257,51 +290,199 @@ def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: P
         httpx.get(f"{url}/healthz", timeout=5)
 
 
-def test_serve_in_the_foreground_stops_everything_on_ctrl_c(
+def test_a_foreground_serve_exits_when_stopped_from_another_shell(
     cluster_address: str, tmp_path: Path
 ) -> None:
-    names = [
-        "--scheduler-name",
-        f"serve-s-{uuid.uuid4().hex[:6]}",
-        "--gateway-name",
-        f"serve-g-{uuid.uuid4().hex[:6]}",
-    ]
-    process = _serve(
+    names = _names()
+    serve = ServeProcess(
+        tmp_path, "--warm", "", "--address", cluster_address, "--db-url", f"sqlite:///{tmp_path / 'h.db'}", *names
+    )
+    try:
+        url = serve.url()
+        stopped = subprocess.run(
+            [HERMESFLOW, "stop", "--address", cluster_address, *names],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert serve.wait(timeout_s=60) == 0, serve.stderr
+    finally:
+        serve.kill()
+    assert "stopped from elsewhere" in serve.stderr
+    assert not _actor_exists(names[1]) and not _actor_exists(names[3])
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", timeout=5)
+
+
+# -- readiness and drain: one serve with the CPU LLM pinned warm ------------------------------------
+
+GRACE_S = 20.0
+"""The drain test's grace period: a 12-token answer finishes within it on a loaded machine, a
+1,500-token one does not (at most about 100 tokens/s on 2 cores)."""
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class WarmingServe:
+    """A foreground serve with `--warm llm`, and what the test saw while it warmed."""
+
+    serve: ServeProcess
+    url: str
+    names: list[str]
+    early_url: str
+    printed_at: float
+    """When its URL appeared on stdout (Unix time)."""
+    readiness_before: list[tuple[float, int, dict[str, Any]]]
+    """`/readyz` answers (time, status, body) seen before the URL appeared on stdout."""
+    backends_then: list[dict[str, Any]]
+    readiness_then: httpx.Response
+
+
+@pytest.fixture(scope="module")
+def warming_serve(
+    cluster_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WarmingServe]:
+    folder = tmp_path_factory.mktemp("warming-serve")
+    names = _names()
+    serve = ServeProcess(
+        folder,
+        "--warm",
+        "llm",
         "--address",
         cluster_address,
         "--token",
         TOKEN,
+        "--grace-period",
+        str(GRACE_S),
         "--db-url",
-        f"sqlite:///{tmp_path / 'h.db'}",
+        f"sqlite:///{folder / 'h.db'}",
         *names,
     )
     try:
-        url = _read_url(process)
-        assert (
-            httpx.get(f"{url}/v1/stats", headers={"Authorization": f"Bearer {TOKEN}"}).status_code
-            == 200
+        early_url = serve.wait_for(r"the API listens at (\S+);", stream="stderr").group(1)
+        readiness_before = []
+        deadline = time.monotonic() + STARTUP_S
+        while not serve.stdout and serve.process.poll() is None and time.monotonic() < deadline:
+            answer = httpx.get(f"{early_url}/readyz", timeout=30)
+            readiness_before.append((time.time(), answer.status_code, answer.json()))
+            time.sleep(0.2)
+        url = serve.url(timeout_s=1)
+        printed_at = time.time()
+        backends = httpx.get(f"{url}/v1/backends", headers=AUTH, timeout=30).json()
+        readiness = httpx.get(f"{url}/readyz", timeout=30)
+        yield WarmingServe(
+            serve, url, names, early_url, printed_at, readiness_before, backends, readiness
         )
-        assert httpx.get(f"{url}/v1/stats").status_code == 401
-        process.send_signal(signal.SIGINT)
-        assert _wait_or_explain(process, timeout_s=90) == 0, process.stderr.read()
     finally:
-        if process.poll() is None:
-            process.kill()
-    assert not _actor_exists(names[1]) and not _actor_exists(names[3])
+        serve.kill()
+
+
+def test_serve_prints_its_url_only_once_the_pinned_llm_is_warm(warming_serve: WarmingServe) -> None:
+    seen = warming_serve
+    assert seen.url == seen.early_url
+    llm = next(b for b in seen.backends_then if b["name"] == "llm")
+    assert llm["pinned"] and llm["phase"] == "warm"
+    assert llm["warm_since"] <= seen.printed_at
+    assert seen.readiness_then.status_code == 200
+    assert seen.readiness_then.json()["status"] == "ready"
+    for at, status, body in seen.readiness_before:
+        if at < llm["warm_since"]:  # answers before the LLM was warm said so
+            assert status == 503, body
+            assert [b["name"] for b in body["pending"]] == ["llm"]
+    assert f"ready: {seen.url}" in seen.serve.stderr
+    assert httpx.get(f"{seen.url}/v1/stats", headers=AUTH).status_code == 200
+    assert httpx.get(f"{seen.url}/v1/stats").status_code == 401
+    assert httpx.get(f"{seen.url}/readyz").status_code == 200  # probes need no token
+
+
+class Chat(threading.Thread):
+    """One streamed chat completion in a thread: its `data:` documents as they arrive."""
+
+    def __init__(self, url: str, content: str, max_tokens: int) -> None:
+        super().__init__(daemon=True)
+        self.request = {
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "stream": True,
+        }
+        self.url = url
+        self.documents: list[Any] = []
+        self.error: BaseException | None = None
+        self.answering = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream(
+                "POST", f"{self.url}/v1/chat/completions", json=self.request, headers=AUTH, timeout=300
+            ) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        text = line.removeprefix("data: ")
+                        self.documents.append(text if text == "[DONE]" else json.loads(text))
+                        if any(_content(d) for d in self.documents):
+                            self.answering.set()
+        except httpx.HTTPError as error:  # a stream cut off: what the drain must prevent
+            self.error = error
+
+
+def _content(document: Any) -> str:
+    if not isinstance(document, dict) or not document.get("choices"):
+        return ""
+    return document["choices"][0]["delta"].get("content") or ""
+
+
+def test_ctrl_c_drains_streams_in_flight_then_stops_everything(warming_serve: WarmingServe) -> None:
+    """At SIGINT a short stream finishes normally within the grace period, a long one ends with
+    an error chunk and `[DONE]` at its end, and new requests get 503 meanwhile."""
+    seen = warming_serve
+    short = Chat(seen.url, "Say hello.", max_tokens=12)
+    long = Chat(seen.url, "Write the numbers from 1 to 1000 separated by commas.", max_tokens=1500)
+    assert short.answering.wait(STARTUP_S) and long.answering.wait(STARTUP_S)
+    seen.serve.process.send_signal(signal.SIGINT)
+    refused = _first_refusal(seen.url)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "server_shutting_down"
+    assert httpx.get(f"{seen.url}/readyz", timeout=30).json()["status"] == "draining"
+    assert seen.serve.wait(timeout_s=GRACE_S + 90) == 0, seen.serve.stderr
+    short.join(timeout=30)
+    long.join(timeout=30)
+    assert short.error is None and long.error is None
+    assert short.documents[-1] == "[DONE]"
+    assert "choices" in short.documents[-2], (short.documents[-2], seen.serve.stderr)
+    assert short.documents[-2]["choices"][0]["finish_reason"] == "length"
+    assert long.documents[-1] == "[DONE]"
+    assert long.documents[-2]["error"]["code"] == "server_shutting_down", long.documents[-2]
+    assert all(isinstance(d, dict) and "error" not in d for d in long.documents[:-2])
+    assert "1 ended with an error at the grace period's end" in seen.serve.stderr
+    assert not _actor_exists(seen.names[1]) and not _actor_exists(seen.names[3])
+
+
+def _first_refusal(url: str, timeout_s: float = 30.0) -> httpx.Response:
+    """The first answer to a new chat once the drain has begun (200 before that)."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+        if answer.status_code != 200:
+            return answer
+        time.sleep(0.05)
+    pytest.fail(f"no request was refused within {timeout_s:.0f} s of SIGINT")
 
 
 def test_serve_starts_a_loopback_cluster_of_its_own(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HERMES_HOME"] = str(tmp_path)
-    process = _serve("--num-cpus", "2", env=env)
+    serve = ServeProcess(tmp_path / "serve", "--warm", "", "--num-cpus", "2", env=env)
     try:
-        url = _read_url(process)
+        url = serve.url()
         assert url.startswith("http://127.0.0.1:")
         assert httpx.get(f"{url}/healthz").status_code == 200
-        process.send_signal(signal.SIGTERM)  # Ray's driver handler turns it into an orderly exit
-        process.wait(timeout=90)
+        serve.process.send_signal(signal.SIGTERM)  # drains and stops, like Ctrl-C
+        assert serve.wait(timeout_s=90) == 0, serve.stderr
     finally:
-        if process.poll() is None:
-            process.kill()
+        serve.kill()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", timeout=5)

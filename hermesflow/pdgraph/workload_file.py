@@ -39,7 +39,9 @@ def load_workload(path: str | Path) -> dict[str, PDGraph]:
         document = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise WorkloadFileError(f"{path}: no such workload file") from err
-    except json.JSONDecodeError as err:
+    except OSError as err:  # a folder, no permission
+        raise WorkloadFileError(f"{path}: cannot read it ({err.strerror})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise WorkloadFileError(f"{path}: not valid JSON ({err})") from err
     return parse_workload(document, source=str(path))
 
