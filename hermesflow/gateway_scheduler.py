@@ -95,7 +95,7 @@ def check_result(result: CallResult, refused_status: int) -> CallResult:
     mistake: `refused_status`, with the refusal's code) or failed in it (502). A tool's own
     failure is a result like any other (the program reads its error)."""
     code = result.error_code
-    if code is None:
+    if code is None or code is CallErrorCode.TOOL_ERROR:
         return result
     if code.refused:
         raise ApiError(refused_status, result.error or "the backend refused the call", code=code.value)

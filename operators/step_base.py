@@ -189,11 +189,18 @@ class StepOperator(HermesOperator):
         raise NotImplementedError
 
     def failed_result(self, view: StepView) -> Any:
-        """What the task does when its step failed: fail, with the server's error."""
-        raise AirflowException(
+        """What the task does when its step failed: fail, with the server's error. A failure
+        that the same call meets again (the tool raised for these arguments, the backend refused
+        the call) fails the task without retries: a retry would only wait `retry_delay` to fail
+        the same way. Others (a timeout, a backend that died) leave Airflow's retries to it."""
+        message = (
             f"{self._where()}: step {view.step_id!r} of application {view.app_id!r} failed "
             f"(attempt {view.attempt}): {view.error or 'no error given'}"
         )
+        code = view.result.error_code if view.result is not None else None
+        if code is not None and code.deterministic:
+            raise AirflowFailException(f"{message} [{code.value}: a retry would fail the same way]")
+        raise AirflowException(message)
 
     def execute(self, context: Context) -> Any:
         app_id = naming.app_id(self.dag_id, context["run_id"])

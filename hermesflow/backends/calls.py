@@ -39,9 +39,9 @@ class Truncation(StrEnum):
 
 
 class CallErrorCode(StrEnum):
-    """Why a call ended without a result, when it is not the tool's own failure (a tool that
-    raised is an observation its program reads, with no code). The values are OpenAI's error
-    codes where OpenAI has one."""
+    """Why a call ended without a result. The values are OpenAI's error codes where OpenAI has
+    one. A call that failed with no code may succeed when tried again (a tool that timed out, a
+    worker that died)."""
 
     INVALID_CALL = "invalid_call"
     """Refused: the call does not fit its backend (kind, tool name, arguments)."""
@@ -49,10 +49,18 @@ class CallErrorCode(StrEnum):
     """Refused: the prompt (plus the tokens to generate) does not fit the model."""
     BACKEND_ERROR = "backend_error"
     """The backend failed: its fault, not the caller's; the details are in the server's log."""
+    TOOL_ERROR = "tool_error"
+    """The tool itself raised for these arguments (or returned what is not JSON): a result its
+    program reads, like any observation; the same call fails the same way again."""
 
     @property
     def refused(self) -> bool:
         """Whether the caller must change the call (a 4xx), rather than the server be fixed."""
+        return self in (CallErrorCode.INVALID_CALL, CallErrorCode.CONTEXT_LENGTH_EXCEEDED)
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether sending the same call again must fail again: a retry cannot help."""
         return self is not CallErrorCode.BACKEND_ERROR
 
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 
 from hermesflow.backends.base import Backend, DeltaSink
 from hermesflow.backends.builtin_tools import BUILTIN_TOOLS
-from hermesflow.backends.calls import Call, CallResult, ToolCall
+from hermesflow.backends.calls import Call, CallErrorCode, CallResult, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,13 @@ def to_json(value: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class ToolOutput:
     """What `_invoke` returns: the JSON `value`, its `text` rendering, or an `error` message
-    when the tool failed or timed out (`value` may still carry partial output then)."""
+    when the tool failed or timed out (`value` may still carry partial output then), with
+    `error_code` TOOL_ERROR when the tool itself raised (a retry would fail the same way)."""
 
     value: Any = None
     text: str = ""
     error: str | None = None
+    error_code: CallErrorCode | None = None
 
 
 class ToolBackend(Backend):
@@ -233,7 +235,7 @@ class ToolBackend(Backend):
             try:
                 to_json(output.value)
             except ValueError as not_json:
-                output = ToolOutput(error=str(not_json))
+                output = ToolOutput(error=str(not_json), error_code=CallErrorCode.TOOL_ERROR)
         if output.error is not None:
             log.debug(
                 "backend %r: tool %r failed after %.3f s: %s",
@@ -243,7 +245,11 @@ class ToolBackend(Backend):
                 output.error,
             )
             return CallResult(
-                value=output.value, seconds=seconds, finish_reason="error", error=output.error
+                value=output.value,
+                seconds=seconds,
+                finish_reason="error",
+                error=output.error,
+                error_code=output.error_code,
             )
         return CallResult(text=output.text, value=output.value, seconds=seconds)
 
@@ -510,7 +516,9 @@ class PythonToolPool(ToolBackend):
             return ToolOutput(error=detail)
         self._idle.put_nowait(worker)
         if status == "error":
-            return ToolOutput(error=f"tool {call.tool!r} raised {detail}")
+            return ToolOutput(
+                error=f"tool {call.tool!r} raised {detail}", error_code=CallErrorCode.TOOL_ERROR
+            )
         return ToolOutput(
             value=detail, text=detail if isinstance(detail, str) else json.dumps(detail)
         )

@@ -15,7 +15,7 @@ import pytest
 
 from hermesflow.backends.base import BackendSpec, make_backend
 from hermesflow.backends.builtin_tools import BUILTIN_TOOLS, calculator, sleep, word_count
-from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
+from hermesflow.backends.calls import CallErrorCode, CallResult, LLMCall, ToolCall
 from hermesflow.backends.tools import PythonToolPool, ToolSignature
 
 if TYPE_CHECKING:
@@ -250,9 +250,10 @@ def test_a_raising_tool_gives_an_error_result(
     result = call(backend_loop, pool, "fail", message="boom")
     assert result.finish_reason == "error"
     assert result.error == "tool 'fail' raised RuntimeError: boom"
-    assert result.text == ""
+    assert result.text == "" and result.error_code is CallErrorCode.TOOL_ERROR
     refused = call(backend_loop, pool, "calculator", expression="__import__('os')")
     assert refused.finish_reason == "error" and "is not allowed" in refused.error
+    assert refused.error_code is CallErrorCode.TOOL_ERROR and refused.error_code.deterministic
 
 
 def test_a_result_that_is_not_json_gives_an_error_result(
@@ -261,6 +262,7 @@ def test_a_result_that_is_not_json_gives_an_error_result(
     result = call(backend_loop, pool, "not_json")
     assert result.finish_reason == "error"
     assert "not JSON-serialisable" in result.error
+    assert result.error_code is CallErrorCode.TOOL_ERROR
 
 
 def test_a_tool_past_its_timeout_is_killed_and_its_worker_replaced(
@@ -272,6 +274,7 @@ def test_a_tool_past_its_timeout_is_killed_and_its_worker_replaced(
     assert time.perf_counter() - started < 2.0
     assert result.finish_reason == "error"
     assert result.error == "tool 'spin' timed out after 0.5 s; its worker was killed"
+    assert result.error_code is None, "a timeout may pass when tried again"
     assert gone(int(pid_file.read_text()))
     pids = backend_loop.run(run_together(pool, [ToolCall(tool="pid")] * 4))
     assert all(r.finish_reason == "stop" for r in pids)
@@ -282,6 +285,7 @@ def test_a_worker_that_dies_is_replaced(backend_loop: LoopThread, pool: PythonTo
     result = call(backend_loop, pool, "die", code=3)
     assert result.finish_reason == "error"
     assert result.error == "the worker running 'die' died (exit code 3)"
+    assert result.error_code is None, "a dead worker may be a passing fault"
     assert call(backend_loop, pool, "calculator", expression="1 + 1").value == 2.0
 
 

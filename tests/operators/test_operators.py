@@ -74,3 +74,13 @@ def test_running_a_task_of_the_same_dag_run_again_submits_nothing(
     assert again.states()[task_id] == "success", again.output[-6000:]
     assert hermes.calls(checks.app_id) == calls
     assert hermes.calls(f"{checks.app_id}:program") == program_calls
+
+
+def test_a_step_the_tool_refuses_fails_its_task_without_retries(
+    checks: DagRunResult, hermes: Hermes
+) -> None:
+    (refused,) = checks.tasks["refused"]
+    assert refused["state"] == "failed" and refused["try_number"] == 1, refused
+    assert hermes.calls(checks.app_id).count(("refused", "tools")) == 1
+    (after,) = checks.tasks["after_refusal"]
+    assert after["state"] == "success"

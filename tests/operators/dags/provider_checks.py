@@ -3,7 +3,10 @@
 * `retried` — a tool step whose task fails its first try *after* the step finished; the
   retry must get the same step back, not run the tool again;
 * `calculate` — `@task.hermes_tool` mapped over two expressions (step ids `calculate[0]`, `[1]`);
-* `program` — a whole run of the registered program `sleep_chain` (`ProgramRunOperator`).
+* `program` — a whole run of the registered program `sleep_chain` (`ProgramRunOperator`);
+* `refused` — a calculator step whose expression the tool refuses: it must fail at once, not
+  be retried (its retries would fail the same way); `after_refusal`, run only when it failed,
+  keeps the DAG run a success.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Context, task
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk.exceptions import AirflowException
 from hermesflow.operators.program_run import ProgramRunOperator
 from hermesflow.operators.tool_step import ToolStepOperator
@@ -54,3 +58,11 @@ with DAG(
     ProgramRunOperator(
         task_id="program", app_class="sleep_chain", inputs={"steps": 2, "seconds": 0.05}
     )
+
+    ToolStepOperator(
+        task_id="refused",
+        tool="calculator",
+        args={"expression": "__import__('os')"},
+        retries=2,
+        retry_delay=timedelta(0),
+    ) >> EmptyOperator(task_id="after_refusal", trigger_rule="all_failed")
