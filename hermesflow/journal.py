@@ -6,7 +6,9 @@ matters is one transaction here first:
 * `admit` creates a run under a client key; admitting the same key again returns the same run,
   so a client that retries a submission does not start a second run;
 * `start_step` stores the program state and every call of the next step (QUEUED) before any is
-  dispatched, and the client's name of the step when it has one (`client_step` finds it again);
+  dispatched, and the step's name when it has one — its client's, or for an open run's unnamed
+  step the name of the Ray call that carried it — so a repeated submission finds the step
+  (`client_step`) instead of storing it twice;
 * `dispatch` marks a call RUNNING and counts the attempt; `requeue` puts it back after its
   backend died;
 * `complete` stores a call's result once: it succeeds only if the call is not DONE yet, so a

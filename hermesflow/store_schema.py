@@ -103,8 +103,10 @@ class StepCall(Base):
 
 
 class ClientStep(Base):
-    """A step its client named (`PUT /v1/apps/{app}/steps/{step_id}`): which step of the run each
-    attempt of it is, so a repeated submission finds the step instead of running it again."""
+    """A step its client named (`PUT /v1/apps/{app}/steps/{step_id}`), or an unnamed step under
+    the name of the Ray call that carried it (`ray-task:<task id>`, `runtime_open.py`): which
+    step of the run each attempt of it is, so a repeated submission — a client's, or Ray's retry
+    of the call after a scheduler crash — finds the step instead of running it again."""
 
     __tablename__ = "client_steps"
     __table_args__ = (UniqueConstraint("run_id", "step_id", "attempt"),)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -72,6 +73,9 @@ log = logging.getLogger(__name__)
 
 class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin, PrewarmMixin):
     """The scheduler actor's logic (module docstring); `SchedulerActor` is its Ray actor."""
+
+    # Ray must not retry a stream on the restarted actor after a crash (`runtime_open.py`).
+    stream_step = ray.method(max_task_retries=0)(OpenRunsMixin.stream_step)
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = RuntimeConfig.model_validate(config)
@@ -267,6 +271,16 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
             raise UnknownApplication(f"no application {key!r}; submit it first")
         events = await asyncio.to_thread(self.journal.events, stored.id, after)
         return [{"id": e.id, "at_s": e.at_s, "kind": e.kind, "backend": e.backend, "detail": e.detail} for e in events]
+
+    async def pid(self) -> int:
+        """The process id of the scheduler actor itself (what a crash test kills)."""
+        return os.getpid()
+
+    @staticmethod
+    def _request_name() -> str:
+        """The name of the actor call being served, the same in each of its tries: Ray retries
+        a call that was in flight when the actor died on the restarted actor, as the same task."""
+        return f"ray-task:{ray.get_runtime_context().get_task_id()}"
 
     async def backend_pid(self, name: str) -> int | None:
         """The process id of a backend's actor, None while it is cold."""

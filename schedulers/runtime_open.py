@@ -12,8 +12,26 @@ Every step in flight has a waiter future in `LiveRun.waiters`, also when no call
 (a named step, `runtime_steps.py`, or a step recovered after a restart): it is what a long poll
 waits on and what keeps the run from being finished or closed as idle under a running step.
 
+A scheduler crash (its process killed) runs no request twice, as for program runs: every step
+is stored (`journal.start_step`) before it is queued, under a name — the client's for a named
+step, else the name of the Ray call that carries it (`_request_name`, its Ray task id). The
+restarted actor queues the stored steps not done yet again (`_recover_open`), and Ray retries
+each caller's call that was in flight on it (`max_task_retries=-1`) under the same task id: the
+retry finds its step by that name and answers it (`_stored_answer`: awaits it, or reads its
+stored result) instead of storing a second one. So each request has one `step_calls` row,
+completed once (`journal.complete`) and answered once: the first try's reply died with the
+process. Execution on the backend is at least once, like a program run's call: the backend
+actors are owned by the scheduler actor and die with it, so a call running at the crash is
+lost and runs again on its row; even an execution that outlived the crash could not be
+recorded, because its result's owner was the dead process. A call whose result is stored never
+runs again. A stream is not retried (`HermesScheduler.stream_step`): Ray would append a retry's
+items after those already delivered, and a re-run's deltas are not the first run's, so the
+client would read a spliced answer. Its client gets an error instead, and its step still runs
+once in the restarted scheduler, its result stored.
+
 It uses the scheduler's state and helpers (`by_key`, `journal`, `slots`, `demand`, `policy`,
-`store`, `_begin_step`, `_end`, `_fail`, `_new_live`, `_observation`, `_timed`, `_use_graph`);
+`store`, `_begin_step`, `_end`, `_fail`, `_new_live`, `_observation`, `_request_name`, `_timed`,
+`_use_graph`);
 its own state is `_session_keys`, each client session's latest application key.
 """
 
@@ -30,15 +48,17 @@ from pydantic import TypeAdapter, ValidationError
 from hermesflow.apps.program import StepPlan
 from hermesflow.backends.call_checks import LLM_BACKEND_TYPES, check_call
 from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
-from hermesflow.journal import RunEnd, StoredCall
+from hermesflow.journal import ClientStepRow, RunEnd, StoredCall
 from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
 from hermesflow.schedulers.open_apps import DECLARED_SOURCE, open_class_prior, structure_of
 from hermesflow.schedulers.runtime_state import (
     ApplicationFinished,
     LiveRun,
+    RunFailed,
     SubmissionError,
     UnknownApplication,
     new_step,
+    view_step,
     view_stored,
 )
 from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow
@@ -61,8 +81,12 @@ class OpenRunsMixin:
     ) -> dict[str, Any]:
         """Run one step of an open application and return its result (JSON). With `reopen`,
         `key` names a client session: once its application has ended, the step starts the
-        session's next application (`key#2`, `key#3`, ...) instead of being refused."""
-        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=False)
+        session's next application (`key#2`, `key#3`, ...) instead of being refused.
+
+        The step is stored under the name of the Ray call that carries it (`_request_name`), so
+        Ray's retry of the call after a crash answers the stored step (module docstring)."""
+        request = self._request_name()
+        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, reopen, False, request)
         return (await future).model_dump(mode="json")
 
     async def stream_step(
@@ -75,7 +99,8 @@ class OpenRunsMixin:
         labels: dict[str, Any] | None = None,
         reopen: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`."""
+        """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`. Not
+        retried after a crash: its client gets an error (module docstring)."""
         future, sink = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=True)
         while True:
             getter = asyncio.ensure_future(sink.get())
@@ -89,11 +114,35 @@ class OpenRunsMixin:
             yield {"result": future.result().model_dump(mode="json")}
             return
 
-    async def _open_step(self, key, app_class, stage, call, backend, labels, reopen, stream):
+    async def _open_step(self, key, app_class, stage, call, backend, labels, reopen, stream, request=None):
         parsed, backend = await self._parse_step(stage, call, backend)
         if reopen:
             key = self._session_key(key)
-        return self._timed(self._admit_open_step, key, app_class, stage, parsed, backend, labels, stream)
+        return self._timed(self._admit_request, key, app_class, stage, parsed, backend, labels, stream, request)
+
+    def _admit_request(self, key, app_class, stage, call, backend, labels, stream, request):
+        """Admit a step (`_admit_open_step`) — unless a step is stored under `request` already,
+        because Ray retried its call on this restarted actor: then the stored step answers. One
+        synchronous piece, so a second try cannot interleave with the first."""
+        if request is not None and (found := self.journal.client_step(key, request)) is not None:
+            run, step = found
+            if step is not None:
+                return self._stored_answer(key, run, step), None
+        return self._admit_open_step(key, app_class, stage, call, backend, labels, stream, request=request)
+
+    def _stored_answer(self, key: str, run: RunRow, step: ClientStepRow) -> asyncio.Future:
+        """The answer of a stored step: its waiter while it is in flight (every step in flight
+        has one, recovered steps too), else its stored result, or the error its application
+        ended with before it ran."""
+        live = self.by_key.get(key)
+        if live is not None and (waiter := live.waiters.get(step.call.id)) is not None:
+            return waiter
+        answer, view = _waiter(), view_step(key, run, step)
+        if view["result"] is None:
+            answer.set_exception(RunFailed(view["error"]))
+        else:
+            answer.set_result(CallResult.model_validate(view["result"]))
+        return answer
 
     async def _parse_step(self, stage: str, call: dict[str, Any], backend: str | None) -> tuple[Call, str]:
         """The step's call, validated, and the backend it runs on (default: `llm` for an LLM
@@ -129,10 +178,11 @@ class OpenRunsMixin:
         return key
 
     def _admit_open_step(
-        self, key, app_class, stage, call, backend, labels, stream, client_step=None, attempt=1
+        self, key, app_class, stage, call, backend, labels, stream, client_step=None, attempt=1, request=None
     ):
         """Queue one step (opening the run on its first); `client_step` is the client's name of
-        it, stored with the step, and `attempt` which submission of that name this is."""
+        it, stored with the step, and `attempt` which submission of that name this is. An
+        unnamed step is stored under `request`, the name of the Ray call that carries it."""
         now = time.time()
         live = self.by_key.get(key)
         if live is None:
@@ -158,7 +208,7 @@ class OpenRunsMixin:
         live.doc["step"] += 1
         live.doc["visits"][stage] = live.doc["visits"].get(stage, 0) + 1
         plan = StepPlan(stage=stage, backend=backend, calls=[call])
-        step = new_step(live.doc["step"], plan, client_step, attempt)
+        step = new_step(live.doc["step"], plan, client_step or request, attempt)
         calls = self.journal.start_step(live.record.app_id, live.doc, step, now)
         future = live.waiters[calls[0].id] = _waiter()
         sink: asyncio.Queue | None = asyncio.Queue() if stream else None
@@ -270,7 +320,8 @@ class OpenRunsMixin:
     def _recover_open(self, run: RunRow, doc: dict[str, Any], calls: list[StoredCall]) -> None:
         """Reload an open run after a restart: its calls not done yet are queued again, each
         with a waiter, as if its client were still waiting (a named step's client reads the
-        result later; a blocked HTTP request's client is gone, the result is stored anyway)."""
+        result later; a `submit_step` caller's retried call awaits the waiter; a stream's
+        client is gone, the result is stored anyway)."""
         live = self._new_live(run, None, None, doc)
         if not calls:
             return

@@ -9,6 +9,9 @@ import time
 import types
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pytest
 
@@ -16,14 +19,16 @@ ray = pytest.importorskip("ray")
 
 from hermesflow.apps.map_reduce import MapReduceSummarizer  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.journal import RunJournal  # noqa: E402
+from hermesflow.journal import RunJournal, StoredCall  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
 from hermesflow.store import CallPhase, Store  # noqa: E402
 from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
 from hermesflow.schedulers.runtime_state import SubmissionError, load_program  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
+from support.serving import serving, wait_warm  # noqa: E402
 
+T = TypeVar("T")
 TOOLS = BackendSpec(name="tools", type="python-tools", options={"workers": 4}, expected_warmup_s=2.0)
 
 
@@ -163,6 +168,144 @@ def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(schedule
         kinds = Counter(e.kind for e in journal.events(run.id))
         assert kinds["finish"] == 1 and kinds["complete"] == 4
     assert any(d.kind == "recover" for d in Store(db_url).decisions())
+
+
+LLM = BackendSpec(
+    name="llm", type="transformers", options={"max_batch": 4}, num_cpus=1, expected_warmup_s=5.0
+)
+SESSIONS = {"alice": False, "carol": True}
+"""OpenAI sessions (`user`) of the crash test, and whether each streams its chats."""
+SESSION_CHATS = 3
+CHAT_TOKENS = 48
+FLUSH_S = 0.2
+"""The planner interval of the crash test, which flushes dispatch marks: well below a chat's
+time, so a running chat shows as RUNNING in the store."""
+PROGRAM_STEPS = 8
+
+
+def _chat_session(url: str, user: str, stream: bool) -> list[tuple[str, str | Exception]]:
+    """One user's chats, one after another, through the gateway: (content, answer) pairs. A
+    streamed chat cut by the crash answers its error, and the session stops there."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
+    answers: list[tuple[str, str | Exception]] = []
+    for index in range(SESSION_CHATS):
+        content = f"{user}, request {index}: count from 1 to 100, separated by commas."
+        messages = [{"role": "user", "content": content}]
+        request = {"model": "llm", "messages": messages, "max_tokens": CHAT_TOKENS, "user": user}
+        if not stream:
+            reply = client.chat.completions.create(**request)
+            answers.append((content, reply.choices[0].message.content))
+            continue
+        try:
+            chunks = client.chat.completions.create(stream=True, **request)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            answers.append((content, text))
+        except openai.APIError as error:
+            answers.append((content, error))
+            break
+    return answers
+
+
+def _session_calls(journal: RunJournal, user: str) -> list[StoredCall]:
+    run = journal.run(user)
+    return [] if run is None else journal.calls(run.id)
+
+
+def _in_flight(journal: RunJournal, program_keys: list[str]) -> list[int]:
+    """The ids of the sessions' running calls, once every session has an answered request and a
+    running one and every program run is part-way; empty before."""
+    running = []
+    for user in SESSIONS:
+        calls = _session_calls(journal, user)
+        now = [c.id for c in calls if c.phase is CallPhase.RUNNING]
+        if not now or not any(c.phase is CallPhase.DONE for c in calls):
+            return []
+        running += now
+    for key in program_keys:
+        done = sum(c.phase is CallPhase.DONE for c in journal.calls(journal.run(key).id))
+        if not 0 < done < PROGRAM_STEPS:
+            return []
+    return running
+
+
+def _sessions_done(journal: RunJournal) -> bool:
+    calls = [c for user in SESSIONS for c in _session_calls(journal, user)]
+    return all(c.phase is CallPhase.DONE for c in calls)
+
+
+def _until(condition: Callable[[], T], what: str, timeout_s: float = 120.0) -> T:
+    """`condition()` once it is truthy; fails the test with `what` after `timeout_s`."""
+    deadline = time.time() + timeout_s
+    while not (found := condition()):
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.slow
+def test_killed_scheduler_process_runs_program_runs_and_session_requests_exactly_once(
+    ray_cluster, tmp_path
+):
+    """SIGKILL of the scheduler actor's process while program runs and OpenAI sessions (chats
+    with `user`, through the real gateway; one session streams) are in flight. Ray restarts the
+    actor and retries the gateway's calls on it: every program step and every chat request has
+    exactly one executed `step_calls` row, each non-streamed chat gets one answer — the stored
+    one — and the stream cut by the crash ends with an error, not with a spliced answer."""
+    db_url = f"sqlite:///{tmp_path / 'hermes.db'}"
+    config = RuntimeConfig(
+        db_url=db_url,
+        backends=[TOOLS, LLM],
+        programs={"sleep_chain": "runtime_programs:SleepChain"},
+        warm_at_start=("llm", "tools"),
+        planner_interval_s=FLUSH_S,
+    )
+    journal = RunJournal(Store(db_url))
+    with serving(config, None, "crash") as served:
+        handle = served.scheduler
+        wait_warm(served.url, None, ("llm", "tools"), timeout_s=180)
+        pid = ray.get(handle.pid.remote())
+        with ThreadPoolExecutor(len(SESSIONS)) as pool:
+            sessions = {
+                user: pool.submit(_chat_session, served.url, user, streams)
+                for user, streams in SESSIONS.items()
+            }
+            _until(lambda: _in_flight(journal, []), "the sessions never ran requests together")
+            programs = [_submit(handle, steps=PROGRAM_STEPS, seconds=0.5) for _ in range(3)]
+            killed = _until(lambda: _in_flight(journal, programs), "no moment had all part-way")
+            os.kill(pid, signal.SIGKILL)
+            answers = {user: session.result(timeout=600) for user, session in sessions.items()}
+        views = _wait_all(handle, programs, timeout_s=120)
+        # the cut stream's request too: it runs in the restarted scheduler, unheard
+        _until(lambda: _sessions_done(journal), "a session's request never ran after the restart")
+        assert ray.get(handle.pid.remote()) != pid
+    assert [v["phase"] for v in views] == ["finished"] * 3
+    for key in programs:
+        run = journal.run(key)
+        calls = [(c.step, c.phase) for c in journal.calls(run.id)]
+        assert calls == [(step, CallPhase.DONE) for step in range(PROGRAM_STEPS)]
+        assert Counter(e.kind for e in journal.events(run.id))["finish"] == 1
+    rerun = []
+    for user, stream in SESSIONS.items():
+        assert journal.run(f"{user}#2") is None  # the crash did not open a second application
+        calls = _session_calls(journal, user)
+        by_request: dict[str, list[StoredCall]] = {}
+        for call in calls:
+            by_request.setdefault(call.call["messages"][-1]["content"], []).append(call)
+        assert sorted(by_request) == sorted(content for content, _ in answers[user])
+        for content, answer in answers[user]:
+            rows = by_request[content]
+            assert len(rows) == 1, f"{content!r} has {len(rows)} step_calls rows: {rows}"
+            [executed] = rows
+            assert executed.phase is CallPhase.DONE
+            if isinstance(answer, Exception):
+                assert stream and "scheduler" in str(answer)
+            else:
+                assert answer == executed.result["text"]
+        rerun += [c for c in calls if c.id in killed]
+    assert len(answers["alice"]) == SESSION_CHATS
+    assert isinstance(answers["carol"][-1][1], Exception)  # its stream was cut by the crash
+    assert any(c.attempts == 2 for c in rerun)  # a request in flight ran again on its own row
 
 
 def test_recovered_runs_regain_their_per_application_policy_state(ray_cluster, tmp_path):
