@@ -255,11 +255,12 @@ def cluster_address(ray_cluster: None) -> str:
 
 
 def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: Path) -> None:
+    """`--detach` returns once its pinned backend (here the light tool pool) is warm."""
     names = _names()
     serve = ServeProcess(
         tmp_path,
         "--warm",
-        "",
+        "tools",
         "--address",
         cluster_address,
         "--detach",
@@ -271,8 +272,9 @@ def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: P
     assert serve.wait(timeout_s=60) == 0
     assert url.startswith("http://127.0.0.1:")
     backends = httpx.get(f"{url}/v1/backends", timeout=30).json()  # no token: the API is open
-    assert {b["name"] for b in backends} == {"llm", "search", "code", "tools"}
-    assert {b["phase"] for b in backends} == {"cold"}
+    assert {b["name"]: b["phase"] for b in backends} == {
+        "llm": "cold", "search": "cold", "code": "cold", "tools": "warm"
+    }
     assert {"fact_check", "react", "code_gen", "map_reduce"} <= set(
         httpx.get(f"{url}/v1/stats").json()["classes"]
     )
@@ -288,6 +290,40 @@ def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: P
     assert not _actor_exists(names[1]) and not _actor_exists(names[3])
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", timeout=5)
+
+
+def test_a_detached_serve_that_is_not_ready_in_time_says_so(
+    cluster_address: str, tmp_path: Path
+) -> None:
+    names = _names()
+    serve = ServeProcess(
+        tmp_path,
+        "--warm",
+        "llm",
+        "--ready-timeout",
+        "0.5",
+        "--address",
+        cluster_address,
+        "--detach",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'h.db'}",
+        *names,
+    )
+    try:
+        assert serve.wait(timeout_s=STARTUP_S) == 1
+        assert serve.stdout == ""  # no URL: it never was ready
+        message = serve.stderr
+        assert "not ready after 0.5 s" in message and "llm" in message
+        assert "it keeps warming, detached; stop it with `hermesflow stop" in message
+        assert "Traceback" not in message
+    finally:
+        subprocess.run(
+            [HERMESFLOW, "stop", "--address", cluster_address, "--grace-period", "0", *names],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+    assert not _actor_exists(names[1]) and not _actor_exists(names[3])
 
 
 def test_a_foreground_serve_exits_when_stopped_from_another_shell(
