@@ -18,6 +18,7 @@ import asyncio
 import gc
 import importlib.util
 import inspect
+import os
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +30,7 @@ from hermesflow.backends.llm_text import encode_call
 from hermesflow.backends.model_files import ensure_smollm2
 
 VLLM_INSTALL = "pip install 'hermesflow[gpu]'"
+MULTIPROC_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 
 
 def missing_gpu_stack() -> str | None:
@@ -120,6 +122,11 @@ class VLLMBackend(Backend):
                 f"with a CUDA GPU ({error})"
             ) from error
         model = self.model if self.model is not None else await asyncio.to_thread(ensure_smollm2)
+        # vLLM runs its engine in a child process, forked by default. A process that already
+        # touched CUDA (a `torch.cuda` check, a Ray GPU worker) leaves a forked child unable to
+        # use it ("Cannot re-initialize CUDA in forked subprocess", seen on an H200), so start
+        # the child fresh unless the user chose otherwise.
+        os.environ.setdefault(MULTIPROC_METHOD_ENV, "spawn")
         args = AsyncEngineArgs(
             model=str(model),
             dtype=self.dtype,
