@@ -327,9 +327,11 @@ def start_gateway(
 ) -> str:
     """Start the gateway actor (or find the running one of that name) in front of the named
     scheduler and return its base URL once `/healthz` answers. Ray must be initialised and
-    the scheduler running. `port=0` picks a free port. The actor is placed on this driver's
-    node (soft), so a loopback address is reachable from here. `limits` default to the
-    `HERMES_API_*` settings of this process (the one the operator starts)."""
+    the scheduler running. `port=0` picks a free port. The actor is pinned to this driver's
+    node, so the address it binds is this machine's (or container's): Ray's soft affinity
+    spilled it to another node of a compose deployment when this node had no idle worker.
+    `limits` default to the `HERMES_API_*` settings of this process (the one the operator
+    starts)."""
     limits = limits or ApiLimits()
     get_scheduler(scheduler_name, namespace)  # a clear error here rather than a dead actor
     handle = GatewayActor.options(
@@ -340,7 +342,7 @@ def start_gateway(
         num_cpus=0,
         max_restarts=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True
+            ray.get_runtime_context().get_node_id(), soft=False
         ),
     ).remote(host, port, token, scheduler_name, namespace, log_level, limits.model_dump())
     url = ray.get(handle.url.remote(), timeout=timeout_s)
