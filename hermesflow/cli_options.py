@@ -143,8 +143,9 @@ def http_url(url: str) -> str:
 
 
 def database_url(url: str | None) -> str | None:
-    """An option callback: a SQLAlchemy URL whose dialect and driver are installed, e.g. sqlite:///h.db or
-    postgresql+psycopg://user@host/db (checked here, not when the scheduler first opens it)."""
+    """An option callback: a SQLAlchemy URL whose dialect and driver are installed, e.g.
+    sqlite:///h.db or postgresql+psycopg://user@host/db (checked here, not when the scheduler
+    first opens it)."""
     if url is None:
         return None
     from sqlalchemy.engine import make_url

@@ -76,7 +76,9 @@ def assess_readiness(backends: Iterable[Mapping[str, Any]]) -> Readiness:
         if b.get("pinned") and b["phase"] != "warm"
     ]
     if not pending:
-        return Readiness(status=ReadinessStatus.READY, message="ready: the pinned backends are warm")
+        return Readiness(
+            status=ReadinessStatus.READY, message="ready: the pinned backends are warm"
+        )
     names = ", ".join(f"{b.name} ({b.phase})" for b in pending)
     return Readiness(
         status=ReadinessStatus.WARMING,

@@ -134,6 +134,10 @@ def _serve(plan: ServePlan, stop: StopRequest) -> int:
     config = plan.config
     console.print(f"starting the scheduler ({config.policy} + {config.planner}) and the API ...")
     url = None
+    # a start that fails leaves alone what ran before under these names (another serve's);
+    # once serving, the foreground serve owns both, as it always joins them if they exist
+    found = [name for name in plan.names if name not in missing_actors(plan.names)]
+    stop_at_end = not plan.detach
     try:
         try:
             start_scheduler(config, name=plan.names.scheduler)
@@ -142,6 +146,9 @@ def _serve(plan: ServePlan, stop: StopRequest) -> int:
             )
         except (RuntimeError, TimeoutError, RayError) as error:
             console.print(f"hermesflow serve could not start: {one_line(error)}", markup=False)
+            if found:
+                stop_at_end = False
+                console.print(f"left running as found: {', '.join(found)}", markup=False)
             return 1
         console.print(
             f"the API listens at {url}; waiting until it is ready (GET {url}{READY_PATH}) ...",
@@ -165,10 +172,11 @@ def _serve(plan: ServePlan, stop: StopRequest) -> int:
             )
         return 0
     finally:
-        if not plan.detach:
+        if stop_at_end:
             if url is not None and plan.grace_s > 0:
                 console.print(
-                    f"stopping: the API drains for up to {plan.grace_s:g} s (Ctrl-C again: at once) ..."
+                    f"stopping: the API drains for up to {plan.grace_s:g} s "
+                    "(Ctrl-C again: at once) ..."
                 )
             stopped = stop_serving(plan.names, plan.grace_s)
             console.print(f"stopped: {', '.join(stopped) or 'nothing was left running'}")

@@ -66,6 +66,9 @@ def test_serve_checks_each_program_before_starting_ray() -> None:
 
 # -- submit: an HTTP client of a running gateway --------------------------------------------------
 
+CLI_SCHEDULER = f"cli-scheduler-{uuid.uuid4().hex[:8]}"
+CLI_GATEWAY = f"cli-gateway-{uuid.uuid4().hex[:8]}"
+
 
 @pytest.fixture(scope="module")
 def gateway_url(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -77,23 +80,17 @@ def gateway_url(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> 
     from hermesflow.backends.base import BackendSpec
     from hermesflow.gateway import start_gateway, stop_gateway
 
-    suffix = uuid.uuid4().hex[:8]
     config = RuntimeConfig(
         db_url=f"sqlite:///{tmp_path_factory.mktemp('cli') / 'hermes.db'}",
         backends=[BackendSpec(name="tools", type="python-tools", expected_warmup_s=2.0)],
         programs={"sleep_chain": "runtime_programs:SleepChain"},
         warm_at_start=("tools",),
     )
-    scheduler = start_scheduler(config, name=f"cli-scheduler-{suffix}")
+    scheduler = start_scheduler(config, name=CLI_SCHEDULER)
     try:
-        yield start_gateway(
-            port=0,
-            token=TOKEN,
-            scheduler_name=f"cli-scheduler-{suffix}",
-            name=f"cli-gateway-{suffix}",
-        )
+        yield start_gateway(port=0, token=TOKEN, scheduler_name=CLI_SCHEDULER, name=CLI_GATEWAY)
     finally:
-        stop_gateway(f"cli-gateway-{suffix}")
+        stop_gateway(CLI_GATEWAY)
         ray.get(scheduler.shutdown.remote())
         ray.kill(scheduler, no_restart=True)
 
@@ -180,7 +177,9 @@ class ServeProcess:
     def stderr(self) -> str:
         return self.err.read_text()
 
-    def wait_for(self, pattern: str, *, stream: str = "stdout", timeout_s: float = STARTUP_S) -> re.Match:
+    def wait_for(
+        self, pattern: str, *, stream: str = "stdout", timeout_s: float = STARTUP_S
+    ) -> re.Match:
         """The first match of `pattern` in stdout (or stderr); fails with stderr if the process
         exits or the time runs out first."""
         deadline = time.monotonic() + timeout_s
@@ -292,6 +291,24 @@ def test_serve_detached_on_a_cluster_then_stop(cluster_address: str, tmp_path: P
         httpx.get(f"{url}/healthz", timeout=5)
 
 
+def test_a_serve_that_cannot_start_says_why_in_one_line_and_leaves_others_alone(
+    gateway_url: str, cluster_address: str, tmp_path: Path
+) -> None:
+    """The names of a running scheduler and gateway, but another token: the gateway refuses to
+    change its settings; `serve` says so in one line, and stops nothing it did not start."""
+    names = ["--scheduler-name", CLI_SCHEDULER, "--gateway-name", CLI_GATEWAY]
+    serve = ServeProcess(
+        tmp_path, "--warm", "", "--address", cluster_address, "--token", "other", *names
+    )
+    assert serve.wait(timeout_s=STARTUP_S) == 1
+    (reason,) = [line for line in serve.stderr.splitlines() if "could not start" in line]
+    assert "already runs at" in reason and "token_sha256" in reason
+    assert "Traceback" not in serve.stderr
+    assert "left running as found" in serve.stderr
+    still = httpx.get(f"{gateway_url}/v1/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert still.status_code == 200
+
+
 def test_a_detached_serve_that_is_not_ready_in_time_says_so(
     cluster_address: str, tmp_path: Path
 ) -> None:
@@ -330,8 +347,9 @@ def test_a_foreground_serve_exits_when_stopped_from_another_shell(
     cluster_address: str, tmp_path: Path
 ) -> None:
     names = _names()
+    database = f"sqlite:///{tmp_path / 'h.db'}"
     serve = ServeProcess(
-        tmp_path, "--warm", "", "--address", cluster_address, "--db-url", f"sqlite:///{tmp_path / 'h.db'}", *names
+        tmp_path, "--warm", "", "--address", cluster_address, "--db-url", database, *names
     )
     try:
         url = serve.url()
@@ -352,7 +370,7 @@ def test_a_foreground_serve_exits_when_stopped_from_another_shell(
         httpx.get(f"{url}/healthz", timeout=5)
 
 
-# -- readiness and drain: one serve with the CPU LLM pinned warm ------------------------------------
+# -- readiness and drain: one serve with the CPU LLM pinned warm ---------------------------------
 
 GRACE_S = 20.0
 """The drain test's grace period: a 12-token answer finishes within it on a loaded machine, a
@@ -452,7 +470,11 @@ class Chat(threading.Thread):
     def run(self) -> None:
         try:
             with httpx.stream(
-                "POST", f"{self.url}/v1/chat/completions", json=self.request, headers=AUTH, timeout=300
+                "POST",
+                f"{self.url}/v1/chat/completions",
+                json=self.request,
+                headers=AUTH,
+                timeout=300,
             ) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):

@@ -79,7 +79,7 @@ def test_a_binary_workload_file_is_a_usage_error(tmp_path: Path) -> None:
     _assert_usage_error(result.exit_code, result.output, result.exception, "--workload")
 
 
-# -- serve and stop: refused before Ray starts ------------------------------------------------------
+# -- serve and stop: refused before Ray starts ---------------------------------------------------
 
 PROBE = """
 import json, sys, time
