@@ -447,6 +447,7 @@ def submit_command(
 ) -> None:
     """Submit a run over the HTTP API and print its state as JSON (exit 1 if it failed)."""
     import httpx
+    from pydantic import ValidationError
 
     from hermesflow.api_models import AppSubmission, AppView
 
@@ -456,7 +457,13 @@ def submit_command(
         raise typer.BadParameter(f"not JSON: {error}", param_hint="--inputs") from None
     if not isinstance(parsed, dict):
         raise typer.BadParameter("give a JSON object, e.g. '{\"text\": \"...\"}'", param_hint="--inputs")
-    body = AppSubmission(app_class=app_class, inputs=parsed, app_id=app_id)
+    try:
+        body = AppSubmission(app_class=app_class, inputs=parsed, app_id=app_id)
+    except ValidationError as error:  # a name the API would refuse (empty, too long)
+        problem = error.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else "inputs"
+        hint = _SUBMISSION_HINTS.get(field, field)
+        raise typer.BadParameter(problem["msg"], param_hint=hint) from None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout
     try:
@@ -474,6 +481,10 @@ def submit_command(
     if wait and not view.ended:
         console.print(f"still {view.phase} after {timeout:.0f} s")
         raise typer.Exit(3)
+
+
+_SUBMISSION_HINTS = {"app_class": "APP_CLASS", "app_id": "--app-id", "inputs": "--inputs"}
+"""The command-line name of each field of a submission, for its usage errors."""
 
 
 def _checked(response: Any) -> Any:

@@ -56,6 +56,8 @@ def _assert_usage_error(exit_code: int, output: str, exception: object, option: 
         (["submit", "react", "--timeout", "0"], "--timeout"),
         (["submit", "react", "--timeout", "nan"], "--timeout"),
         (["submit", "react", "--inputs", "[1]"], "--inputs"),
+        (["submit", "react", "--app-id", "a" * 300], "--app-id"),
+        (["submit", ""], "APP_CLASS"),
     ],
 )
 def test_nonsense_is_a_usage_error_naming_the_option(
