@@ -140,7 +140,9 @@ def pdgraph_show(app_class: Annotated[str, typer.Argument(help="application clas
     """Show one class's stages, backends, sizes and successor probabilities."""
     graphs = _graphs(workload)
     if app_class not in graphs:
-        raise typer.BadParameter(f"unknown class {app_class!r}; known: {', '.join(graphs)}")
+        raise typer.BadParameter(
+            f"unknown class {app_class!r}; known: {', '.join(graphs)}", param_hint="APP_CLASS"
+        )
     graph = graphs[app_class]
     table = Table("stage", "kind", "backend", "size (mean)", "fan-out", "visits", "next")
     for name in graph.reachable:

@@ -45,6 +45,7 @@ def _assert_usage_error(exit_code: int, output: str, exception: object, option: 
         (["simulate", "--workload", FOLDER], "--workload"),
         (["simulate", "--workload", "no-such-workload.json"], "--workload"),
         (["pdgraph", "show", "react", "--workload", FOLDER], "--workload"),
+        (["pdgraph", "show", "no_such_class"], "APP_CLASS"),
         (["compare", "--load", "nan"], "--load"),
         (["compare", "--load", "-inf"], "--load"),
         (["compare", "--apps", "0"], "--apps"),
