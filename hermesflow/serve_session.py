@@ -118,7 +118,9 @@ def serve(plan: ServePlan) -> int:
             return _serve(plan, stop)
         except KeyboardInterrupt:
             if plan.detach:
-                console.print(f"interrupted; what started keeps running: {plan.stop_hint}")
+                console.print(
+                    f"interrupted; what started keeps running: {plan.stop_hint}", markup=False
+                )
             else:
                 console.print("stopping at once, without a grace period ...")
                 stop_serving(plan.names, grace_s=0.0)
@@ -136,7 +138,8 @@ def _serve(plan: ServePlan, stop: StopRequest) -> int:
     url = None
     # a start that fails leaves alone what ran before under these names (another serve's);
     # once serving, the foreground serve owns both, as it always joins them if they exist
-    found = [name for name in plan.names if name not in missing_actors(plan.names)]
+    missing = missing_actors(plan.names)
+    found = [name for name in plan.names if name not in missing]
     stop_at_end = not plan.detach
     try:
         try:
