@@ -69,3 +69,14 @@ gpu-check:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The compose deployment for real (deploy/compose_check.py, docs/deploy.md): installs and starts
+# Docker's engine from Debian's packages if missing, builds the images with no registry, brings
+# docker-compose.yml up, runs a DAG end to end and brings it down. Slow (minutes), never part
+# of `make test`. compose-clean removes its images, build/compose/ and the dockerd it started.
+.PHONY: compose-check compose-clean
+compose-check: $(STAMP) browser
+	nice -n 10 $(BIN)/python -m deploy.compose_check $(COMPOSE_CHECK_ARGS)
+
+compose-clean: $(STAMP)
+	$(BIN)/python -m deploy.compose_check --clean

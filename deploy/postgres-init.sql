@@ -1,3 +1,4 @@
--- Run once by the postgres image on an empty volume: the image creates `airflow`
--- (POSTGRES_DB); Hermesflow's store gets its own database on the same server.
+-- Run once by deploy/postgres-entrypoint.sh on an empty data volume: Airflow's metadata
+-- database and Hermesflow's store, on one server (as `make up` does, deploy/postgres.py).
+CREATE DATABASE airflow;
 CREATE DATABASE hermesflow;

@@ -1,26 +1,31 @@
 """docker-compose.yml describes the same deployment as `make up` (deploy/local.py): the same
 services by name, the same Airflow components and commands, Hermesflow's API with token auth
 on the Ray cluster's head, the `hermesflow_default` connection pointing at it, only loopback
-ports published, and secrets only from `.env`. No Docker engine is needed for these checks;
-where `docker` is installed, `docker compose config` validates the file too."""
+ports published, secrets and ports only from `.env`, one image built offline. No Docker engine
+is needed for these checks; where Compose (v2 or Debian's 1.29) is installed, `config`
+validates the file too. `make compose-check` runs it for real (tests/deploy/test_compose_up.py)."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from dataclasses import fields
 from typing import Any
 
 import pytest
 import yaml
 
-from deploy import airflow
+from deploy import airflow, images
+from deploy.compose_check import PORTS as PORT_SETTINGS_BY_NAME
 from deploy.local import REPO, SERVICES
+from deploy.state import Ports
 
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"
 HERMESFLOW_PORT = 8000
+PORT_SETTINGS = {setting: name for name, setting in PORT_SETTINGS_BY_NAME.items()}
+"""The port variables of docker-compose.yml -> the `make up` port each one's default mirrors."""
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,8 @@ def test_connection_points_at_hermesflow(services: dict[str, dict[str, Any]]) ->
     assert "airflow db migrate" in init
     assert "airflow connections add hermesflow_default --conn-type hermesflow" in init
     assert f"--conn-host hermesflow --conn-port {HERMESFLOW_PORT}" in init
-    assert '--conn-password "$$HERMES_API_TOKEN"' in init
+    # `=`: a generated token may start with "-", which argparse would take for an option.
+    assert '--conn-password="$$HERMES_API_TOKEN"' in init
 
 
 def test_dependencies_exist_and_have_no_cycle(services: dict[str, dict[str, Any]]) -> None:
@@ -99,35 +105,64 @@ def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]
     assert published and all(p.startswith("127.0.0.1:") for p in published), published
 
 
-def test_every_secret_comes_from_the_env_file() -> None:
-    used = set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
-    defined = {
-        line.split("=", 1)[0]
+def test_every_setting_comes_from_the_env_file() -> None:
+    """Every variable the file reads is in the example `.env`: secrets are required (`:?`, no
+    default in the file), published ports have the defaults `make up` uses."""
+    text = COMPOSE.read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    defined = dict(
+        line.split("=", 1)
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line and not line.startswith("#")
+    )
+    assert used == set(defined) - {"COMPOSE_PROJECT_NAME"}
+    defaults = dict(re.findall(r"\$\{(\w+):-(\w+)\}", text))
+    assert set(defaults) == {name for name in used if name.endswith("_PORT")}
+    assert all(defined[name] == value for name, value in defaults.items())
+    ports = {f.name: f.default for f in fields(Ports)}
+    assert {PORT_SETTINGS[name]: int(value) for name, value in defaults.items()} == {
+        name: ports[name] for name in PORT_SETTINGS.values()
     }
-    assert used == defined
+    assert {name for name in used if name not in defaults} == {
+        name for name in set(re.findall(r"\$\{(\w+):\?", text))
+    }
 
 
-def test_image_installs_cpu_torch_before_the_project() -> None:
+def test_image_builds_offline_from_the_prepared_wheels() -> None:
+    """No registry and no package index while building: the base image is the locally
+    imported one, pip only installs files (the wheelhouse resolved with torch 2.13.0 CPU
+    first, deploy/images.py), and the build context lets in only what the image copies."""
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
-    torch = dockerfile.index(
-        'pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu'
-    )
-    assert torch < dockerfile.index('".[airflow]"')
+    assert f"ARG BASE_IMAGE={images.BASE_IMAGE}" in dockerfile
+    assert {line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")} == {
+        "${BASE_IMAGE}"
+    }
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs and all("--no-index --no-deps" in line for line in installs), installs
+    assert images.PYTHON_REQUIREMENTS[0] == "torch==2.13.0"
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE)
+    allowed = (REPO / ".dockerignore").read_text().split("\n!")[1:]
+    for source in " ".join(copied).split():
+        assert any(pattern.strip().startswith(source.rstrip("/")) for pattern in allowed), source
 
 
-def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker is not installed on this machine; the file was checked as YAML only")
-    plugin = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, timeout=60, check=False
-    )
-    if plugin.returncode != 0:
-        pytest.skip("this docker CLI has no compose plugin; the file was checked as YAML only")
+def test_every_service_runs_the_one_image(services: dict[str, dict[str, Any]]) -> None:
+    """One image for all services, PostgreSQL included (no registry to pull postgres:15)."""
+    assert {service["image"] for service in services.values()} == {images.IMAGE}
+    assert services["postgres"]["command"] == ["/opt/hermesflow/deploy/postgres-entrypoint.sh"]
+
+
+@pytest.mark.parametrize("compose", [["docker", "compose"], ["docker-compose"]], ids=" ".join)
+def test_compose_config_accepts_the_file(compose: list[str]) -> None:
+    """Compose v2 (the docker CLI's plugin) and Debian's Compose 1.29 both accept the file,
+    where they are installed (`make compose-check` runs it for real)."""
+    if shutil.which(compose[0]) is None:
+        pytest.skip(f"{compose[0]} is not installed on this machine; the file was checked as YAML")
+    version = subprocess.run([*compose, "version"], capture_output=True, timeout=60, check=False)
+    if version.returncode != 0:
+        pytest.skip(f"`{' '.join(compose)}` is not available; the file was checked as YAML")
     done = subprocess.run(
-        [docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"],
+        [*compose, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"],
         capture_output=True,
         text=True,
         timeout=120,
