@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -410,9 +411,10 @@ def clean() -> int:
         engine = ensure_engine()
         project = ComposeProject(engine)
         print(f"compose project {PROJECT}: {project.down()}")
-        removed = images.remove_images()
-        print(f"images removed: {', '.join(removed) or 'none'}; {BUILD} removed")
+        print(f"images removed: {', '.join(images.remove_images()) or 'none'}")
         print(stop_daemon() or "dockerd: not started by the check, left running")
+        shutil.rmtree(BUILD, ignore_errors=True)  # after stop_daemon: it holds dockerd's record
+        print(f"{BUILD} removed")
     except (StageFailed, EngineError) as error:
         print(f"compose clean failed: {error}", file=sys.stderr)
         return 1

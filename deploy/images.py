@@ -196,14 +196,13 @@ def build_image() -> str:
 
 
 def remove_images() -> list[str]:
-    """Remove the image, its stages and the base (and untagged leftovers), then build/compose/."""
+    """Remove the image, its stage and the base, and untagged leftovers of older builds."""
     removed = []
     for image in (IMAGE, *(f"{STAGE_IMAGE}:{stage}" for stage in STAGES), BASE_IMAGE):
         if _image_id(image):
             run(["docker", "rmi", "-f", image])
             removed.append(image)
     run(["docker", "image", "prune", "-f", "--filter", f"label={RECIPE_LABEL}"])
-    shutil.rmtree(BUILD, ignore_errors=True)
     return removed
 
 
