@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hermesflow.apps.program import StepPlan
 from hermesflow.apps.suite import DEMO_MIX, REFERENCE_APPS, LLMEngine, program_paths, suite_backends
@@ -181,11 +182,9 @@ class DemoRun:
             f"{engine.decode_s_per_token * 1e3:.1f} ms/token at full batch, prefill "
             f"{engine.prefill_s_per_token * 1e3:.2f} ms/token, x{probe.slowdown:.2f} the prior "
             "cost model's decode time; the arrival rate comes from that speed.",
-            "Measured in the runs: offered load "
-            + ", ".join(f"{r.policy} {_fmt(r.summary()['offered_load'], '{:.2f}')}" for r in self.results)
-            + "; LLM engine busy "
-            + ", ".join(f"{r.policy} {_fmt(r.summary()['llm_busy_share'], '{:.0%}')}" for r in self.results)
-            + " of the makespan.",
+            "Offered load: the LLM work the run's applications really brought (their real token "
+            "counts, priced at that speed) per second of their arrivals, over the engine's capacity. "
+            "LLM engine busy: the share of the run's makespan in which the engine was computing.",
         ]
         gittins, fcfs = (r.summary() for r in self.results) if len(self.results) == 2 else ({}, {})
         if gittins.get("mean_act_s") and fcfs.get("mean_act_s"):
@@ -196,7 +195,7 @@ class DemoRun:
         failed = sum(len(r.failures) for r in self.results)
         if failed:
             notes.append(
-                f"{failed} application(s) FAILED for an infrastructure reason (listed below): the "
+                f"{failed} application(s) FAILED for an infrastructure reason (each is listed with its error): the "
                 "figures count completed applications only, so the runs are not comparable."
             )
         notes.append(
@@ -264,22 +263,30 @@ def run_demo(apps: int, load: float, seed: int, reports_root: Path, show_progres
     return demo
 
 
+TERMINAL_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("apps_failed", "failed applications", "{:d}"),
+    ("mean_act_s", "mean ACT (s)*", "{:.1f}"),
+    ("p95_act_s", "P95 ACT (s)*", "{:.1f}"),
+    ("cold_start_share", "cold-start share*", "{:.1%}"),
+    ("offered_load", "offered load", "{:.2f}"),
+    ("llm_busy_share", "LLM engine busy", "{:.0%}"),
+    ("overhead_ms_per_step", "scheduler ms/step", "{:.2f}"),
+)
+"""(summary key, label, format) of the terminal table, one row per figure, one column per run."""
+
+
 def print_demo(demo: DemoRun, out: Console) -> None:
     """The demo's terminal summary: the table, the load, every failure with its class and error."""
-    table = Table(
-        "policy", "prewarm", "completed", "failed", "mean ACT s*", "P95 ACT s*", "cold share*",
-        "sched ms/step", "offered load", "LLM busy",
-        caption="* completed applications only",
-    )
-    for result in demo.results:
-        s = result.summary()
-        table.add_row(
-            str(s["policy"]), str(s["planner"]), f"{s['apps_completed']}/{s['apps']}",
-            f"[bold red]{s['apps_failed']}[/]" if s["apps_failed"] else "0",
-            _fmt(s["mean_act_s"], "{:.1f}"), _fmt(s["p95_act_s"], "{:.1f}"),
-            _fmt(s["cold_start_share"], "{:.1%}"), f"{s['overhead_ms_per_step']:.2f}",
-            _fmt(s["offered_load"], "{:.2f}"), _fmt(s["llm_busy_share"], "{:.0%}"),
-        )
+    summaries = [r.summary() for r in demo.results]
+    table = Table("", *(f"{s['policy']} + {s['planner']}" for s in summaries), caption="* completed applications only")
+    table.add_row("completed applications", *(f"{s['apps_completed']}/{s['apps']}" for s in summaries))
+    for key, label, template in TERMINAL_ROWS:
+        cells = [_fmt(s[key], template) for s in summaries]
+        if key == "apps_failed":
+            cells = [f"[bold red]{c}[/]" if s[key] else c for c, s in zip(cells, summaries, strict=True)]
+        if key == "offered_load":
+            label = f"offered load (requested {demo.load:g})"
+        table.add_row(label, *cells)
     out.print(table)
     for note in demo.notes():
         out.print(note, markup=False, highlight=False)
@@ -292,11 +299,12 @@ def print_failures(results: Sequence[RuntimeResult], out: Console) -> None:
     for result in results:
         for failure in result.failures:
             out.print(
-                f"[bold red]FAILED[/] {result.policy} + {result.planner}: {failure.app_class} "
-                f"{failure.key or '(no run)'} {failure.end.value}: ",
-                end="",
+                Text.assemble(
+                    ("FAILED", "bold red"),
+                    f" {result.policy} + {result.planner}: {failure.app_class} {failure.key or '(no run)'} "
+                    f"{failure.end.value}: {failure.error}",
+                )
             )
-            out.print(failure.error or "", markup=False, highlight=False)
 
 
 def demo_json(demo: DemoRun) -> dict[str, Any]:

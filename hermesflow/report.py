@@ -112,7 +112,7 @@ def write_report(
     failure_rows = _failure_rows(summaries)
     failures = (
         '<h2 class="failed">Failed applications</h2>'
-        "<table><tr><th>policy + prewarm</th><th>class</th><th>application</th><th>end</th>"
+        '<table class="failures"><tr><th>policy + prewarm</th><th>class</th><th>application</th><th>end</th>'
         f"<th>error</th></tr>{failure_rows}</table>"
         if failure_rows
         else "<p>Every application completed.</p>"
@@ -121,7 +121,7 @@ def write_report(
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}
-td:first-child{{text-align:left}}td:last-child{{text-align:left}}img{{max-width:100%}}.failed{{color:#b00}}</style></head><body>
+td:first-child{{text-align:left}}table.failures td,table.failures th{{text-align:left}}img{{max-width:100%}}.failed{{color:#b00}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Generated {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}.</p>
 <table><tr><th>policy + prewarm</th>{head}</tr>{rows}</table>
