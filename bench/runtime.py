@@ -158,7 +158,7 @@ def main() -> None:
             print_failures(runs, Console())
     engine = probe.engine
     print(
-        f"engine probe: {len(probe.results)} calls in {probe.seconds:.1f} s; decode {engine.decode_s_per_token * 1e3:.1f} ms/token "
+        f"engine probe: fastest of {len(probe.round_seconds)} rounds of {len(probe.results)} calls, {probe.seconds:.1f} s; decode {engine.decode_s_per_token * 1e3:.1f} ms/token "
         f"at full batch, prefill {engine.prefill_s_per_token * 1e3:.2f} ms/token (x{probe.slowdown:.2f} the prior's decode)"
     )
     for load in loads:

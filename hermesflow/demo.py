@@ -178,7 +178,8 @@ class DemoRun:
             f"{self.apps} applications of the reference mix {dict(DEMO_MIX)}, Poisson arrivals at "
             f"{self.rate_per_s:.3f}/s, seed {self.seed}.",
             f"Load: requested {self.load:g} (offered LLM work / engine capacity). The engine timed "
-            f"before the runs ({len(probe.results)} calls, {probe.seconds:.1f} s): decode "
+            f"before the runs (the fastest of {len(probe.round_seconds)} rounds of {len(probe.results)} calls, "
+            f"{probe.seconds:.1f} s): decode "
             f"{engine.decode_s_per_token * 1e3:.1f} ms/token at full batch, prefill "
             f"{engine.prefill_s_per_token * 1e3:.2f} ms/token, x{probe.slowdown:.2f} the prior "
             "cost model's decode time; the arrival rate comes from that speed.",

@@ -54,6 +54,10 @@ class PlannedApp:
     inputs: dict[str, Any]
 
 
+PROBE_ROUNDS = 3
+"""Identical rounds of probe calls; the fastest one is kept (module docstring of `probe_engine`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineProbe:
     """The speed of one LLM backend, measured on this machine before the runs."""
@@ -61,10 +65,13 @@ class EngineProbe:
     backend: str
     prior: LLMEngineCost
     engine: LLMEngineCost
-    """The prior refitted from the probe's calls by `calibration.calibrate_engine`."""
+    """The prior refitted from the fastest round's calls by `calibration.calibrate_engine`."""
     results: tuple[CallResult, ...]
+    """The calls of the fastest round."""
     seconds: float
-    """Wall time of the timed calls (the model's load excluded)."""
+    """Wall time of the fastest round (the model's load excluded)."""
+    round_seconds: tuple[float, ...]
+    """Wall time of every round, in order."""
 
     @property
     def slowdown(self) -> float:
@@ -80,39 +87,53 @@ class EngineProbe:
             "engine_slowdown_vs_prior": self.slowdown,
             "probe_calls": len(self.results),
             "probe_s": self.seconds,
+            "probe_round_s": list(self.round_seconds),
         }
 
 
-def probe_engine(spec: BackendSpec, prior: LLMEngineCost, calls: Sequence[LLMCall]) -> EngineProbe:
+def probe_engine(
+    spec: BackendSpec, prior: LLMEngineCost, calls: Sequence[LLMCall], rounds: int = PROBE_ROUNDS
+) -> EngineProbe:
     """Time `calls` on a fresh actor of the LLM backend `spec` and fit its engine timing.
 
     Each call joins once the previous one has produced its first text, so every call is
     prefilled alone (an unbiased prefill rate) while the decode batch grows call by call (decode
     iterations timed at several batch sizes, which the fit splits into a fixed and a per-sequence
-    part). Greedy calls of fixed prompts: the probe does the same work on every run.
+    part). The calls are greedy, so every round does the same work: the fastest of `rounds` is
+    kept, as `timeit` keeps its best — a machine that stays busy is slow in every round and is
+    measured slow, a burst of someone else's work during one round is not taken for the engine.
     """
     if len(calls) < MIN_CALLS:
         raise ValueError(f"{len(calls)} probe calls; give at least {MIN_CALLS} for a calibration")
+    if rounds < 1:
+        raise ValueError(f"{rounds} probe rounds; give at least 1")
     actor = BackendActor.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0).remote(
         spec.model_dump(mode="json")
     )
     try:
         ray.get(actor.load.remote())
-        started = time.perf_counter()
-        streams = []
-        for call in calls:
-            stream = actor.stream.options(num_returns="streaming").remote(call.model_dump(mode="json"))
-            streams.append((ray.get(next(stream)), stream))
-        results = [_stream_result(first, stream) for first, stream in streams]
-        seconds = time.perf_counter() - started
+        timed = [_probe_round(actor, calls) for _ in range(rounds)]
     except RayError as error:
         raise ExperimentError(f"the speed probe of backend {spec.name!r} failed: {_message(error)}") from None
     finally:
         ray.kill(actor)
+    seconds, results = min(timed, key=lambda round_: round_[0])
     failed = [r.error for r in results if r.finish_reason == "error"]
     if failed:
         raise ExperimentError(f"the speed probe of backend {spec.name!r} failed: {failed[0]}")
-    return EngineProbe(spec.name, prior, calibrate_engine(results, prior), tuple(results), seconds)
+    engine = calibrate_engine(results, prior)
+    return EngineProbe(spec.name, prior, engine, tuple(results), seconds, tuple(s for s, _ in timed))
+
+
+def _probe_round(actor: Any, calls: Sequence[LLMCall]) -> tuple[float, list[CallResult]]:
+    """One round of staggered probe calls (see `probe_engine`): its wall time and results."""
+    started = time.perf_counter()
+    streams = []
+    for call in calls:
+        stream = actor.stream.options(num_returns="streaming").remote(call.model_dump(mode="json"))
+        streams.append((ray.get(next(stream)), stream))
+    results = [_stream_result(first, stream) for first, stream in streams]
+    return time.perf_counter() - started, results
 
 
 def _stream_result(first: dict[str, Any], stream: Any) -> CallResult:

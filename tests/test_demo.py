@@ -34,7 +34,7 @@ from hermesflow.demo import (  # noqa: E402
     write_demo_report,
 )
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
-from hermesflow.schedulers.runtime_experiment import PlannedApp, run_experiment  # noqa: E402
+from hermesflow.schedulers.runtime_experiment import PROBE_ROUNDS, PlannedApp, run_experiment  # noqa: E402
 
 BROKEN_TOOLS = BackendSpec(
     name="tools", type="python-tools", options={"workers": 1, "tools": {"sleep": "no_such_module_for_tests:nap"}}
@@ -133,6 +133,7 @@ def test_the_demo_command_exits_0_when_every_application_completed(demo_run: Dem
 def test_the_probe_times_the_real_engine_with_solo_prefills_and_growing_batches(demo_run: DemoRun) -> None:
     probe = demo_run.probe
     assert len(probe.results) == PROBE_CALLS and all(r.finish_reason != "error" for r in probe.results)
+    assert len(probe.round_seconds) == PROBE_ROUNDS and probe.seconds == min(probe.round_seconds)
     assert max(r.batch_size for r in probe.results) >= 2  # later calls joined a running batch
     # the engine is the prior refitted from these calls: prefill seconds over prefilled tokens
     prefill = sum(r.prefill_s for r in probe.results) / sum(r.input_tokens for r in probe.results)
