@@ -34,7 +34,7 @@ from hermesflow.lifecycle import DEFAULT_GRACE_S, DEFAULT_READY_TIMEOUT_S
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph, StageKind
 from hermesflow.pdgraph.workload_file import WorkloadFileError, hermes_mix, load_workload
-from hermesflow.schedulers.experiment import ArrivalProcess, simulate
+from hermesflow.schedulers.experiment import MAX_REAL_APPS, ArrivalProcess, simulate
 from hermesflow.schedulers.policies import POLICIES
 from hermesflow.schedulers.prewarm import PLANNERS
 from hermesflow.schedulers.simulator import SimulationConfig, SimulationResult
@@ -217,9 +217,18 @@ GracePeriodOption = Annotated[
 
 @app.command("demo")
 def demo_command(
-    apps: Annotated[int, typer.Option(help="applications per run, 1 to 500 (the cap: real runs take about 4 s each)")] = 32,
-    load: Annotated[float, typer.Option(help="offered LLM work / engine capacity, at the engine speed measured before the runs")] = 1.2,
-    seed: Annotated[int, typer.Option()] = 0,
+    apps: Annotated[
+        int,
+        typer.Option(
+            help=f"applications per run, 1 to {MAX_REAL_APPS}",
+            callback=Bounds(low=1, high=MAX_REAL_APPS, why="each takes 2-4 s of real time per scheduler on 2 cores"),
+        ),
+    ] = 32,
+    load: Annotated[
+        float,
+        typer.Option(help="offered LLM work / engine capacity at the engine speed measured before the runs, 0.01 to 100", callback=LOAD),
+    ] = 1.2,
+    seed: SeedOption = 0,
     reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports"),
     json_output: Annotated[bool, typer.Option("--json", help="end with one JSON line (bench format)")] = False,
 ) -> None:
@@ -229,12 +238,6 @@ def demo_command(
     Prints mean and P95 ACT of the completed applications, their ratio, the cold-start share,
     the measured load and every failed application with its error; writes an HTML report under
     --reports. Exits 1 when an application failed for an infrastructure reason."""
-    from hermesflow.schedulers.experiment import MAX_REAL_APPS
-
-    if not 1 <= apps <= MAX_REAL_APPS:
-        raise typer.BadParameter(f"{apps} applications; give 1 to {MAX_REAL_APPS}", param_hint="--apps")
-    if not (np.isfinite(load) and load > 0):
-        raise typer.BadParameter(f"{load}; give a positive load such as 1.2 (1.0 = the engine's capacity)", param_hint="--load")
     from hermesflow.demo import demo_json, print_demo, run_demo
     from hermesflow.schedulers.runtime_results import ExperimentError
 

@@ -24,8 +24,9 @@ from hermesflow.schedulers.workload import (
 
 MAX_REAL_APPS = 500
 """Most applications a real experiment (`hermesflow demo`, `bench/runtime.py`) serves per
-scheduler. Real runs take wall time — about 4 s per application at load 1.2 on 2 cores — so the
-cap bounds one demo to about an hour; the simulator has no such limit."""
+scheduler. Real runs take wall time — 2-4 s per application and scheduler at load 1.2 on 2 cores,
+more on a busier machine — so the cap bounds one demo to under an hour on a quiet machine; the
+simulator has no such limit."""
 
 
 class ArrivalProcess(StrEnum):

@@ -183,6 +183,7 @@ def test_the_arrival_rate_scales_with_the_measured_engine_speed() -> None:
         (["--load", "0"], "--load"),
         (["--load", "nan"], "--load"),
         (["--load", "inf"], "--load"),
+        (["--seed", "-1"], "--seed"),
     ],
 )
 def test_demo_options_out_of_range_are_usage_errors_naming_the_option(args: list[str], option: str, tmp_path: Path) -> None:
