@@ -17,7 +17,6 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -37,15 +36,7 @@ pytest.importorskip("airflow")
 pytest.importorskip("moto")
 
 # The make-up test's checks, shared instead of copied: both deployments must pass the same ones.
-from test_make_up import (
-    APP_END_WAIT_S,
-    DAG_ID,
-    Up,
-    _check_page,
-    _check_plugin,
-    _run_dag,
-    _store_has_run,
-)
+from test_make_up import DAG_ID, Up, _check_page, check_dag_reaches_hermesflow
 
 HERMESFLOW_PORT_INSIDE = 8000
 """The API's port inside the compose network, which the Airflow connection names."""
@@ -110,19 +101,8 @@ def test_dag_through_airflow_reaches_hermesflow(up: ComposeUp, airflow_api: http
         "hermesflow",
         HERMESFLOW_PORT_INSIDE,
     )
-    run_id, state, seconds = _run_dag(airflow_api, up)
-    up.record(dag=DAG_ID, dag_state=state, dag_run_s=round(seconds, 1))
-    if state != "success":
-        pytest.fail(f"{DAG_ID} ended {state}\n{up.logs()}")
-    print(f"{DAG_ID}: trigger to success in {seconds:.1f} s")
-    app_id = f"{DAG_ID}:{run_id}"
-    with up.hermes() as hermes:
-        app = hermes.get(f"/v1/apps/{quote(app_id, safe='')}", params={"wait": APP_END_WAIT_S})
-        assert app.status_code == 200, app.text
-        assert (app.json()["app_class"], app.json()["phase"]) == (DAG_ID, "finished")
-    assert httpx.get(f"{hermes.base_url}/v1/stats", timeout=30).status_code == 401
-    assert _store_has_run(up, app_id)
-    _check_plugin(airflow_api, up)
+    seconds = check_dag_reaches_hermesflow(airflow_api, up)
+    up.record(dag=DAG_ID, dag_state="success", dag_run_s=round(seconds, 1))
 
 
 @needs_chromium

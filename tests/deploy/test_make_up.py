@@ -160,19 +160,27 @@ def test_dag_through_airflow_reaches_hermesflow_and_the_page(up: Up) -> None:
         connection = api.get("/api/v2/connections/hermesflow_default").json()
         assert connection["conn_type"] == "hermesflow"
         assert connection["port"] == up.ports["hermesflow"]
-        run_id, state, seconds = _run_dag(api, up)
-        if state != "success":
-            pytest.fail(f"{DAG_ID} ended {state}\n{up.logs()}")
-        print(f"{DAG_ID}: trigger to success in {seconds:.1f} s")
-        app_id = f"{DAG_ID}:{run_id}"
-        with up.hermes() as hermes:
-            app = hermes.get(f"/v1/apps/{quote(app_id, safe='')}", params={"wait": APP_END_WAIT_S})
-            assert app.status_code == 200, app.text
-            assert (app.json()["app_class"], app.json()["phase"]) == (DAG_ID, "finished")
-        assert httpx.get(f"{hermes.base_url}/v1/stats", timeout=30).status_code == 401
-        assert _store_has_run(up, app_id)
-        _check_plugin(api, up)
+        check_dag_reaches_hermesflow(api, up)
     _check_page(up)
+
+
+def check_dag_reaches_hermesflow(api: httpx.Client, up: Up) -> float:
+    """Trigger the DAG through Airflow's REST API; it must succeed, its application must be
+    finished in Hermesflow's API (whose token is required) and its store, and the plugin's API
+    must show it. Returns the seconds from trigger to success."""
+    run_id, state, seconds = _run_dag(api, up)
+    if state != "success":
+        pytest.fail(f"{DAG_ID} ended {state}\n{up.logs()}")
+    print(f"{DAG_ID}: trigger to success in {seconds:.1f} s")
+    app_id = f"{DAG_ID}:{run_id}"
+    with up.hermes() as hermes:
+        app = hermes.get(f"/v1/apps/{quote(app_id, safe='')}", params={"wait": APP_END_WAIT_S})
+        assert app.status_code == 200, app.text
+        assert (app.json()["app_class"], app.json()["phase"]) == (DAG_ID, "finished")
+    assert httpx.get(f"{hermes.base_url}/v1/stats", timeout=30).status_code == 401
+    assert _store_has_run(up, app_id)
+    _check_plugin(api, up)
+    return seconds
 
 
 def _run_dag(api: httpx.Client, up: Up) -> tuple[str, str, float]:
