@@ -14,6 +14,7 @@ application: `on_admit` once, `on_service` after each finished request, `on_fini
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
@@ -70,7 +71,8 @@ class AppRecord:
 
 @dataclass(slots=True, eq=False)
 class RequestRecord:
-    """One request waiting for, or running on, a backend."""
+    """One request waiting for, or running on, a backend; `rank` is the policy's key it was
+    dispatched by (set when it leaves its queue)."""
 
     request_id: int
     app: AppRecord
@@ -80,6 +82,7 @@ class RequestRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     phase: RequestPhase = RequestPhase.WAITING
+    rank: float = math.nan
 
 
 class Policy(ABC):

@@ -60,15 +60,24 @@ class RequestQueue:
         return None
 
     def pop(self) -> RequestRecord | None:
-        """Remove and return the first waiting request in policy order, or None."""
+        """Remove and return the first waiting request in policy order, or None; its `rank` is
+        the key it was chosen by."""
         request = self.peek()
         if request is not None:
-            heapq.heappop(self._heap)
-            request_id = request.request_id
-            del self._keyed_version[request_id]
-            waiting = self._waiting[request.app.app_id]
-            del waiting[request_id]
-            if not waiting:
-                del self._waiting[request.app.app_id]
+            request.rank = heapq.heappop(self._heap)[0]
+            self._forget(request)
             request.phase = RequestPhase.RUNNING
         return request
+
+    def discard(self, request: RequestRecord) -> None:
+        """Take a waiting request out of the queue (its application ended); its heap entries
+        are dropped when they surface. A request not waiting here is ignored."""
+        if request.request_id in self._keyed_version:
+            self._forget(request)
+
+    def _forget(self, request: RequestRecord) -> None:
+        del self._keyed_version[request.request_id]
+        waiting = self._waiting[request.app.app_id]
+        del waiting[request.request_id]
+        if not waiting:
+            del self._waiting[request.app.app_id]

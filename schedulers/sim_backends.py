@@ -1,7 +1,7 @@
 """Backend models for the simulator: an LLM engine with continuous batching, a pool of slots.
 
-Both share the lifecycle of `BackendPhase` and count warm time; they differ in how running
-requests progress:
+The engine (`engine.py`) decides when each runs what and keeps their phase and warm time; these
+models say how running requests progress:
 
 * `SimEngine`: up to `max_batch` requests run together; each receives
   `work_rate_per_request(n)` engine-seconds of work per second (`LLMEngineCost`), so the
@@ -16,58 +16,23 @@ requests progress:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from hermesflow.pdgraph.costs import LLMEngineCost
-from hermesflow.schedulers.interface import BackendPhase, RequestRecord
-from hermesflow.schedulers.prewarm import BackendStatus
+from hermesflow.schedulers.interface import RequestRecord
 
 _DONE_EPS = 1e-9
 
 
 @dataclass(slots=True)
 class SimBackend:
-    """State common to every simulated backend."""
+    """What every simulated backend has: the requests running on it. Its phase, capacity and
+    warm time are the engine's (`engine.BackendState`); this is only how work progresses."""
 
     name: str
     warmup_s: float
     capacity: int
-    phase: BackendPhase = BackendPhase.COLD
-    warm_since_s: float = 0.0
-    phase_since_s: float = 0.0
-    warm_seconds: float = 0.0
-    warm_generation: int = 0
-    last_used_s: float = -math.inf
-    queued: int = 0
     running: dict[int, RequestRecord] = field(default_factory=dict)
-
-    def status(self) -> BackendStatus:
-        return BackendStatus(
-            self.name, self.phase, self.warmup_s, len(self.running), self.queued, self.last_used_s
-        )
-
-    @property
-    def free_slots(self) -> int:
-        return self.capacity - len(self.running) if self.phase is BackendPhase.WARM else 0
-
-    def fits(self, request: RequestRecord) -> bool:
-        """Whether the request fits beside the running ones (beyond free slots)."""
-        return True
-
-    def set_phase(self, phase: BackendPhase, now: float) -> None:
-        """Change phase, accounting warm backend-seconds (warming counts: it holds resources)."""
-        if self.phase in (BackendPhase.WARMING, BackendPhase.WARM):
-            self.warm_seconds += now - self.phase_since_s
-        if phase is BackendPhase.WARM:
-            self.warm_since_s = now
-        if phase is BackendPhase.COLD:
-            self.warm_generation += 1
-        self.phase, self.phase_since_s = phase, now
-
-    def close(self, now: float) -> None:
-        """Account warm time up to the end of the simulation."""
-        self.set_phase(self.phase, now)
 
 
 @dataclass(slots=True)
@@ -79,17 +44,10 @@ class SimEngine(SimBackend):
     clock_s: float = 0.0
     version: int = 0
     scheduled_version: int = -1
-    kv_in_use: int = 0
     stalled_until_s: float = 0.0
-
-    def fits(self, request: RequestRecord) -> bool:
-        """KV-cache admission; a request larger than the whole cache runs alone."""
-        needed = request.input_tokens + request.output_tokens
-        return not self.running or self.kv_in_use + needed <= self.cost.kv_tokens
 
     def start(self, request: RequestRecord, now: float) -> None:
         self.advance(now)
-        self.kv_in_use += request.input_tokens + request.output_tokens
         self.running[request.request_id] = request
         prefill_s = 0.0
         if self.cost.prefill_stalls:
@@ -120,9 +78,7 @@ class SimEngine(SimBackend):
             del self.remaining[rid]
         if finished:
             self.version += 1
-        done = [self.running.pop(rid) for rid in finished]
-        self.kv_in_use -= sum(r.input_tokens + r.output_tokens for r in done)
-        return done
+        return [self.running.pop(rid) for rid in finished]
 
 
 @dataclass(slots=True)

@@ -1,40 +1,39 @@
 """Discrete-event simulation of an application mix on LLM engines and tool pools.
 
-The simulator plays the part of the Ray runtime: it owns applications and backends and calls
-the very same decision objects — a `Policy` through `RequestQueue`s and a `PrewarmPlanner` —
-with simulated time. Each arriving application brings a concrete `RunPlan` drawn from its
-class's PDGraph (the ground truth; only the SRPT oracle may read it).
+The simulator is the scheduling engine's second driver (`engine.py`; the Ray actor is the
+first): it tells the engine what happens in simulated time and applies what the engine decides
+to simulated backends (`sim_backends.py`) — it decides nothing itself. Each arriving application
+brings a concrete `RunPlan` drawn from its class's PDGraph (the ground truth; only the SRPT
+oracle may read it).
 
 Events sit in a heap keyed by (time, kind priority, sequence), so equal-time events resolve in a
-fixed order and a run is a pure function of its inputs and seed. After every event, each warm
-backend with free capacity takes requests from its queue until it is full or the queue is empty
-(work conservation); the planner runs on a timer and whenever a request waits for a cold backend.
+fixed order and a run is a pure function of its inputs and seed. After every event the engine's
+`schedule()` is applied: dispatched requests start, warm-ups start (a `WARM_DONE` event after the
+backend's warm-up time), released backends go cold. A `PLAN` event wakes the engine when its
+planner timer is due.
 
-Cold-start time of an application: per stage, the longest time one of its requests waited while
-its backend was not warm; summed over stages. `cold_start_share` = total cold-start time / total
-application completion time (ACT).
+`cold_start_share` = total cold-start time (the engine's accounting) / total application
+completion time (ACT).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field
 
 from hermesflow.pdgraph.costs import CostModel
-from hermesflow.pdgraph.demand import DemandEstimator, GraphState
+from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.pdgraph.sampler import RunPlan
-from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, Policy, RequestRecord
+from hermesflow.schedulers.engine import BackendState, EngineConfig, EngineOutput, SchedulingEngine
+from hermesflow.schedulers.interface import BackendPhase, Policy, RequestRecord
 from hermesflow.schedulers.prewarm import PrewarmPlanner
-from hermesflow.schedulers.queues import RequestQueue
 from hermesflow.schedulers.sim_backends import SimBackend, SimEngine, SimPool
 from hermesflow.schedulers.workload import Arrival, mean_work_by_backend
 
@@ -59,8 +58,7 @@ class SimulationConfig(BaseModel):
     warmup_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WARMUP_S))
     tool_utilization: float = Field(default=0.5, gt=0, le=1)
     warm_at_start: tuple[str, ...] = (LLM_BACKEND,)
-    planner_interval_s: PositiveFloat = 0.5
-    arrival_rate_window_s: PositiveFloat = 60.0
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
 
 class _Event(IntEnum):
@@ -121,15 +119,6 @@ class SimulationResult:
         }
 
 
-@dataclass(slots=True, eq=False)
-class _LiveApp:
-    record: AppRecord
-    plan: RunPlan
-    stage_index: int = -1
-    stage_cold_s: float = 0.0
-    cold_s: float = 0.0
-
-
 class Simulator:
     """One simulated run; build it, then call `run` once."""
 
@@ -143,10 +132,12 @@ class Simulator:
         config: SimulationConfig | None = None,
         on_progress: Callable[[int], None] | None = None,
         plans: Sequence[RunPlan] | None = None,
+        keep_log: bool = False,
     ) -> None:
         """`plans`, when given, are the runs to replay (one per arrival, e.g. observed in a real
-        run); otherwise each arrival's run is drawn from its class's PDGraph."""
-        self.demand, self.policy, self.planner = demand, policy, planner
+        run); otherwise each arrival's run is drawn from its class's PDGraph. `keep_log` keeps
+        the engine's decision log (`engine.log`)."""
+        self.demand = demand
         if not arrivals:
             raise ValueError("no arrivals to simulate; give at least one application")
         self.config = config or SimulationConfig()
@@ -157,18 +148,22 @@ class Simulator:
         elif [p.app_class for p in plans] != [a.app_class for a in arrivals]:
             raise ValueError("plans must give one run per arrival, of the arrival's class, in order")
         self._arrivals = list(zip(arrivals, plans, strict=True))
+        self.now = 0.0
         self.backends = self._build_backends(arrivals)
-        self.queues = {name: RequestQueue(policy) for name in self.backends}
+        self.engine = SchedulingEngine(
+            policy,
+            planner,
+            [self._state_of(backend) for backend in self.backends.values()],
+            clock=lambda: self.now,
+            config=self.config.engine,
+            keep_log=keep_log,
+        )
         self._events: list[tuple[float, int, int, _Event, object]] = []
         self._seq = itertools.count()
         self._request_ids = itertools.count()
-        self._live: dict[int, _LiveApp] = {}
-        self._recent_arrivals: deque[Arrival] = deque()
+        self._plans: dict[int, RunPlan] = {}
+        self._stage_index: dict[int, int] = {}
         self._outcomes: list[AppOutcome] = []
-        self._decisions = 0
-        self._decision_seconds = 0.0
-        self._max_live = 0
-        self.now = 0.0
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -194,10 +189,19 @@ class Simulator:
                 else:
                     slots = max(1, int(np.ceil(rate * work.get(name, 0.0) / config.tool_utilization)))
                     backends[name] = SimPool(name, warmup, slots)
-        for name in config.warm_at_start:
-            if name in backends:
-                backends[name].set_phase(BackendPhase.WARM, 0.0)
         return backends
+
+    def _state_of(self, backend: SimBackend) -> BackendState:
+        """The engine's view of a simulated backend; `warm_at_start` ones begin warm."""
+        warm = backend.name in self.config.warm_at_start
+        return BackendState(
+            backend.name,
+            backend.warmup_s,
+            backend.capacity,
+            phase=BackendPhase.WARM if warm else BackendPhase.COLD,
+            warm_since_s=0.0 if warm else float("inf"),
+            kv_tokens=backend.cost.kv_tokens if isinstance(backend, SimEngine) else None,
+        )
 
     # -- the event loop -------------------------------------------------------------------------
 
@@ -219,118 +223,83 @@ class Simulator:
             at, _, _, kind, payload = heapq.heappop(self._events)
             self.now = at
             handlers[kind](payload)
-            self._dispatch()
-        for backend in self.backends.values():
-            backend.close(self.now)
+            self._apply(self.engine.schedule())
+        engine = self.engine
         return SimulationResult(
-            policy=self.policy.name,
-            planner=self.planner.name,
+            policy=engine.policy.name,
+            planner=engine.planner.name,
             outcomes=sorted(self._outcomes, key=lambda o: o.app_id),
-            warm_backend_s={n: b.warm_seconds for n, b in self.backends.items()},
-            decisions=self._decisions,
-            decision_seconds=self._decision_seconds,
-            max_live_apps=self._max_live,
+            warm_backend_s=engine.warm_seconds(),
+            decisions=engine.decisions,
+            decision_seconds=engine.meter.wall_s,
+            max_live_apps=engine.max_live_apps,
             makespan_s=self.now,
         )
+
+    def _apply(self, output: EngineOutput) -> None:
+        """Start what the engine dispatched and the warm-ups it decided (a released backend has
+        nothing running: the planner releases idle backends only)."""
+        for name in output.warm:
+            backend = self.backends[name]
+            self._push(self.now + backend.warmup_s, _Event.WARM_DONE, (name, self.engine.backends[name].generation))
+        for dispatch in output.dispatch:
+            request = dispatch.request
+            backend = self.backends[request.backend]
+            backend.start(request, self.now)
+            if isinstance(backend, SimPool):
+                self._push(self.now + request.work_s, _Event.POOL_DONE, (backend, request))
+        for backend in self.backends.values():
+            if isinstance(backend, SimEngine):
+                self._schedule_engine(backend)
 
     # -- applications ---------------------------------------------------------------------------
 
     def _on_arrival(self, index: object) -> None:
         arrival, plan = self._arrivals[index]
-        record = AppRecord(
-            app_id=index,
-            app_class=arrival.app_class,
-            arrival_s=self.now,
-            state=self.demand.initial_state(arrival.app_class),
-            true_remaining_s=plan.work_s,
-        )
-        self._live[index] = _LiveApp(record, plan)
-        self._max_live = max(self._max_live, len(self._live))
-        self._recent_arrivals.append(arrival)
-        self.policy.on_admit(record, self.now)
-        self._start_next_stage(self._live[index])
+        self.engine.admit(index, self.demand.initial_state(arrival.app_class), true_remaining_s=plan.work_s)
+        self._plans[index] = plan
+        self._stage_index[index] = -1
+        self._start_next_stage(index)
 
-    def _start_next_stage(self, live: _LiveApp) -> None:
-        app = live.record
-        live.cold_s += live.stage_cold_s
-        live.stage_index += 1
-        if live.stage_index == len(live.plan.stages):
-            self._finish(live)
+    def _start_next_stage(self, app_id: int) -> None:
+        plan = self._plans[app_id]
+        stage_index = self._stage_index[app_id] = self._stage_index[app_id] + 1
+        if stage_index == len(plan.stages):
+            self._finish(app_id)
             return
-        planned = live.plan.stages[live.stage_index]
-        compiled = self.demand.compiled(app.app_class)
-        visits = list(app.state.visits)
-        visits[compiled.index[planned.stage]] += 1
-        app.state = GraphState(app.app_class, planned.stage, tuple(visits), len(planned.requests))
-        app.phase, app.stage_running_since_s, app.version = AppPhase.RUNNING, None, app.version + 1
-        live.stage_cold_s = 0.0
-        backend = self.backends[planned.backend]
-        for request in planned.requests:
-            record = RequestRecord(
+        planned = plan.stages[stage_index]
+        record = self.engine.apps[app_id].record
+        visits = list(record.state.visits)
+        visits[self.demand.compiled(record.app_class).index[planned.stage]] += 1
+        requests = [
+            RequestRecord(
                 next(self._request_ids),
-                app,
+                record,
                 planned.backend,
                 self.now,
                 request.work_s,
                 request.input_tokens,
                 request.output_tokens,
             )
-            self._timed(self.queues[planned.backend].push, record)
-            backend.queued += 1
-        if backend.phase is BackendPhase.COLD:
-            self._plan()
+            for request in planned.requests
+        ]
+        self.engine.begin_stage(app_id, planned.stage, tuple(visits), requests)
 
-    def _finish_request(self, request: RequestRecord, backend: SimBackend) -> None:
-        backend.last_used_s = self.now
-        live = self._live[request.app.app_id]
-        app = live.record
-        app.attained_s += request.work_s
-        app.true_remaining_s = live.plan.work_s - app.attained_s
-        app.state = GraphState(app.app_class, app.state.stage, app.state.visits, app.state.pending - 1)
-        app.version += 1
-        self.policy.on_service(app, request.work_s, self.now)
-        if app.state.pending == 0:
-            self._start_next_stage(live)
-        else:
-            self._timed(self.queues[request.backend].rekey, app)
+    def _finish_request(self, request: RequestRecord) -> None:
+        completion = self.engine.complete(request.request_id, request.work_s)
+        if completion is not None and completion.stage_done:
+            self._start_next_stage(request.app.app_id)
 
-    def _finish(self, live: _LiveApp) -> None:
-        app = live.record
-        app.phase = AppPhase.FINISHED
-        del self._live[app.app_id]
-        self.policy.on_finish(app, self.now)
-        self._outcomes.append(
-            AppOutcome(app.app_id, app.app_class, app.arrival_s, self.now, live.cold_s, live.plan.work_s)
-        )
+    def _finish(self, app_id: int) -> None:
+        ended = self.engine.finish(app_id)
+        plan = self._plans.pop(app_id)
+        del self._stage_index[app_id]
+        app = ended.app
+        self._outcomes.append(AppOutcome(app_id, app.app_class, app.arrival_s, self.now, ended.cold_s, plan.work_s))
         if self.on_progress is not None:
             self.on_progress(len(self._outcomes))
 
     # -- backends -------------------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        for name, backend in self.backends.items():
-            queue = self.queues[name]
-            while backend.free_slots > 0:
-                head = self._timed(queue.peek)
-                if head is None or not backend.fits(head):
-                    break
-                request = self._timed(queue.pop)
-                self._decisions += 1
-                backend.queued -= 1
-                self._start_request(request, backend)
-            if isinstance(backend, SimEngine):
-                self._schedule_engine(backend)
-
-    def _start_request(self, request: RequestRecord, backend: SimBackend) -> None:
-        live = self._live[request.app.app_id]
-        if request.app.stage_running_since_s is None:
-            request.app.stage_running_since_s = self.now
-        waited_cold = max(0.0, backend.warm_since_s - request.ready_s)
-        live.stage_cold_s = max(live.stage_cold_s, waited_cold)
-        backend.last_used_s = self.now
-        backend.start(request, self.now)
-        if isinstance(backend, SimPool):
-            self._push(self.now + request.work_s, _Event.POOL_DONE, (backend, request))
 
     def _schedule_engine(self, engine: SimEngine) -> None:
         """Predict the next completion once per change of the batch."""
@@ -346,51 +315,19 @@ class Simulator:
         if version != engine.version:
             return  # the batch changed since this completion was predicted
         for request in engine.pop_finished(self.now):
-            self._finish_request(request, engine)
+            self._finish_request(request)
 
     def _on_pool_done(self, payload: object) -> None:
         pool, request = payload
         pool.finish(request)
-        self._finish_request(request, pool)
+        self._finish_request(request)
 
     def _on_warm_done(self, payload: object) -> None:
-        backend, generation = payload
-        if backend.phase is BackendPhase.WARMING and generation == backend.warm_generation:
-            backend.set_phase(BackendPhase.WARM, self.now)
-
-    # -- prewarm --------------------------------------------------------------------------------
+        name, generation = payload
+        self.engine.backend_warmed(name, generation, self.backends[name].capacity)
 
     def _on_plan(self, _: object) -> None:
-        self._plan()
-        if self._live or self._events:
-            self._push(self.now + self.config.planner_interval_s, _Event.PLAN)
-
-    def _arrival_rates(self) -> dict[str, float]:
-        window = self.config.arrival_rate_window_s
-        while self._recent_arrivals and self._recent_arrivals[0].time_s < self.now - window:
-            self._recent_arrivals.popleft()
-        rates: dict[str, float] = {}
-        for arrival in self._recent_arrivals:  # count / window: under-estimates only at start-up
-            rates[arrival.app_class] = rates.get(arrival.app_class, 0.0) + 1.0 / window
-        return rates
-
-    def _plan(self) -> None:
-        decision = self.planner.plan(
-            self.now,
-            [live.record for live in self._live.values()],
-            {name: b.status() for name, b in self.backends.items()},
-            self._arrival_rates(),
-        )
-        for name in decision.release:
-            self.backends[name].set_phase(BackendPhase.COLD, self.now)
-        for name in decision.warm:
-            backend = self.backends[name]
-            backend.set_phase(BackendPhase.WARMING, self.now)
-            self._push(self.now + backend.warmup_s, _Event.WARM_DONE, (backend, backend.warm_generation))
-
-    def _timed(self, fn: Callable, *args: object) -> object:
-        """Run a queue operation and count its time as decision time."""
-        start = time.perf_counter()
-        result = fn(*args)
-        self._decision_seconds += time.perf_counter() - start
-        return result
+        """Wake the engine for its planner timer (it plans in `schedule()`), and set the next
+        wake-up while anything is left to simulate."""
+        if self.engine.apps or self._events:
+            self._push(max(self.engine.next_plan_s, self.now + self.config.engine.planner_interval_s), _Event.PLAN)

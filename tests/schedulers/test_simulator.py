@@ -7,6 +7,7 @@ i.e. after every event; it only adds checks to the real event loop.
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ import pytest
 from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.demand import GraphState
+from hermesflow.schedulers.engine import EngineOutput
 from hermesflow.schedulers.interface import AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.policies import POLICIES, ClairvoyantSRPT, make_policy
 from hermesflow.schedulers.prewarm import PLANNERS, make_planner
@@ -48,23 +50,22 @@ class CheckedSimulator(Simulator):
         self.checks = 0
         self.kv_blocked = 0
 
-    def _dispatch(self) -> None:
-        super()._dispatch()
+    def _apply(self, output: EngineOutput) -> None:
+        super()._apply(output)
         self.checks += 1
         for name, backend in self.backends.items():
-            queue = self.queues[name]
-            assert len(backend.running) <= backend.capacity, name
-            assert backend.queued == len(queue), name
+            queue, state = self.engine.queues[name], self.engine.backends[name]
+            assert len(backend.running) == state.in_flight <= state.capacity, name
             if backend.running:
-                assert backend.phase is BackendPhase.WARM, name
+                assert state.phase is BackendPhase.WARM, name
             if isinstance(backend, SimEngine):
                 held = sum(r.input_tokens + r.output_tokens for r in backend.running.values())
-                assert backend.kv_in_use == held, name
+                assert state.kv_in_use == held, name
                 assert held <= backend.cost.kv_tokens or len(backend.running) == 1, name
-            if backend.phase is BackendPhase.WARM and backend.free_slots > 0 and len(queue):
+            if state.free > 0 and len(queue):
                 # work conservation: only an engine may hold back, and only a head that does not fit
                 assert isinstance(backend, SimEngine), f"pool {name} idles with a queue"
-                assert not backend.fits(queue.peek()), f"engine {name} idles with a fitting head"
+                assert not state.fits(queue.peek()), f"engine {name} idles with a fitting head"
                 self.kv_blocked += 1
 
 
@@ -106,8 +107,8 @@ def _simulate(
 def _assert_complete(sim: CheckedSimulator, result: SimulationResult, n: int) -> None:
     assert [o.app_id for o in result.outcomes] == list(range(n))
     assert result.summary()["apps_completed"] == n
-    assert not sim._live  # noqa: SLF001 - nothing left running
-    assert all(len(q) == 0 for q in sim.queues.values())
+    assert not sim.engine.apps  # nothing left running
+    assert all(len(q) == 0 for q in sim.engine.queues.values())
     assert all(not b.running for b in sim.backends.values())
     assert all(o.finish_s >= o.arrival_s for o in result.outcomes)
     assert sim.checks > 0
@@ -217,7 +218,9 @@ def test_no_cold_starts_when_every_backend_is_warm_and_pinned(
 
 
 def test_summary_has_the_reported_keys(demand: DemandEstimator, arrivals: list[Arrival]) -> None:
-    _, result = _simulate(demand, arrivals[:30], policy="fcfs", planner="lru")
+    started = time.perf_counter()
+    sim, result = _simulate(demand, arrivals[:30], policy="fcfs", planner="lru")
+    wall_s = time.perf_counter() - started
     summary = result.summary()
     assert SUMMARY_KEYS <= set(summary)
     assert summary["policy"] == "fcfs"
@@ -226,7 +229,12 @@ def test_summary_has_the_reported_keys(demand: DemandEstimator, arrivals: list[A
     assert min(result.acts) <= summary["p95_act_s"] <= max(result.acts)
     assert 0.0 <= summary["cold_start_share"] <= 1.0
     assert summary["warm_backend_s"] > 0.0
-    assert summary["decision_us"] >= 0.0
+    # one decision per request dispatched, each once; their time is part of the run's time
+    assert result.decisions == sum(
+        len(stage.requests) for _, plan in sim._arrivals for stage in plan.stages  # noqa: SLF001
+    )
+    assert 0.0 < result.decision_seconds < wall_s
+    assert summary["decision_us"] == pytest.approx(1e6 * result.decision_seconds / result.decisions)
 
 
 def test_an_empty_workload_is_refused_or_summarised(demand: DemandEstimator) -> None:
@@ -273,7 +281,7 @@ def test_plans_of_the_wrong_classes_are_refused(demand: DemandEstimator, arrival
 
 def test_a_stalling_prefill_pauses_the_batch_and_is_not_shared() -> None:
     cost = LLMEngineCost(prefill_s_per_token=0.01, decode_s_per_token=0.1, max_batch=2, prefill_stalls=True)
-    engine = SimEngine("llm", 1.0, 2, cost=cost, phase=BackendPhase.WARM)
+    engine = SimEngine("llm", 1.0, 2, cost=cost)
     app = AppRecord(0, "c", 0.0, GraphState("c", None, (0,)))
     first = RequestRecord(0, app, "llm", 0.0, work_s=cost.work_s(0, 10), input_tokens=0, output_tokens=10)
     second = RequestRecord(1, app, "llm", 0.0, work_s=cost.work_s(100, 1), input_tokens=100, output_tokens=1)
