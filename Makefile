@@ -38,7 +38,7 @@ browser:
 	  mkdir -p $(VENV); \
 	  ( $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ) \
 	    >$(APT_LOG) 2>&1 || { tail -n 20 $(APT_LOG); echo "chromium could not be installed; see $(APT_LOG)"; exit 1; }; \
-	  echo "chromium installed: $$($(CHROMIUM) --version)"; }
+	  echo "chromium installed: $$($(CHROMIUM) --version 2>/dev/null)"; }
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)

@@ -495,9 +495,7 @@ class CodeExecutor(ToolBackend):
                 )
             except OSError as error:  # uvloop's error does not name the command
                 raise OSError(error.errno, error.strerror, command[0]) from error
-            stdin = transport.get_pipe_transport(0)
-            stdin.write(args.stdin.encode())  # buffered by the transport; dropped if unread
-            stdin.write_eof()
+            _feed(transport.get_pipe_transport(0), args.stdin.encode())
             timed_out = False
             try:
                 async with asyncio.timeout(timeout_s):
@@ -565,6 +563,17 @@ def _environment(workdir: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
     }
+
+
+def _feed(stdin: asyncio.WriteTransport | None, data: bytes) -> None:
+    """Give the program its stdin, buffered by the transport, and close it. A program that exits
+    before reading it (or a launcher that fails at once) drops it: its pipe may already be
+    closed, which uvloop reports by raising where asyncio's own loop ignores the write."""
+    if stdin is None or stdin.is_closing():
+        return
+    with contextlib.suppress(RuntimeError, ConnectionError):
+        stdin.write(data)
+        stdin.write_eof()
 
 
 def _kill_group(pgid: int) -> None:

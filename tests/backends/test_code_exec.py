@@ -359,3 +359,30 @@ def test_a_program_that_cannot_start_is_a_tool_error(loop: LoopThread, tmp_path:
     assert result.error == (
         f"run_python could not start the program: [Errno 2] No such file or directory: '{link}'"
     )
+
+
+class _ExitProtocol(asyncio.SubprocessProtocol):
+    def __init__(self) -> None:
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def process_exited(self) -> None:
+        self.exited.set_result(None)
+
+
+def test_stdin_for_a_program_that_already_exited_is_dropped(loop: LoopThread) -> None:
+    """A launcher that fails at once (an interpreter the sandbox user cannot run, during the
+    load's probe) has exited before its stdin is written; uvloop has closed that pipe and raises
+    on a write, which failed the load on CI. The input is dropped instead."""
+
+    async def feed_an_exited_program() -> bool:
+        transport, exiting = await asyncio.get_running_loop().subprocess_exec(
+            _ExitProtocol, shutil.which("true") or "/bin/true", stdin=asyncio.subprocess.PIPE
+        )
+        await exiting.exited
+        await asyncio.sleep(0.2)  # uvloop closes the pipes of an exited child
+        stdin = transport.get_pipe_transport(0)
+        code_exec._feed(stdin, b"print('unread')\n")  # noqa: SLF001
+        transport.close()
+        return stdin.is_closing()
+
+    assert loop.run(feed_an_exited_program())
