@@ -6,6 +6,7 @@ Measures, in one run:
 * the prewarm planners at load 0.9 under Hermesflow-Gittins: cold-start share of ACT and warm
   backend-seconds (what keeping backends warm costs);
 * decision time of each policy with 1,000 live applications in a queue (pop + re-key);
+* the scheduling engine's own time per decision with 1,000 and 10,000 live applications;
 and checks the targets of the scheduling-core issue. Writes bench/results/scheduling.{csv,png}.
 
     python bench/scheduling.py            # 4 loads x 3 seeds x 500 apps
@@ -19,6 +20,7 @@ import argparse
 import csv
 import json
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -27,14 +29,17 @@ import numpy as np
 from hermesflow.pdgraph.costs import CostModel
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.pdgraph.workload_file import hermes_mix
+from hermesflow.pdgraph.sampler import RunPlan
+from hermesflow.schedulers.engine import BackendState, SchedulingEngine
 from hermesflow.schedulers.experiment import simulate
-from hermesflow.schedulers.interface import AppRecord, RequestRecord
+from hermesflow.schedulers.interface import AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.policies import POLICIES, make_policy
-from hermesflow.schedulers.prewarm import PLANNERS
+from hermesflow.schedulers.prewarm import PLANNERS, make_planner
 from hermesflow.schedulers.queues import RequestQueue
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_LOAD = 0.9
+ENGINE_LIVE_APPS = (1_000, 10_000)
 
 
 def _acts(job: tuple[str, str, float, int, int]) -> tuple[tuple[str, str, float], np.ndarray, dict]:
@@ -105,6 +110,76 @@ def decision_time_us(policy_name: str, live_apps: int = 1000, decisions: int = 2
     for _ in range(decisions):
         one_decision()
     return 1e6 * (time.perf_counter() - start) / decisions
+
+
+ENGINE_STEP_S = 0.01
+"""Simulated seconds between two engine decisions in `engine_decision_us`: 100 completions per
+second, so the planner (every 0.5 s) runs once per 50 decisions."""
+
+
+def engine_decision_us(live_apps: int, decisions: int = 2000, seed: int = 0) -> float:
+    """Mean engine time per decision with `live_apps` live applications, Hermesflow's policy
+    and planner: one request completes, its application begins its next stage (or finishes and
+    a new one is admitted, so the population stays), and `schedule()` dispatches — with the
+    prewarm planner on its timer. Only the engine's own time counts (its `meter`), measured
+    after `decisions` warm-up decisions (the steady state of a long-running scheduler)."""
+    demand = DemandEstimator(hermes_mix(), CostModel(), seed=seed)
+    engine_cost = CostModel().engine("llm")
+    rng = np.random.default_rng(seed)
+    clock = [0.0]
+    backends = {"llm": BackendState("llm", 30.0, engine_cost.max_batch, phase=BackendPhase.WARM,
+                                    warm_since_s=0.0, kv_tokens=engine_cost.kv_tokens)}
+    for app_class in demand.classes:
+        graph = demand.compiled(app_class).graph
+        for stage in graph.stages:
+            name = graph.backend_of(stage)
+            backends.setdefault(name, BackendState(name, 2.0, 8, phase=BackendPhase.WARM, warm_since_s=0.0))
+    engine = SchedulingEngine(make_policy("gittins", demand), make_planner("pdgraph", demand),
+                              backends.values(), clock=lambda: clock[0])
+    ids = iter(range(10**12))
+    plans: dict[int, tuple[RunPlan, int]] = {}
+
+    def begin(app_id: int) -> None:
+        plan, index = plans[app_id]
+        if index == len(plan.stages):
+            engine.finish(app_id)
+            del plans[app_id]
+            admit(next(ids))
+            return
+        planned = plan.stages[index]
+        record = engine.apps[app_id].record
+        compiled = demand.compiled(record.app_class)
+        visits = list(record.state.visits)
+        visits[compiled.index[planned.stage]] += 1
+        requests = [RequestRecord(next(ids), record, planned.backend, clock[0], r.work_s, r.input_tokens, r.output_tokens)
+                    for r in planned.requests]
+        plans[app_id] = (plan, index + 1)
+        engine.begin_stage(app_id, planned.stage, tuple(visits), requests)
+
+    def admit(app_id: int) -> None:
+        app_class = demand.classes[int(rng.integers(len(demand.classes)))]
+        plans[app_id] = (demand.compiled(app_class).sample_run(rng), 0)
+        engine.admit(app_id, demand.initial_state(app_class))
+        begin(app_id)
+
+    for _ in range(live_apps):
+        admit(next(ids))
+    running = deque(d.request for d in engine.schedule().dispatch)
+
+    def one_decision() -> None:
+        clock[0] += ENGINE_STEP_S
+        request = running.popleft()
+        completion = engine.complete(request.request_id, request.work_s)
+        if completion is not None and completion.stage_done:
+            begin(request.app.app_id)
+        running.extend(d.request for d in engine.schedule().dispatch)
+
+    for _ in range(decisions):
+        one_decision()
+    spent, made = engine.meter.wall_s, engine.decisions
+    for _ in range(decisions):
+        one_decision()
+    return 1e6 * (engine.meter.wall_s - spent) / (engine.decisions - made)
 
 
 def write_outputs(grid: dict, loads: list[float]) -> None:
@@ -178,6 +253,13 @@ def main() -> None:
         results.append({"name": f"decision:{policy}", "decision_us": us})
         print(f"  {policy:18} {us:7.1f} µs")
 
+    print("\nThe engine on its own (gittins + pdgraph; complete, next stage, schedule, planner on its timer)")
+    engine_us = {}
+    for live in ENGINE_LIVE_APPS:
+        engine_us[live] = engine_decision_us(live, decisions=500 if args.quick else 2000)
+        results.append({"name": f"engine:{live}", "live_apps": live, "decision_us": engine_us[live]})
+        print(f"  {live:>6,} live applications {engine_us[live]:7.1f} µs per decision")
+
     g, h = grid[("gittins", "pdgraph", TARGET_LOAD)], grid[("hermes", "pdgraph", TARGET_LOAD)]
     f, s = grid[("fcfs", "pdgraph", TARGET_LOAD)], grid[("srpt", "pdgraph", TARGET_LOAD)]
     gittins_us = next(r["decision_us"] for r in results if r["name"] == "decision:gittins")
@@ -188,6 +270,7 @@ def main() -> None:
         ("mean ACT < hermes (scalar Gittins)", g["mean_act_s"] / h["mean_act_s"], 1.0, True),
         ("cold starts < 5 % of ACT", g["cold_start_share"], 0.05, True),
         ("decision < 1 ms at 1,000 live apps", gittins_us / 1000.0, 1.0, True),
+        *((f"engine < 1 ms per decision at {n:,} live apps", engine_us[n] / 1000.0, 1.0, True) for n in ENGINE_LIVE_APPS),
     ]
     print(f"\nTargets at load {TARGET_LOAD} (Hermesflow-Gittins + pdgraph prewarm)")
     for label, value, bound, strict in checks:

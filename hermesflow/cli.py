@@ -37,6 +37,7 @@ from hermesflow.pdgraph.workload_file import WorkloadFileError, hermes_mix, load
 from hermesflow.schedulers.experiment import MAX_REAL_APPS, ArrivalProcess, simulate
 from hermesflow.schedulers.policies import POLICIES
 from hermesflow.schedulers.prewarm import PLANNERS
+from hermesflow.schedulers.runtime_config import SERVABLE_POLICIES, RuntimeConfig, servable_policy
 from hermesflow.schedulers.simulator import SimulationConfig, SimulationResult
 
 app = typer.Typer(help="Hermesflow: serve multi-step LLM applications sooner.", no_args_is_help=True)
@@ -287,18 +288,12 @@ def _program_classes(paths: list[str]) -> dict[str, str]:
     return classes
 
 
-SERVABLE_POLICIES = tuple(name for name, cls in POLICIES.items() if not cls.needs_oracle)
-"""Policies a live scheduler can run: the others need to know the future (simulation only)."""
-
-
 def _servable_policy(name: str) -> str:
-    """Option callback of `serve --policy`."""
-    if name in POLICIES and name not in SERVABLE_POLICIES:
-        raise typer.BadParameter(
-            f"{name!r} needs to know each application's future demand, so it runs only in "
-            f"`hermesflow simulate`; choose one of: {', '.join(SERVABLE_POLICIES)}"
-        )
-    return OneOf("policy", SERVABLE_POLICIES)(name)
+    """Option callback of `serve --policy`: the configuration's own check, as a usage error."""
+    try:
+        return servable_policy(name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @app.command("serve")
@@ -364,7 +359,6 @@ def serve_command(
     """
     from hermesflow.apps.suite import program_paths, suite_backends
     from hermesflow.cli_options import check_can_listen
-    from hermesflow.schedulers.runtime_config import RuntimeConfig
     from hermesflow.serve_session import ServedNames, ServePlan, serve
 
     if detach and address is None:

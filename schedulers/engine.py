@@ -292,6 +292,19 @@ class SchedulingEngine:
         for request in requests:
             self._queue(request, now)
 
+    def restate(self, app_id: int, stage: str | None, visits: tuple[int, ...]) -> None:
+        """The application's class got a new graph (a refit): its state in that graph, and its
+        waiting requests re-ranked by it."""
+        self.meter.timed(self._restate, app_id, stage, visits)
+
+    def _restate(self, app_id: int, stage: str | None, visits: tuple[int, ...]) -> None:
+        app = self.apps[app_id]
+        record = app.record
+        record.state = GraphState(record.app_class, stage, visits, len(app.pending))
+        record.version += 1
+        for backend in {request.backend for request in app.pending.values()}:
+            self.queues[backend].rekey(record)
+
     def complete(self, request_id: int, work_s: float) -> Completion | None:
         """A dispatched request finished after `work_s` backend-seconds. None for a request the
         engine no longer runs (a duplicate result, or its run ended meanwhile)."""

@@ -1,11 +1,10 @@
 """The Hermesflow scheduler on Ray: a detached, named async actor that serves applications.
 
-It owns the live applications, keeps one `RequestQueue` per backend ordered by the same
-`Policy` objects the simulator uses, dispatches each backend's queue head whenever the backend
-has a free slot (never more than its capacity in flight, so ordering stays the scheduler's),
-and asks the same `PrewarmPlanner` what to warm and release on every event that changes demand
-and on a timer. Decide, then apply: the policy and planner only return decisions; this actor
-applies them to `BackendSlot`s (real Ray actors).
+It drives the same `SchedulingEngine` as the simulator (`engine.py`): it tells the engine what
+happened — a run was admitted, a step's calls were stored, a call returned or its backend died,
+a warm-up finished — and applies what `schedule()` decides: dispatch these calls (never more
+than a backend's capacity in flight, so ordering stays the scheduler's), warm or release these
+backends (`BackendSlot`s, real Ray actors). The engine's planner timer wakes it.
 
 Durability: every admission, step, dispatch, completion and warm/release decision is a
 `RunJournal` transaction before it takes effect, so a restarted actor (Ray restarts it; it is
@@ -32,7 +31,6 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import ray
@@ -41,14 +39,13 @@ from pydantic import ValidationError
 from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
 from hermesflow.backends.calls import CallResult
 from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall
-from hermesflow.pdgraph.demand import DemandEstimator, GraphState
+from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import END, PDGraph
 from hermesflow.pdgraph.refit import StageObservation
-from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, RequestRecord
+from hermesflow.schedulers.engine import BackendState, Dispatch, EngineOutput, LossOutcome, SchedulingEngine
 from hermesflow.schedulers.metrics import SchedulerMetrics
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
-from hermesflow.schedulers.queues import RequestQueue
 from hermesflow.schedulers.runtime_backends import BackendDied, BackendSlot
 from hermesflow.schedulers.runtime_config import NAMESPACE, SCHEDULER_NAME, RuntimeConfig
 from hermesflow.schedulers.runtime_monitor import MonitorMixin
@@ -62,10 +59,12 @@ from hermesflow.schedulers.runtime_state import (
     UnknownApplication,
     load_program,
     new_step,
+    request_of,
     view_live,
     view_stored,
 )
 from hermesflow.schedulers.runtime_steps import ClientStepsMixin
+from hermesflow.schedulers.work_meter import WorkMeter
 from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow, Store
 
 log = logging.getLogger(__name__)
@@ -86,29 +85,29 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         }
         self.demand = DemandEstimator(self._initial_graphs(), self.config.costs)
         self.policy = make_policy(self.config.policy, self.demand)
-        if self.policy.needs_oracle:
-            raise ValueError(f"policy {self.policy.name!r} needs future knowledge; it runs only in the simulator")
         self.planner = make_planner(
             self.config.planner, self.demand, pinned=self.config.warm_at_start, **self.config.planner_options
         )
         self.metrics = SchedulerMetrics()
-        self.slots = {
-            spec.name: BackendSlot(spec, self._kick, self.metrics) for spec in self.config.backends
-        }
-        self.queues = {name: RequestQueue(self.policy) for name in self.slots}
+        self.slots = {spec.name: BackendSlot(spec, self.metrics) for spec in self.config.backends}
+        for name in self.config.warm_at_start:
+            if name not in self.slots:
+                raise ValueError(f"warm_at_start names {name!r}, which is not a configured backend")
+        self.engine = SchedulingEngine(
+            self.policy,
+            self.planner,
+            [BackendState(spec.name, spec.expected_warmup_s) for spec in self.config.backends],
+            clock=time.time,
+            config=self.config.engine,
+        )
         self.live: dict[int, LiveRun] = {}
         self.by_key: dict[str, LiveRun] = {}
-        self._arrivals: deque[tuple[float, str]] = deque()
         self._refitted_at: dict[str, tuple] = {}
         self._session_keys: dict[str, str] = {}
-        self._attempts: dict[int, int] = {}
-        self._running_calls: set[int] = set()
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
-        self._busy_s = 0.0
-        self._busy_cpu_s = 0.0
+        self._work = WorkMeter()
         self._task_failures = 0
-        self._started_s = time.time()
         self._completed_calls = 0
         self._tasks: set[asyncio.Task] = set()
         self._spawn(self._main())
@@ -142,24 +141,21 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
 
     async def _main(self) -> None:
         self._recover()
-        for name in self.config.warm_at_start:
-            if name not in self.slots:
-                raise ValueError(f"warm_at_start names {name!r}, which is not a configured backend")
-            self._spawn(self._warm(name))
         self._ready.set()
         self._spawn(self._plan_timer())
         self._spawn(self._refit_loop())
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self._timed(self._dispatch)
+            self._timed(self._schedule)
             self._timed(self._publish_queues)
 
     async def _plan_timer(self) -> None:
+        """Wake the engine when its planner is due; flush the journal's buffered rows and close
+        idle open runs on the same beat."""
         while True:
-            await asyncio.sleep(self.config.planner_interval_s)
-            self._timed(self._plan)
-            self._timed(self._publish_queues)
+            await asyncio.sleep(max(self.engine.next_plan_s - time.time(), 0.01))
+            self._kick()
             self._timed(self.journal.flush)
             self._close_idle_open_runs()
 
@@ -167,14 +163,8 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         self._wake.set()
 
     def _timed(self, fn, *args):
-        """Run a piece of the scheduler's own work, counting its wall and CPU time: on a busy
-        machine the wall time includes waiting for the GIL and the CPU, the CPU time does not."""
-        start, cpu = time.perf_counter(), time.thread_time()
-        try:
-            return fn(*args)
-        finally:
-            self._busy_s += time.perf_counter() - start
-            self._busy_cpu_s += time.thread_time() - cpu
+        """Run a piece of the scheduler's own work, counting it as its overhead (`WorkMeter`)."""
+        return self._work.timed(fn, *args)
 
     # -- public API (called through the actor) -------------------------------------------------
 
@@ -231,16 +221,20 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         return view_live(live)
 
     def _new_live(self, run: RunRow, program, inputs, doc) -> LiveRun:
-        """A run becomes live (admitted, or reloaded after a restart): the policy hears of it
-        once here, so per-application policy state (vtc's counter) exists for recovered runs."""
-        state = self.demand.initial_state(run.app_class)
-        record = AppRecord(run.id, run.app_class, run.submitted_s, state, attained_s=doc.get("attained_s", 0.0))
+        """A run becomes live (admitted, or reloaded after a restart): the engine, and through
+        it the policy, hears of it once here, so per-application policy state (vtc's counter)
+        exists for recovered runs."""
+        record = self.engine.admit(
+            run.id,
+            self.demand.initial_state(run.app_class),
+            arrival_s=run.submitted_s,
+            attained_s=doc.get("attained_s", 0.0),
+            cold_s=doc.get("cold_s", 0.0),
+        )
         live = LiveRun(record, run.key, program, inputs, doc)
         self.live[run.id] = live
         self.by_key[run.key] = live
-        self._arrivals.append((run.submitted_s, run.app_class))
         self.metrics.app_admitted(run.app_class)
-        self.policy.on_admit(record, time.time())
         return live
 
     async def app(self, key: str) -> dict[str, Any]:
@@ -294,138 +288,108 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
     async def shutdown(self) -> None:
         """Release every backend (kills their actors)."""
         for slot in self.slots.values():
-            slot.shutdown()
+            slot.release()
 
     # -- steps ----------------------------------------------------------------------------------
 
     def _begin_step(self, live: LiveRun, plan: StepPlan, calls: list[StoredCall]) -> None:
-        """Queue a stored step's unfinished calls and update the run's graph state (the step is
-        already counted in `live.doc["visits"]`)."""
-        app = live.record
+        """Hand a stored step's unfinished calls to the engine, with the run's graph state (the
+        step is already counted in `live.doc["visits"]`)."""
         live.plan = plan
         if live.program is not None:
             live.calls, live.results = {}, {}
-            live.stage_cold_s = 0.0
-            live.step_started_s = None
         for stored in calls:
             live.calls[stored.id] = stored
             if stored.phase is CallPhase.DONE:
                 live.results[stored.call_index] = CallResult.model_validate(stored.result)
-        pending = sum(1 for c in live.calls.values() if c.call_index not in live.results)
-        app.state = self._graph_state(live, pending)
-        app.phase = AppPhase.RUNNING
-        app.stage_running_since_s = None
-        app.version += 1
-        for stored in calls:
-            if stored.phase is not CallPhase.DONE:
-                self._queue(live, stored)
-        if pending == 0 and live.program is not None:
+        queued = [request_of(live, stored) for stored in calls if stored.phase is not CallPhase.DONE]
+        stage, visits = self._graph_position(live)
+        self.engine.begin_stage(live.record.app_id, stage, visits, queued)
+        if not queued and live.program is not None:
             self._advance(live)
             return
-        self._plan()  # a new stage changes what the live PDGraph states say is needed next
         self._kick()
 
-    def _graph_state(self, live: LiveRun, pending: int) -> GraphState:
-        """Where the run is in its class's current graph (a refit may have added stages)."""
+    def _graph_position(self, live: LiveRun) -> tuple[str | None, tuple[int, ...]]:
+        """Where the run is in its class's current graph (a refit may have added stages): its
+        stage and its visit counts."""
         compiled = self.demand.compiled(live.record.app_class)
         counts = [0] * compiled.end
         for name, count in live.doc["visits"].items():
             if name in compiled.index:
                 counts[compiled.index[name]] = count
         stage = live.plan.stage if live.plan is not None and live.plan.stage in compiled.index else None
-        return GraphState(live.record.app_class, stage, tuple(counts), pending)
+        return stage, tuple(counts)
 
-    def _queue(self, live: LiveRun, stored: StoredCall) -> None:
-        self.queues[stored.backend].push(self._request_of(live, stored))
-        slot = self.slots[stored.backend]
-        if slot.phase is BackendPhase.DRAINING:
-            slot.revive()
+    def _schedule(self) -> None:
+        """Apply what the engine decides (module docstring)."""
+        output: EngineOutput = self.engine.schedule()
+        self._apply_prewarm(output)
+        for dispatch in output.dispatch:
+            self._start_call(dispatch)
 
-    def _dispatch(self) -> None:
-        for name, slot in self.slots.items():
-            queue = self.queues[name]
-            while slot.free > 0:
-                request = queue.pop()
-                if request is None:
-                    break
-                if request.app.app_id in self.live:  # else its run failed while it waited
-                    self._start_call(slot, request)
-
-    def _start_call(self, slot: BackendSlot, request: RequestRecord) -> None:
+    def _start_call(self, dispatch: Dispatch) -> None:
         now = time.time()
+        request = dispatch.request
         live = self.live[request.app.app_id]
         stored = live.calls[request.request_id]
-        if request.app.stage_running_since_s is None:
-            request.app.stage_running_since_s = now
-            live.step_started_s = live.step_started_s or now
-        live.stage_cold_s = max(live.stage_cold_s, max(0.0, min(slot.warm_since_s, now) - request.ready_s))
-        priority = self.policy.key(request)
-        self._running_calls.add(stored.id)
         self.journal.dispatch(
             stored.id,
             now,
-            DecisionRow(now, "dispatch", slot.name, live.record.app_id, {"step": stored.step, "call": stored.call_index, "rank": priority}),
+            DecisionRow(now, "dispatch", stored.backend, live.record.app_id, {"step": stored.step, "call": stored.call_index, "rank": dispatch.rank}),
         )
-        self._spawn(self._execute(slot, live, stored, request, priority))
+        self._spawn(self._execute(self.slots[stored.backend], live, stored, dispatch.rank))
 
-    async def _execute(self, slot: BackendSlot, live: LiveRun, stored: StoredCall, request, priority) -> None:
+    async def _execute(self, slot: BackendSlot, live: LiveRun, stored: StoredCall, priority: float) -> None:
         sink = live.sinks.get(stored.id)
         try:
             result = await slot.call(stored.call, priority, None if sink is None else sink.put_nowait)
-        except BackendDied as error:
-            self._timed(self._retry, live, stored, request, str(error))
+        except BackendDied as died:
+            self._timed(self._lost, slot, live, stored, died)
             return
         except Exception as error:  # noqa: BLE001 - a failing call is a result the program sees
             result = slot.failure(error)
-        finally:
-            self._running_calls.discard(stored.id)
         self._timed(self._complete, live, stored, result)
 
-    def _retry(self, live: LiveRun, stored: StoredCall, request: RequestRecord, reason: str) -> None:
+    def _lost(self, slot: BackendSlot, live: LiveRun, stored: StoredCall, died: BackendDied) -> None:
+        """A call's backend died under it: the backend is cold (if that news is not stale), and
+        the engine re-queues the call or, after `max_attempts` tries, gives its run up."""
         now = time.time()
-        attempts = self._attempts.get(stored.id, 0) + 1
-        self._attempts[stored.id] = attempts
-        if attempts >= self.config.max_attempts:
-            error = f"{reason}; gave up after {attempts} attempts"
-            self._fail(live, error)
+        if self.engine.backend_lost(slot.name, died.generation):
+            slot.lost(died.generation)
+        loss = self.engine.lose(stored.id)
+        if loss is None:
+            return  # the run ended meanwhile
+        if loss.outcome is LossOutcome.GAVE_UP:
+            self._fail(live, f"{died}; gave up after {loss.attempts} attempts")
             return
-        self.journal.requeue(stored.id, DecisionRow(now, "retry", stored.backend, live.record.app_id, {"call": stored.call_index, "reason": reason}))
-        self.queues[stored.backend].push(request)
-        self._plan()
+        self.journal.requeue(stored.id, DecisionRow(now, "retry", stored.backend, live.record.app_id, {"call": stored.call_index, "reason": str(died)}))
         self._kick()
 
     def _complete(self, live: LiveRun, stored: StoredCall, result: CallResult) -> None:
-        """A call finished: account its service, then either advance the run (the step's last
-        call of a program run, stored in the same transaction) or store it alone."""
+        """A call finished: the engine accounts its service; then either advance the run (the
+        step's last call of a program run, stored in the same transaction) or store it alone."""
         now = time.time()
-        if live.record.app_id not in self.live:
+        completion = self.engine.complete(stored.id, self._work_s(stored.backend, result))
+        self._kick()
+        if completion is None:
             return  # the run ended meanwhile (failed)
         decision = DecisionRow(
             now, "complete", stored.backend, live.record.app_id,
             {"step": stored.step, "call": stored.call_index, "seconds": result.seconds},
         )
-        completion = CompletedCall(stored.id, result.model_dump(mode="json"), decision)
-        ends_step = live.program is not None and len(live.results) + 1 == len(live.plan.calls)
-        if not ends_step and not self.journal.complete(completion.call_id, completion.result, now, decision):
+        completed = CompletedCall(stored.id, result.model_dump(mode="json"), decision)
+        ends_step = live.program is not None and completion.stage_done
+        if not ends_step and not self.journal.complete(completed.call_id, completed.result, now, decision):
             return  # a duplicate result
         self._completed_calls += 1
-        app = live.record
-        work = self._work_s(stored.backend, result)
-        app.attained_s += work
-        live.doc["attained_s"] = app.attained_s
+        live.doc["attained_s"] = live.record.attained_s
         live.last_activity_s = now
         live.results[stored.call_index] = result
-        state = app.state
-        app.state = GraphState(state.app_class, state.stage, state.visits, max(state.pending - 1, 0))
-        app.version += 1
-        self.policy.on_service(app, work, now)
         if live.program is None:
-            self._complete_open(live, stored, result, work, now)
+            self._complete_open(live, stored, result, completion.work_s, now)
         elif ends_step:
-            self._advance(live, completion)
-        else:
-            self.queues[stored.backend].rekey(app)
-        self._kick()
+            self._advance(live, completed)
 
     def _work_s(self, backend: str, result: CallResult) -> float:
         if backend in self.config.costs.llm:
@@ -459,8 +423,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         now = time.time()
         plan = live.plan
         results = [live.results[i] for i in range(len(plan.calls))]
-        live.doc["cold_s"] = live.doc.get("cold_s", 0.0) + live.stage_cold_s
-        live.stage_cold_s = 0.0
+        live.doc["cold_s"] = self.engine.apps[live.record.app_id].cold_s
         try:
             transition = live.program.advance(live.inputs, live.doc["program"], plan, results)
             following = transition.next
@@ -492,31 +455,30 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         self._begin_step(live, following, calls)
 
     def _end(self, live: LiveRun, end: RunEnd, observation, doc, finished_step: int, completion=None) -> None:
+        """Store the run's end (with its last observation and call), then take it out of the
+        engine and wake whoever waits on it."""
         now = time.time()
-        end = RunEnd(end.phase, end.result, end.error, live.doc.get("cold_s", 0.0), live.record.attained_s)
+        app = self.engine.apps[live.record.app_id]
+        end = RunEnd(end.phase, end.result, end.error, app.cold_s + app.stage_cold_s, live.record.attained_s)
         kind = "finish" if end.phase is RunPhase.FINISHED else "fail"
         self.journal.advance(
             live.record.app_id, finished_step, observation, doc or live.doc, None, end, now,
             [DecisionRow(now, kind, detail={"error": end.error} if end.error else None)],
             completion,
         )
-        act_s = now - live.record.arrival_s if end.phase is RunPhase.FINISHED else None
+        ended = self.engine.finish(live.record.app_id)
+        act_s = ended.act_s if end.phase is RunPhase.FINISHED else None
         self.metrics.app_ended(live.record.app_class, self.policy.name, act_s)
-        self._forget(live)
+        self.live.pop(live.record.app_id, None)
+        self.by_key.pop(live.key, None)
+        live.done.set()
+        self._kick()
 
     def _fail(self, live: LiveRun, error: str) -> None:
         self._end(live, RunEnd(RunPhase.FAILED, None, error), None, None, live.doc["step"])
         for future in live.waiters.values():
             if not future.done():
                 future.set_exception(RunFailed(error))
-
-    def _forget(self, live: LiveRun) -> None:
-        app = live.record
-        app.phase = AppPhase.FINISHED
-        self.live.pop(app.app_id, None)
-        self.by_key.pop(live.key, None)
-        self.policy.on_finish(app, time.time())
-        live.done.set()
 
     # -- recovery -------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ completion-time history, backends, counters, and its Ray metrics.
 
 The control API's monitoring routes (`GET /v1/apps`, `/v1/classes`, `/v1/act`, `/v1/backends`,
 `/v1/stats`) each await one method here. The ranks are the policy's own keys, computed by the
-same `Policy.key` the backend queues order by, from the same request fields `_queue` gives
+same `Policy.key` the backend queues order by, from the same request fields the engine queues (`runtime_state.request_of`)
 them; the remaining demand is the `DemandEstimator`'s Monte-Carlo draws for the application's
 current PDGraph state, the draws its Gittins index is computed from. So the page shows what the
 scheduler decides with, not a second estimate of it. The completion-time history is read from
@@ -14,10 +14,8 @@ Reading is not scheduling: these methods are not counted in the scheduler's over
 Ray metrics (`_publish_queues`, after each dispatch pass and on the planner's timer) is, since
 it runs on the dispatch path.
 
-A mixin of `HermesScheduler`; it uses `live`, `queues`, `slots`, `policy`, `planner`, `demand`,
-`programs`, `store`, `journal`, `metrics`, `_ready` and the counters of `stats`; its own state is
-`_running_calls`, the ids of the calls dispatched and not yet returned (kept by `_start_call`
-and `_execute`).
+A mixin of `HermesScheduler`; it uses `live`, `engine`, `slots`, `policy`, `planner`, `demand`,
+`programs`, `store`, `journal`, `metrics`, `_ready` and the counters of `stats`.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ import numpy as np
 from hermesflow.journal import StoredCall
 from hermesflow.schedulers.interface import AppPhase, RequestRecord
 from hermesflow.schedulers.metrics import ray_dashboard_url
-from hermesflow.schedulers.runtime_state import LiveRun, SubmissionError
+from hermesflow.schedulers.runtime_state import LiveRun, SubmissionError, request_of
 from hermesflow.store import FinishedAct, RunPhase
 
 REMAINING_LEVEL = 0.8
@@ -73,32 +71,18 @@ class MonitorMixin:
                     break
         return views
 
-    def _request_of(self, live: LiveRun, stored: StoredCall) -> RequestRecord:
-        """The queue's record of one of the run's calls: what the policy keys."""
-        call = stored.call
-        input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
-        return RequestRecord(
-            stored.id,
-            live.record,
-            stored.backend,
-            stored.queued_s,
-            None,
-            input_tokens,
-            call.get("max_tokens", 0),
-        )
-
     def _pending_calls(self, live: LiveRun) -> list[StoredCall]:
         """The run's calls without a result (queued or running)."""
         return [c for c in live.calls.values() if c.call_index not in live.results]
 
     def _queued_calls(self, live: LiveRun) -> list[StoredCall]:
-        return [c for c in self._pending_calls(live) if c.id not in self._running_calls]
+        return [c for c in self._pending_calls(live) if not self.engine.is_running(c.id)]
 
     def _rank(self, live: LiveRun, queued: Sequence[StoredCall], now: float) -> float | None:
         """The policy's key for the run: the smallest among its waiting calls, else the key its
         next call would get if queued now. None when the policy keeps no state for the run."""
         if queued:
-            requests = [self._request_of(live, stored) for stored in queued]
+            requests = [request_of(live, stored) for stored in queued]
         else:
             backend = live.plan.backend if live.plan is not None else ""
             requests = [RequestRecord(-1, live.record, backend, now)]
@@ -130,7 +114,7 @@ class MonitorMixin:
         now: float,
     ) -> dict[str, Any]:
         record = live.record
-        running = sum(1 for c in self._pending_calls(live) if c.id in self._running_calls)
+        running = sum(1 for c in self._pending_calls(live) if self.engine.is_running(c.id))
         return {
             "app_id": live.key,
             "app_class": record.app_class,
@@ -188,23 +172,27 @@ class MonitorMixin:
     # -- backends and counters ------------------------------------------------------------------
 
     async def backends(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": name,
-                "type": slot.spec.type,
-                "phase": slot.phase.name.lower(),
-                "pinned": name in self.config.warm_at_start,
-                "warmup_s": slot.warmup_s,
-                "capacity": slot.capacity,
-                "in_flight": slot.in_flight,
-                "queued": len(self.queues[name]),
-                "last_error": slot.last_error,
-                "warm_since": slot.warm_since,
-                "warmups": slot.warmups,
-                "last_warmup_s": slot.last_warmup_s,
-            }
-            for name, slot in self.slots.items()
-        ]
+        """Each backend: its state in the engine, and what its slot knows of its actor."""
+        views = []
+        for name, slot in self.slots.items():
+            state = self.engine.backends[name]
+            views.append(
+                {
+                    "name": name,
+                    "type": slot.spec.type,
+                    "phase": state.phase.name.lower(),
+                    "pinned": name in self.config.warm_at_start,
+                    "warmup_s": state.warmup_s,
+                    "capacity": state.capacity,
+                    "in_flight": state.in_flight,
+                    "queued": len(self.engine.queues[name]),
+                    "last_error": slot.last_error,
+                    "warm_since": None if math.isinf(state.warm_since_s) else state.warm_since_s,
+                    "warmups": slot.warmups,
+                    "last_warmup_s": slot.last_warmup_s,
+                }
+            )
+        return views
 
     async def stats(self) -> dict[str, Any]:
         """Counters for benchmarks: the scheduler's own time per completed call — CPU time
@@ -215,9 +203,9 @@ class MonitorMixin:
             "planner": self.planner.name,
             "live_apps": len(self.live),
             "completed_calls": self._completed_calls,
-            "busy_s": self._busy_s,
-            "overhead_ms_per_step": 1e3 * self._busy_cpu_s / max(self._completed_calls, 1),
-            "overhead_wall_ms_per_step": 1e3 * self._busy_s / max(self._completed_calls, 1),
+            "busy_s": self._work.wall_s,
+            "overhead_ms_per_step": 1e3 * self._work.cpu_s / max(self._completed_calls, 1),
+            "overhead_wall_ms_per_step": 1e3 * self._work.wall_s / max(self._completed_calls, 1),
             "journal_ms_per_step": 1e3 * self.journal.busy_s / max(self._completed_calls, 1),
             "classes": list(self.demand.classes),
             "task_failures": self._task_failures,
@@ -229,7 +217,7 @@ class MonitorMixin:
     def _publish_queues(self) -> None:
         """Each backend queue's length and head key, to the Ray metrics (unchanged values are
         not written again)."""
-        for name, queue in self.queues.items():
+        for name, queue in self.engine.queues.items():
             head = queue.peek()
             self.metrics.queue(
                 name, len(queue), None if head is None else float(self.policy.key(head))

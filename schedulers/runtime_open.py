@@ -299,8 +299,7 @@ class OpenRunsMixin:
         live.results.pop(stored.call_index, None)
         plan = StepPlan(stage=call.stage, backend=call.backend, calls=[_CALL.validate_python(call.call)])
         live.pending_observations.append(self._observation(live, plan, call.step, END, [result], [call], now))
-        live.doc["cold_s"] = live.doc.get("cold_s", 0.0) + live.stage_cold_s
-        live.stage_cold_s = 0.0
+        live.doc["cold_s"] = self.engine.apps[live.record.app_id].cold_s
         future = live.waiters.pop(stored.id, None)
         live.sinks.pop(stored.id, None)
         if future is not None and not future.done():

@@ -7,8 +7,8 @@ stages its runs have named, `open_apps.grow_open_graph`), the graph is saved as 
 the `DemandEstimator` ranks by it from then on. An invalid refit keeps the current graph. The
 store reads and writes run in a thread, off the actor's event loop.
 
-A mixin of `HermesScheduler`; it uses `config`, `demand`, `programs`, `store`, `live`, `queues`,
-`_graph_state` and `_backend_kind`; its own state is `_refitted_at` (per class, the newest
+A mixin of `HermesScheduler`; it uses `config`, `demand`, `programs`, `store`, `live`, `engine`,
+`_graph_position` and `_backend_kind`; its own state is `_refitted_at` (per class, the newest
 observation of its last refit).
 """
 
@@ -66,9 +66,6 @@ class RefitMixin:
                 self._rekey(live)
 
     def _rekey(self, live: LiveRun) -> None:
-        """Its class's graph changed: restate the run in the new graph and re-rank its waiting
-        calls in every queue."""
-        live.record.state = self._graph_state(live, live.record.state.pending)
-        live.record.version += 1
-        for backend in {call.backend for call in live.calls.values()}:
-            self.queues[backend].rekey(live.record)
+        """Its class's graph changed: restate the run in the new graph; the engine re-ranks its
+        waiting calls."""
+        self.engine.restate(live.record.app_id, *self._graph_position(live))

@@ -18,7 +18,7 @@ from hermesflow.apps.program import AppProgram, StepPlan
 from hermesflow.backends.calls import CallResult
 from hermesflow.journal import ClientStepRow, NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
-from hermesflow.schedulers.interface import AppPhase, AppRecord
+from hermesflow.schedulers.interface import AppPhase, AppRecord, RequestRecord
 from hermesflow.store import CallPhase, RunPhase, RunRow
 
 
@@ -56,13 +56,21 @@ class LiveRun:
     plan: StepPlan | None = None
     calls: dict[int, StoredCall] = field(default_factory=dict)
     results: dict[int, CallResult] = field(default_factory=dict)
-    stage_cold_s: float = 0.0
-    step_started_s: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: dict[int, asyncio.Future] = field(default_factory=dict)
     sinks: dict[int, asyncio.Queue] = field(default_factory=dict)
     pending_observations: list[StageObservation] = field(default_factory=list)
     last_activity_s: float = field(default_factory=time.time)
+
+
+def request_of(live: LiveRun, stored: StoredCall) -> RequestRecord:
+    """The engine's record of one of the run's calls: what the policy keys. Its token counts are
+    estimates (a quarter of the prompt's characters, the output limit)."""
+    call = stored.call
+    input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
+    return RequestRecord(
+        stored.id, live.record, stored.backend, stored.queued_s, None, input_tokens, call.get("max_tokens", 0)
+    )
 
 
 def import_path(path: str) -> Any:

@@ -34,6 +34,12 @@ class SimBackend:
     capacity: int
     running: dict[int, RequestRecord] = field(default_factory=dict)
 
+    def die(self) -> list[RequestRecord]:
+        """The backend's process died: its running requests are lost (returned)."""
+        lost = list(self.running.values())
+        self.running.clear()
+        return lost
+
 
 @dataclass(slots=True)
 class SimEngine(SimBackend):
@@ -55,6 +61,11 @@ class SimEngine(SimBackend):
         self.stalled_until_s = max(self.stalled_until_s, now) + prefill_s
         self.remaining[request.request_id] = request.work_s - prefill_s
         self.version += 1
+
+    def die(self) -> list[RequestRecord]:
+        self.remaining.clear()
+        self.version += 1  # the predicted completion is void
+        return SimBackend.die(self)
 
     def advance(self, now: float) -> None:
         """Progress every running request to `now` (no decoding while a prefill stalls)."""

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from hermesflow.pdgraph.costs import CostModel
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.pdgraph.sampler import RunPlan
-from hermesflow.schedulers.engine import BackendState, EngineConfig, EngineOutput, SchedulingEngine
+from hermesflow.schedulers.engine import BackendState, EngineConfig, EngineOutput, LossOutcome, SchedulingEngine
 from hermesflow.schedulers.interface import BackendPhase, Policy, RequestRecord
 from hermesflow.schedulers.prewarm import PrewarmPlanner
 from hermesflow.schedulers.sim_backends import SimBackend, SimEngine, SimPool
@@ -57,6 +57,8 @@ class SimulationConfig(BaseModel):
     costs: CostModel = Field(default_factory=CostModel)
     warmup_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WARMUP_S))
     tool_utilization: float = Field(default=0.5, gt=0, le=1)
+    pool_slots: dict[str, PositiveInt] = Field(default_factory=dict)
+    """Slots of named pool backends; the others are sized to `tool_utilization` of their load."""
     warm_at_start: tuple[str, ...] = (LLM_BACKEND,)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
@@ -67,8 +69,18 @@ class _Event(IntEnum):
     WARM_DONE = 0
     ENGINE_DONE = 1
     POOL_DONE = 2
-    ARRIVAL = 3
-    PLAN = 4
+    BACKEND_DIES = 3
+    ARRIVAL = 4
+    PLAN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFailure:
+    """Failure injection: backend `backend`'s process dies at `at_s` (if it is warm then). Its
+    running requests are lost and tried again, up to `EngineConfig.max_attempts` times."""
+
+    at_s: float
+    backend: str
 
 
 @dataclass(slots=True)
@@ -87,7 +99,8 @@ class AppOutcome:
 
 @dataclass(slots=True)
 class SimulationResult:
-    """Per-application outcomes and what the run cost."""
+    """Per-application outcomes and what the run cost; `failed` lists the applications given up
+    after injected backend failures (they have no outcome)."""
 
     policy: str
     planner: str
@@ -97,6 +110,7 @@ class SimulationResult:
     decision_seconds: float
     max_live_apps: int
     makespan_s: float
+    failed: list[int]
 
     @property
     def acts(self) -> np.ndarray:
@@ -109,6 +123,7 @@ class SimulationResult:
             "policy": self.policy,
             "planner": self.planner,
             "apps_completed": len(self.outcomes),
+            "apps_failed": len(self.failed),
             "mean_act_s": float(acts.mean()),
             "p95_act_s": float(np.percentile(acts, 95)),
             "cold_start_share": sum(o.cold_start_s for o in self.outcomes) / total_act,
@@ -132,11 +147,12 @@ class Simulator:
         config: SimulationConfig | None = None,
         on_progress: Callable[[int], None] | None = None,
         plans: Sequence[RunPlan] | None = None,
+        failures: Sequence[BackendFailure] = (),
         keep_log: bool = False,
     ) -> None:
         """`plans`, when given, are the runs to replay (one per arrival, e.g. observed in a real
-        run); otherwise each arrival's run is drawn from its class's PDGraph. `keep_log` keeps
-        the engine's decision log (`engine.log`)."""
+        run); otherwise each arrival's run is drawn from its class's PDGraph. `failures` are
+        backend deaths to inject; `keep_log` keeps the engine's decision log (`engine.log`)."""
         self.demand = demand
         if not arrivals:
             raise ValueError("no arrivals to simulate; give at least one application")
@@ -148,6 +164,7 @@ class Simulator:
         elif [p.app_class for p in plans] != [a.app_class for a in arrivals]:
             raise ValueError("plans must give one run per arrival, of the arrival's class, in order")
         self._arrivals = list(zip(arrivals, plans, strict=True))
+        self._failures = tuple(failures)
         self.now = 0.0
         self.backends = self._build_backends(arrivals)
         self.engine = SchedulingEngine(
@@ -164,6 +181,7 @@ class Simulator:
         self._plans: dict[int, RunPlan] = {}
         self._stage_index: dict[int, int] = {}
         self._outcomes: list[AppOutcome] = []
+        self._given_up: list[int] = []
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -186,6 +204,8 @@ class Simulator:
                 if name in config.costs.llm:
                     engine = config.costs.engine(name)
                     backends[name] = SimEngine(name, warmup, engine.max_batch, cost=engine)
+                elif name in config.pool_slots:
+                    backends[name] = SimPool(name, warmup, config.pool_slots[name])
                 else:
                     slots = max(1, int(np.ceil(rate * work.get(name, 0.0) / config.tool_utilization)))
                     backends[name] = SimPool(name, warmup, slots)
@@ -211,8 +231,11 @@ class Simulator:
     def run(self) -> SimulationResult:
         for index, (arrival, _) in enumerate(self._arrivals):
             self._push(arrival.time_s, _Event.ARRIVAL, index)
+        for failure in self._failures:
+            self._push(failure.at_s, _Event.BACKEND_DIES, failure.backend)
         self._push(0.0, _Event.PLAN)
         handlers = {
+            _Event.BACKEND_DIES: self._on_backend_dies,
             _Event.ARRIVAL: self._on_arrival,
             _Event.ENGINE_DONE: self._on_engine_done,
             _Event.POOL_DONE: self._on_pool_done,
@@ -234,6 +257,7 @@ class Simulator:
             decision_seconds=engine.meter.wall_s,
             max_live_apps=engine.max_live_apps,
             makespan_s=self.now,
+            failed=sorted(self._given_up),
         )
 
     def _apply(self, output: EngineOutput) -> None:
@@ -247,7 +271,8 @@ class Simulator:
             backend = self.backends[request.backend]
             backend.start(request, self.now)
             if isinstance(backend, SimPool):
-                self._push(self.now + request.work_s, _Event.POOL_DONE, (backend, request))
+                generation = self.engine.backends[backend.name].generation
+                self._push(self.now + request.work_s, _Event.POOL_DONE, (backend, request, generation))
         for backend in self.backends.values():
             if isinstance(backend, SimEngine):
                 self._schedule_engine(backend)
@@ -318,9 +343,26 @@ class Simulator:
             self._finish_request(request)
 
     def _on_pool_done(self, payload: object) -> None:
-        pool, request = payload
+        pool, request, generation = payload
+        if generation != self.engine.backends[pool.name].generation:
+            return  # the pool died under this request since it started
         pool.finish(request)
         self._finish_request(request)
+
+    def _on_backend_dies(self, name: object) -> None:
+        state = self.engine.backends[name]
+        if not self.engine.backend_lost(name, state.generation):
+            return  # not warm: nothing to kill
+        for request in self.backends[name].die():
+            loss = self.engine.lose(request.request_id)
+            if loss is not None and loss.outcome is LossOutcome.GAVE_UP:
+                self._give_up(loss.app.app_id)
+
+    def _give_up(self, app_id: int) -> None:
+        """The application failed: a request of it was lost `max_attempts` times."""
+        self.engine.finish(app_id)
+        del self._plans[app_id], self._stage_index[app_id]
+        self._given_up.append(app_id)
 
     def _on_warm_done(self, payload: object) -> None:
         name, generation = payload

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from hermesflow.cli import app
 from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.schedulers.experiment import MAX_REAL_APPS
+from hermesflow.schedulers.engine import EngineConfig
 from hermesflow.schedulers.runtime_config import CPU_MODEL_COST
 from hermesflow.schedulers.runtime_results import ACT_SCOPE, AppEnd
 from hermesflow.store import RunPhase, Store
@@ -64,7 +65,7 @@ def demo_run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Dem
         programs={"one_reply": "experiment_programs:OneReply", "sleep_chain": "runtime_programs:SleepChain"},
         warm_at_start=(LLM_BACKEND,),
         costs=calibrated_costs(probe),
-        max_warm_failures=1,
+        engine=EngineConfig(max_warm_failures=1),
     )
     result = run_experiment(config, APPS, timeout_s=120.0)
     demo = DemoRun(len(APPS), 1.0, 0, probe, len(APPS) / APPS[-1].at_s, [result], out_dir / "index.html")
