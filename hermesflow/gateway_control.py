@@ -51,9 +51,8 @@ from hermesflow.gateway_scheduler import (
     sse,
 )
 from hermesflow.pdgraph.model import PDGraph
+from hermesflow.store_schema import TERMINAL_DECISIONS
 
-TERMINAL_EVENTS = frozenset({"finish", "fail"})
-"""Event kinds after which a run has no more events: the event stream closes."""
 EVENT_POLL_S = 0.2
 """How often a followed event stream asks the scheduler for new events."""
 KEEPALIVE_S = 15.0
@@ -351,7 +350,7 @@ async def _follow(
         for event in events:
             yield sse(event, event_id=event["id"])
             after = event["id"]
-            if event["kind"] in TERMINAL_EVENTS:
+            if event["kind"] in TERMINAL_DECISIONS:  # the run has no more events
                 return
         if events:
             quiet_since = time.monotonic()

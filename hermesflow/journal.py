@@ -39,6 +39,7 @@ from hermesflow.store import (
     CallPhase,
     ClientStep,
     Decision,
+    DecisionKind,
     DecisionRow,
     Run,
     RunPhase,
@@ -79,7 +80,7 @@ class EventRow:
 
     id: int
     at_s: float
-    kind: str
+    kind: DecisionKind
     backend: str | None
     detail: dict[str, Any] | None
 
@@ -245,8 +246,7 @@ class RunJournal:
             if phase in (RunPhase.FINISHED, RunPhase.FAILED) or (stored_state or {}).get("step") != finished_step:
                 return None
             if completed is not None and not _complete(session, completed, at_s):
-                session.rollback()
-                return None
+                return None  # a duplicate: nothing of it was written; the dispatch marks stay
             if observation is not None:
                 session.connection().execute(insert(StepObservation.__table__), [observation_values(observation)])
             _insert_decisions(session, list(decisions), run_id)
@@ -319,7 +319,7 @@ class RunJournal:
             .limit(limit)
         )
         with self.store.session() as session:
-            return [EventRow(d.id, d.at_s, d.kind, d.backend, d.detail) for d in session.scalars(query)]
+            return [EventRow(d.id, d.at_s, DecisionKind(d.kind), d.backend, d.detail) for d in session.scalars(query)]
 
     def call_results(self, backend: str) -> list[dict[str, Any]]:
         """The stored results of every finished call on `backend` (what calibration reads)."""

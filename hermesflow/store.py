@@ -29,7 +29,9 @@ from hermesflow.store_schema import (
     Base,
     CallPhase,
     ClientStep,
+    TERMINAL_DECISIONS,
     Decision,
+    DecisionKind,
     DecisionRow,
     PDGraphSnapshot,
     Run,
@@ -47,7 +49,9 @@ __all__ = [  # the schema is re-exported: callers import tables and rows from he
     "CallPhase",
     "ClientStep",
     "Decision",
+    "DecisionKind",
     "DecisionRow",
+    "TERMINAL_DECISIONS",
     "FinishedAct",
     "PDGraphSnapshot",
     "Run",
@@ -238,7 +242,10 @@ class Store:
         if run_id is not None:
             query = query.where(Decision.run_id == run_id)
         with self.session() as session:
-            return [_copy(DecisionRow, decision) for decision in session.scalars(query)]
+            return [
+                DecisionRow(d.at_s, DecisionKind(d.kind), d.backend, d.run_id, d.detail)
+                for d in session.scalars(query)
+            ]
 
     def record_task_outcome(self, outcome: TaskOutcomeRow) -> bool:
         """Store a task outcome; False (and nothing written) when the same application, task,

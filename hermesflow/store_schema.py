@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum, auto
+from enum import IntEnum, StrEnum, auto
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, String, UniqueConstraint
@@ -193,12 +193,38 @@ class RunRow:
     error: str | None = None
 
 
+class DecisionKind(StrEnum):
+    """What a scheduling decision (or an event the scheduler was told of) is. One vocabulary for
+    the engine's log (`schedulers/engine.py`), the journal's `decisions` table and the events
+    API; the values are what the table stores."""
+
+    ADMIT = "admit"
+    STEP = "step"
+    QUEUE = "queue"
+    DISPATCH = "dispatch"
+    COMPLETE = "complete"
+    RETRY = "retry"
+    GIVE_UP = "give-up"
+    WARM = "warm"
+    WARMED = "warmed"
+    WARM_FAILED = "warm-failed"
+    RELEASE = "release"
+    LOST = "lost"
+    FINISH = "finish"
+    FAIL = "fail"
+    RECOVER = "recover"
+
+
+TERMINAL_DECISIONS = frozenset({DecisionKind.FINISH, DecisionKind.FAIL})
+"""The decisions that end a run."""
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRow:
-    """One scheduling decision (`kind` e.g. "dispatch", "warm", "release") at time `at_s`."""
+    """One scheduling decision of kind `kind` at time `at_s`."""
 
     at_s: float
-    kind: str
+    kind: DecisionKind
     backend: str | None = None
     run_id: int | None = None
     detail: dict[str, Any] | None = None

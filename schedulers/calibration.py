@@ -34,7 +34,7 @@ from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.pdgraph.sampler import PlannedRequest, PlannedStage, RunPlan
 from hermesflow.store import Store
-from hermesflow.store_schema import RunRow
+from hermesflow.store_schema import DecisionKind, RunRow
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.simulator import SimulationConfig, Simulator
@@ -151,7 +151,7 @@ def busy_share(db_url: str, backend: str, start_s: float, end_s: float) -> float
     spans = sorted(
         (max(d.at_s - d.detail["seconds"], start_s), min(d.at_s, end_s))
         for d in store.decisions()
-        if d.kind == "complete" and d.backend == backend and d.detail
+        if d.kind is DecisionKind.COMPLETE and d.backend == backend and d.detail
     )
     store.close()
     busy, covered_to = 0.0, start_s

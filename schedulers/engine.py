@@ -49,6 +49,7 @@ from hermesflow.schedulers.interface import AppPhase, AppRecord, BackendPhase, P
 from hermesflow.schedulers.prewarm import BackendStatus, PrewarmDecision, PrewarmPlanner
 from hermesflow.schedulers.queues import RequestQueue
 from hermesflow.schedulers.work_meter import WorkMeter
+from hermesflow.store_schema import DecisionKind
 
 WARMUP_EMA = 0.5
 """Weight of the newest measured warm-up in the moving average the planner sees."""
@@ -65,23 +66,6 @@ class EngineConfig(BaseModel):
     """How often a request is tried on backends that die under it before its run fails."""
     max_warm_failures: int = Field(default=3, ge=1)
     """Failed warm-ups of one backend in a row after which the runs waiting for it fail."""
-
-
-class DecisionKind(StrEnum):
-    """What the engine decided or was told, as its log (`SchedulingEngine.log`) records it."""
-
-    ADMIT = "admit"
-    QUEUE = "queue"
-    DISPATCH = "dispatch"
-    COMPLETE = "complete"
-    RETRY = "retry"
-    GIVE_UP = "give-up"
-    WARM = "warm"
-    WARMED = "warmed"
-    WARM_FAILED = "warm-failed"
-    RELEASE = "release"
-    LOST = "lost"
-    FINISH = "finish"
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ from hermesflow.schedulers.runtime_state import (
 )
 from hermesflow.schedulers.runtime_steps import ClientStepsMixin
 from hermesflow.schedulers.work_meter import WorkMeter
-from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow, Store
+from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunPhase, RunRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,12 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
             self._timed(self._publish_queues)
 
     async def _plan_timer(self) -> None:
-        """Wake the engine when its planner is due; flush the journal's buffered rows and close
-        idle open runs on the same beat."""
+        """Wake the engine when its planner is due; flush the journal's deferred dispatch marks
+        and close idle open runs on the same beat."""
         while True:
             await asyncio.sleep(max(self.engine.next_plan_s - time.time(), 0.01))
             self._kick()
+            await asyncio.sleep(0)  # the main loop plans now, which moves `next_plan_s` on
             self._timed(self.journal.flush)
             self._close_idle_open_runs()
 
@@ -206,7 +207,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         if isinstance(first, StepPlan):
             doc["plan"] = first.model_dump(mode="json")
             doc["visits"] = {first.stage: 1}
-        admit = DecisionRow(now, "admit", detail={"class": app_class, "key": key})
+        admit = DecisionRow(now, DecisionKind.ADMIT, detail={"class": app_class, "key": key})
         run, created = self.journal.admit(
             key, app_class, self.policy.name, now, inputs.model_dump(mode="json"), labels, doc, admit
         )
@@ -336,7 +337,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         self.journal.dispatch(
             stored.id,
             now,
-            DecisionRow(now, "dispatch", stored.backend, live.record.app_id, {"step": stored.step, "call": stored.call_index, "rank": dispatch.rank}),
+            DecisionRow(now, DecisionKind.DISPATCH, stored.backend, live.record.app_id, {"step": stored.step, "call": stored.call_index, "rank": dispatch.rank}),
         )
         self._spawn(self._execute(self.slots[stored.backend], live, stored, dispatch.rank))
 
@@ -363,7 +364,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         if loss.outcome is LossOutcome.GAVE_UP:
             self._fail(live, f"{died}; gave up after {loss.attempts} attempts")
             return
-        self.journal.requeue(stored.id, DecisionRow(now, "retry", stored.backend, live.record.app_id, {"call": stored.call_index, "reason": str(died)}))
+        self.journal.requeue(stored.id, DecisionRow(now, DecisionKind.RETRY, stored.backend, live.record.app_id, {"call": stored.call_index, "reason": str(died)}))
         self._kick()
 
     def _complete(self, live: LiveRun, stored: StoredCall, result: CallResult) -> None:
@@ -375,7 +376,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         if completion is None:
             return  # the run ended meanwhile (failed)
         decision = DecisionRow(
-            now, "complete", stored.backend, live.record.app_id,
+            now, DecisionKind.COMPLETE, stored.backend, live.record.app_id,
             {"step": stored.step, "call": stored.call_index, "seconds": result.seconds},
         )
         completed = CompletedCall(stored.id, result.model_dump(mode="json"), decision)
@@ -446,7 +447,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         doc["visits"][following.stage] = doc["visits"].get(following.stage, 0) + 1
         calls = self.journal.advance(
             live.record.app_id, finished_step, observation, doc, new_step(doc["step"], following), None, now,
-            [DecisionRow(now, "step", following.backend, detail={"stage": following.stage, "calls": len(following.calls)})],
+            [DecisionRow(now, DecisionKind.STEP, following.backend, detail={"stage": following.stage, "calls": len(following.calls)})],
             completion,
         )
         if calls is None:
@@ -460,7 +461,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
         now = time.time()
         app = self.engine.apps[live.record.app_id]
         end = RunEnd(end.phase, end.result, end.error, app.cold_s + app.stage_cold_s, live.record.attained_s)
-        kind = "finish" if end.phase is RunPhase.FINISHED else "fail"
+        kind = DecisionKind.FINISH if end.phase is RunPhase.FINISHED else DecisionKind.FAIL
         self.journal.advance(
             live.record.app_id, finished_step, observation, doc or live.doc, None, end, now,
             [DecisionRow(now, kind, detail={"error": end.error} if end.error else None)],
@@ -500,7 +501,7 @@ class HermesScheduler(OpenRunsMixin, ClientStepsMixin, MonitorMixin, RefitMixin,
                 calls = self.journal.start_step(run.id, doc, new_step(doc["step"], plan), time.time())
             self._begin_step(live, plan, calls)
         if runs:
-            self.journal.record([DecisionRow(time.time(), "recover", detail={"runs": len(runs)})])
+            self.journal.record([DecisionRow(time.time(), DecisionKind.RECOVER, detail={"runs": len(runs)})])
 
 SchedulerActor = ray.remote(HermesScheduler)
 

@@ -61,7 +61,7 @@ from hermesflow.schedulers.runtime_state import (
     view_step,
     view_stored,
 )
-from hermesflow.store import CallPhase, DecisionRow, RunPhase, RunRow
+from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunPhase, RunRow
 
 _CALL = TypeAdapter(Call)
 
@@ -197,7 +197,7 @@ class OpenRunsMixin:
                 )
             self._ensure_open_class(app_class, stage, backend)
             doc = {"step": -1, "open": True, "visits": {}, "attained_s": 0.0, "cold_s": 0.0}
-            admit = DecisionRow(now, "admit", detail={"class": app_class, "key": key, "open": True})
+            admit = DecisionRow(now, DecisionKind.ADMIT, detail={"class": app_class, "key": key, "open": True})
             run, _ = self.journal.admit(key, app_class, self.policy.name, now, None, labels, doc, admit)
             live = self._new_live(run, None, None, doc)
         elif live.program is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from hermesflow.schedulers.engine import EngineOutput
-from hermesflow.store import DecisionRow
+from hermesflow.store import DecisionKind, DecisionRow
 
 
 class PrewarmMixin:
@@ -27,11 +27,11 @@ class PrewarmMixin:
         now = time.time()
         rows = []
         for name in output.release:
-            rows.append(DecisionRow(now, "release", name))
+            rows.append(DecisionRow(now, DecisionKind.RELEASE, name))
             self.slots[name].release()
         for name in output.warm:
             backend = self.engine.backends[name]
-            rows.append(DecisionRow(now, "warm", name, detail={"expected_s": backend.warmup_s}))
+            rows.append(DecisionRow(now, DecisionKind.WARM, name, detail={"expected_s": backend.warmup_s}))
             self._spawn(self._warm(name, backend.generation))
         self.journal.record(rows)
 

@@ -16,7 +16,7 @@ from hermesflow.journal import NewStep, RunJournal
 from hermesflow.pdgraph.model import END, PDGraph, Stage
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.pdgraph.workload_file import hermes_mix
-from hermesflow.store import CallPhase, DecisionRow, RunPhase, Store, TaskOutcomeRow
+from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunPhase, Store, TaskOutcomeRow
 
 SOURCE = "workload:hermes_apps.json"
 
@@ -183,9 +183,9 @@ def test_decisions_round_trip_in_time_order(store: Store) -> None:
     store.save_pdgraph(hermes_mix()["react_fever"], SOURCE)
     run = store.create_run("react_fever")
     rows = [
-        DecisionRow(at_s=2.0, kind="dispatch", backend="llm", run_id=run, detail={"rank": 0.5}),
-        DecisionRow(at_s=1.0, kind="warm", backend="search:react_fever"),
-        DecisionRow(at_s=3.0, kind="release", backend="llm"),
+        DecisionRow(at_s=2.0, kind=DecisionKind.DISPATCH, backend="llm", run_id=run, detail={"rank": 0.5}),
+        DecisionRow(at_s=1.0, kind=DecisionKind.WARM, backend="search:react_fever"),
+        DecisionRow(at_s=3.0, kind=DecisionKind.RELEASE, backend="llm"),
     ]
     store.record_decisions(rows)
     assert store.decisions() == [rows[1], rows[0], rows[2]]
@@ -228,7 +228,7 @@ def test_task_outcomes_are_recorded_once_without_a_run(store: Store) -> None:
 def _journal_run(store: Store) -> tuple[RunJournal, int]:
     store.save_pdgraph(hermes_mix()["react_fever"], SOURCE)
     journal = RunJournal(store)
-    admit = DecisionRow(0.0, "admit")
+    admit = DecisionRow(0.0, DecisionKind.ADMIT)
     run, _ = journal.admit("etl:run-1", "react_fever", None, 0.0, None, None, {"step": 0}, admit)
     return journal, run.id
 
@@ -258,10 +258,11 @@ def test_live_runs_bring_back_unfinished_calls_of_earlier_steps(store: Store) ->
         journal.start_step(run_id, {"step": step}, _named(step, 1, f"s{step}"), 1.0)[0]
         for step in range(3)
     )
-    decision = DecisionRow(2.0, "complete")
+    decision = DecisionRow(2.0, DecisionKind.COMPLETE)
     assert journal.complete(done.id, {"text": "2"}, 2.0, decision)
     [(run, calls)] = journal.live_runs()
     assert run.id == run_id and [(c.id, c.phase) for c in calls] == [
         (early.id, CallPhase.QUEUED),
         (current.id, CallPhase.QUEUED),
     ]
+
