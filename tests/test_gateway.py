@@ -541,8 +541,15 @@ def test_backends_stats_and_class_graph(api: httpx.Client) -> None:
     backends = {b["name"]: b for b in api.get("/v1/backends").json()}
     assert set(backends) == {"tools", "llm", "search", "broken"}
     assert backends["llm"]["type"] == "transformers"
+    before = api.get("/v1/stats").json()
+    app_id = _app_id("counted")
+    assert api.put(f"/v1/apps/{app_id}/steps/calc", json={"app_class": "notebook", "stage": "calc", "call": CALCULATE, "backend": "tools"}).status_code < 300
+    assert api.get(f"/v1/apps/{app_id}/steps/calc", params={"wait": 60}).json()["state"] == "done"
+    api.post(f"/v1/apps/{app_id}/finish")
     stats = api.get("/v1/stats").json()
-    assert stats["policy"] == "gittins" and stats["completed_calls"] >= 0
+    assert stats["policy"] == "gittins"
+    assert stats["completed_calls"] > before["completed_calls"]  # the step it just ran counts
+    assert stats["overhead_ms_per_step"] > 0 and stats["busy_s"] > before["busy_s"]
     api.post(
         "/v1/apps/graph-probe/steps",
         json={"app_class": "probe_class", "stage": "calc", "backend": "tools", "call": CALCULATE},

@@ -171,9 +171,11 @@ def test_live_apps_are_in_the_policy_order_with_the_keys_the_queue_dispatches_by
     blocker, long, short = _key("blocker"), _key("long"), _key("short")
     _put(handle, blocker, "short", 2.0)
     _until_running(handle, blocker)
+    queued_s = time.time()
     _put(handle, long, "long", 0.1)  # queued first: arrival order would serve it first
     _put(handle, short, "short", 0.1)
     ordered = ray.get(handle.live_apps.remote())
+    asked_s = time.time()
     assert [v["position"] for v in ordered] == list(range(1, len(ordered) + 1))
     views = {v["app_id"]: v for v in ordered}
     assert views[short]["position"] < views[long]["position"]
@@ -186,7 +188,10 @@ def test_live_apps_are_in_the_policy_order_with_the_keys_the_queue_dispatches_by
         remaining = views[key]["remaining_s"]
         assert least <= remaining["low"] <= remaining["mean"] <= remaining["high"] <= most
         assert remaining["level"] == 0.8
-    assert views[long]["elapsed_s"] >= 0 and views[long]["attained_s"] == 0.0
+    # elapsed since admission, read between this test's put and its read of the views
+    assert 0.0 < views[long]["elapsed_s"] <= asked_s - queued_s
+    assert views[blocker]["elapsed_s"] > views[long]["elapsed_s"]  # same clock, admitted earlier
+    assert views[long]["attained_s"] == 0.0
 
     for key in (blocker, long, short):
         _done(handle, key)
