@@ -254,7 +254,7 @@ class BackendView(BaseModel):
 
     name: str
     type: str
-    phase: Literal["cold", "warming", "warm", "draining"]
+    phase: Literal["cold", "warming", "warm"]
     pinned: bool = Field(
         default=False, description="kept warm from the start (`--warm`); `/readyz` waits for it"
     )

@@ -40,12 +40,12 @@ class RequestPhase(IntEnum):
 
 
 class BackendPhase(IntEnum):
-    """Lifecycle of a backend (an LLM engine, a tool container, a DNN), in order."""
+    """Lifecycle of a backend (an LLM engine, a tool container, a DNN), in order. A warm backend
+    is released only when idle (`prewarm.py`), so it goes straight back to COLD."""
 
     COLD = 0
     WARMING = 1
     WARM = 2
-    DRAINING = 3
 
 
 @dataclass(slots=True, eq=False)

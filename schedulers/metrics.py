@@ -9,7 +9,7 @@ The names and tags are a contract with the dashboards and alerts built on them:
 |                              |           |                    | there (NaN, so no sample, while|
 |                              |           |                    | it is empty)                   |
 | hermesflow_backend_warm      | gauge     | backend            | 1 while an actor is loaded     |
-|                              |           |                    | (warm or draining), else 0     |
+|                              |           |                    | (warm), else 0                 |
 | hermesflow_live_apps         | gauge     | app_class          | admitted or running apps       |
 | hermesflow_act_seconds       | histogram | app_class, policy  | completion time of each run    |
 |                              |           |                    | that finished                  |
@@ -57,7 +57,7 @@ class SchedulerMetrics:
         )
         self._backend_warm = Gauge(
             "hermesflow_backend_warm",
-            "1 while the backend has a loaded actor (warm or draining), else 0",
+            "1 while the backend has a loaded actor (warm), else 0",
             ("backend",),
         )
         self._live_apps = Gauge(
