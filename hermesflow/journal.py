@@ -47,9 +47,9 @@ from hermesflow.store import (
     StepCall,
     StepObservation,
     Store,
-    _copy,
-    _require_class,
     observation_values,
+    require_class,
+    row_copy,
 )
 
 _LIVE_PHASES = (RunPhase.ADMITTED, RunPhase.RUNNING)
@@ -151,8 +151,8 @@ class RunJournal:
         with self._transaction() as session:
             existing = session.scalar(select(Run).where(Run.key == key))
             if existing is not None:
-                return _copy(RunRow, existing), False
-            _require_class(session, app_class)
+                return row_copy(RunRow, existing), False
+            require_class(session, app_class)
             run = Run(
                 key=key,
                 app_class=app_class,
@@ -166,7 +166,7 @@ class RunJournal:
             session.add(run)
             session.flush()
             _insert_decisions(session, [decision], run.id)
-            return _copy(RunRow, run), True
+            return row_copy(RunRow, run), True
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -278,13 +278,13 @@ class RunJournal:
                     .where(StepCall.run_id == run.id, current)
                     .order_by(StepCall.step, StepCall.call_index)
                 ).all()
-                out.append((_copy(RunRow, run), [_stored_call(c) for c in calls]))
+                out.append((row_copy(RunRow, run), [_stored_call(c) for c in calls]))
             return out
 
     def run(self, key: str) -> RunRow | None:
         with self.store.session() as session:
             run = session.scalar(select(Run).where(Run.key == key))
-            return None if run is None else _copy(RunRow, run)
+            return None if run is None else row_copy(RunRow, run)
 
     def client_step(self, key: str, step_id: str) -> tuple[RunRow, ClientStepRow | None] | None:
         """The run under `key` and the latest attempt of its step named `step_id` (None when it
@@ -303,12 +303,12 @@ class RunJournal:
             )
             found = session.execute(query).first()
             if found is None:
-                return _copy(RunRow, run), None
-            return _copy(RunRow, run), ClientStepRow(step_id, found.attempt, _stored_call(found.StepCall))
+                return row_copy(RunRow, run), None
+            return row_copy(RunRow, run), ClientStepRow(step_id, found.attempt, _stored_call(found.StepCall))
 
     def runs_by_keys(self, keys: Sequence[str]) -> list[RunRow]:
         with self.store.session() as session:
-            return [_copy(RunRow, r) for r in session.scalars(select(Run).where(Run.key.in_(keys)).order_by(Run.id))]
+            return [row_copy(RunRow, r) for r in session.scalars(select(Run).where(Run.key.in_(keys)).order_by(Run.id))]
 
     def events(self, run_id: int, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
         """The run's decisions after event `after_id`, oldest first."""

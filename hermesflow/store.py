@@ -63,6 +63,8 @@ __all__ = [  # the schema is re-exported: callers import tables and rows from he
     "TaskOutcome",
     "TaskOutcomeRow",
     "observation_values",
+    "require_class",
+    "row_copy",
 ]
 
 
@@ -124,7 +126,7 @@ class Store:
     def load_pdgraph(self, name: str, version: int | None = None) -> PDGraph:
         """The class's snapshot `version` (default: the latest)."""
         with self.session() as session:
-            _require_class(session, name)
+            require_class(session, name)
             versions = _versions(session, name)
             wanted = versions[-1] if version is None else version
             graph = session.scalar(
@@ -168,7 +170,7 @@ class Store:
     ) -> int:
         """Admit a run of a stored class; returns its id."""
         with self.session() as session:
-            _require_class(session, app_class)
+            require_class(session, app_class)
             run = Run(
                 app_class=app_class,
                 policy=policy,
@@ -205,7 +207,7 @@ class Store:
         if phase is not None:
             query = query.where(Run.phase == phase)
         with self.session() as session:
-            return [_copy(RunRow, run) for run in session.scalars(query)]
+            return [row_copy(RunRow, run) for run in session.scalars(query)]
 
     def record_observations(self, run_id: int, observations: Iterable[StageObservation]) -> None:
         """Append stage executions of run `run_id`; each must name that run and its class."""
@@ -262,7 +264,7 @@ class Store:
         """The application's task outcomes in the order they were reported."""
         query = select(TaskOutcome).where(TaskOutcome.app_key == app_key).order_by(TaskOutcome.id)
         with self.session() as session:
-            return [_copy(TaskOutcomeRow, row) for row in session.scalars(query)]
+            return [row_copy(TaskOutcomeRow, row) for row in session.scalars(query)]
 
     # Monitoring (the control API's views; read-only)
 
@@ -342,7 +344,9 @@ def _add_snapshot(session: Session, document: dict[str, Any], source: str) -> in
     return version
 
 
-def _require_class(session: Session, name: str) -> None:
+def require_class(session: Session, name: str) -> None:
+    """A KeyError that lists the known classes unless class `name` is stored (the journal's
+    admissions check it in their own transaction)."""
     if session.get(AppClass, name) is None:
         raise KeyError(
             f"unknown application class {name!r}; known classes: {_class_names(session)}. Add "
@@ -375,7 +379,7 @@ def _fields(row: object) -> dict[str, Any]:
     return {f.name: getattr(row, f.name) for f in fields(row)}  # type: ignore[arg-type]
 
 
-def _copy(cls: type[_Row], source: object, **overrides: Any) -> _Row:
+def row_copy(cls: type[_Row], source: object, **overrides: Any) -> _Row:
     """A `cls` dataclass from the same-named attributes of `source` (an ORM row)."""
     names = [f.name for f in fields(cls) if f.name not in overrides]  # type: ignore[arg-type]
     return cls(**{name: getattr(source, name) for name in names}, **overrides)
@@ -394,4 +398,4 @@ def _observation_row(obs: StageObservation) -> StepObservation:
 
 def _stage_observation(row: StepObservation, app_class: str) -> StageObservation:
     tuples = {name: tuple(getattr(row, name)) for name in _TUPLES}
-    return _copy(StageObservation, row, app_class=app_class, **tuples)
+    return row_copy(StageObservation, row, app_class=app_class, **tuples)
