@@ -35,6 +35,7 @@ from hermesflow.schedulers.experiment import simulate
 from hermesflow.schedulers.interface import AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.policies import POLICIES, make_policy
 from hermesflow.schedulers.prewarm import PLANNERS, make_planner
+from hermesflow.schedulers.simulator import begin_planned_stage
 from hermesflow.schedulers.queues import RequestQueue
 
 RESULTS = Path(__file__).parent / "results"
@@ -146,15 +147,8 @@ def engine_decision_us(live_apps: int, decisions: int = 2000, seed: int = 0) -> 
             del plans[app_id]
             admit(next(ids))
             return
-        planned = plan.stages[index]
-        record = engine.apps[app_id].record
-        compiled = demand.compiled(record.app_class)
-        visits = list(record.state.visits)
-        visits[compiled.index[planned.stage]] += 1
-        requests = [RequestRecord(next(ids), record, planned.backend, clock[0], r.work_s, r.input_tokens, r.output_tokens)
-                    for r in planned.requests]
         plans[app_id] = (plan, index + 1)
-        engine.begin_stage(app_id, planned.stage, tuple(visits), requests)
+        begin_planned_stage(engine, demand, app_id, plan.stages[index], ids)
 
     def admit(app_id: int) -> None:
         app_class = demand.classes[int(rng.integers(len(demand.classes)))]

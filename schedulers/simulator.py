@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from hermesflow.pdgraph.costs import CostModel
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import LLM_BACKEND
-from hermesflow.pdgraph.sampler import RunPlan
+from hermesflow.pdgraph.sampler import PlannedStage, RunPlan
 from hermesflow.schedulers.engine import BackendState, EngineConfig, EngineOutput, LossOutcome, SchedulingEngine
 from hermesflow.schedulers.interface import BackendPhase, Policy, RequestRecord
 from hermesflow.schedulers.prewarm import PrewarmPlanner
@@ -132,6 +132,26 @@ class SimulationResult:
             "max_live_apps": self.max_live_apps,
             "makespan_s": self.makespan_s,
         }
+
+
+def begin_planned_stage(
+    engine: SchedulingEngine,
+    demand: DemandEstimator,
+    app_id: int,
+    planned: PlannedStage,
+    request_ids: Iterator[int],
+) -> None:
+    """Begin one stage of a run plan in the engine: the stage's visit counted, one request per
+    planned request, ready now, with the plan's work and tokens."""
+    record = engine.apps[app_id].record
+    visits = list(record.state.visits)
+    visits[demand.compiled(record.app_class).index[planned.stage]] += 1
+    now = engine.clock()
+    requests = [
+        RequestRecord(next(request_ids), record, planned.backend, now, r.work_s, r.input_tokens, r.output_tokens)
+        for r in planned.requests
+    ]
+    engine.begin_stage(app_id, planned.stage, tuple(visits), requests)
 
 
 class Simulator:
@@ -292,23 +312,7 @@ class Simulator:
         if stage_index == len(plan.stages):
             self._finish(app_id)
             return
-        planned = plan.stages[stage_index]
-        record = self.engine.apps[app_id].record
-        visits = list(record.state.visits)
-        visits[self.demand.compiled(record.app_class).index[planned.stage]] += 1
-        requests = [
-            RequestRecord(
-                next(self._request_ids),
-                record,
-                planned.backend,
-                self.now,
-                request.work_s,
-                request.input_tokens,
-                request.output_tokens,
-            )
-            for request in planned.requests
-        ]
-        self.engine.begin_stage(app_id, planned.stage, tuple(visits), requests)
+        begin_planned_stage(self.engine, self.demand, app_id, plan.stages[stage_index], self._request_ids)
 
     def _finish_request(self, request: RequestRecord) -> None:
         completion = self.engine.complete(request.request_id, request.work_s)
