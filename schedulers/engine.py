@@ -273,6 +273,9 @@ class SchedulingEngine:
         record.state = GraphState(record.app_class, stage, visits, len(app.pending))
         record.phase, record.stage_running_since_s = AppPhase.RUNNING, None
         record.version += 1
+        cold = {name: b.warmup_s for name, b in self.backends.items() if b.phase is BackendPhase.COLD}
+        if cold and self.planner.may_warm_for(record, cold):
+            self._plan_wanted = True
         for request in requests:
             self._queue(request, now)
 

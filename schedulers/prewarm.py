@@ -105,6 +105,15 @@ class PrewarmPlanner(ABC):
             ),
         )
 
+    def may_warm_for(self, app: AppRecord, cold: Mapping[str, float]) -> bool:
+        """Whether `app`, which has just begun a stage, may on its own make this planner warm
+        one of the `cold` backends (name -> warm-up seconds). The engine then plans at once
+        rather than at its next timer tick: a warm-up started at the stage's start instead of up
+        to `planner_interval_s` later is what prewarming is for. A full plan reads every live
+        application, so this question is asked of the one that moved. Default: no (planners
+        that warm only for queued requests, which the engine handles itself)."""
+        return False
+
     @abstractmethod
     def wanted(
         self,
@@ -153,6 +162,10 @@ class WarmOnQueue(PrewarmPlanner):
             users.update(self.demand.compiled(app.app_class).graph.backends)
         return [name for name, _ in users.most_common() if name in backends]
 
+    def may_warm_for(self, app: AppRecord, cold: Mapping[str, float]) -> bool:
+        """Yes when the application's class can use a cold backend."""
+        return any(name in cold for name in self.demand.compiled(app.app_class).graph.backends)
+
 
 class PDGraphPrewarm(PrewarmPlanner):
     """Hermesflow's planner (module docstring): warm what the PDGraphs say is needed within the
@@ -188,6 +201,15 @@ class PDGraphPrewarm(PrewarmPlanner):
             if p >= (self.keep_threshold if backends[name].warm_or_warming else self.warm_threshold)
         ]
         return sorted(chosen, key=lambda name: scores[name], reverse=True)
+
+    def may_warm_for(self, app: AppRecord, cold: Mapping[str, float]) -> bool:
+        """Yes when the application alone needs a cold backend within its horizon with at least
+        `keep_threshold` probability; weaker needs count only combined with other applications',
+        and the timer's next plan weighs them."""
+        return any(
+            self.demand.need_probability(app.state, name, 0.0, warmup_s + self.slack_s) >= self.keep_threshold
+            for name, warmup_s in cold.items()
+        )
 
     def need_probability(
         self,

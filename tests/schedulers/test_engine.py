@@ -203,6 +203,25 @@ def test_the_planner_runs_on_its_timer(demand, clock) -> None:
     assert [e.kind for e in engine.log] == [DecisionKind.RELEASE]
 
 
+def test_a_stage_that_makes_a_cold_backend_likely_is_planned_for_at_once(demand, clock) -> None:
+    """Entering generate_solutions makes the cold code sandbox likely within its warm-up: the
+    engine warms it at the stage's start, not at its next timer tick."""
+    code = "code:factool_code"
+    engine = _engine(
+        demand, clock, _warm("llm", capacity=4), BackendState(code, 3.0, 1), policy="gittins", planner="pdgraph",
+        arrival_rate_window_s=0.1,
+    )
+    engine.admit(1, demand.initial_state(APP_CLASS), arrival_s=-1.0)  # out of the rate window
+    assert engine.schedule().warm == ()  # the timer's first plan: the first stage needs no sandbox
+    clock.now = 0.2
+    record = engine.apps[1].record
+    compiled = demand.compiled(APP_CLASS)
+    visits = tuple(int(i == compiled.index["generate_solutions"]) for i in range(compiled.end))
+    engine.begin_stage(1, "generate_solutions", visits, [RequestRecord(next(_ids), record, "llm", clock.now, 1.0, 300, 200)])
+    assert clock.now < engine.next_plan_s
+    assert engine.schedule().warm == (code,)
+
+
 def test_admission_rates_cover_the_window_or_the_engine_age(demand, clock) -> None:
     engine = _engine(demand, clock, _warm("tools"), arrival_rate_window_s=10.0)
     for app_id in range(4):

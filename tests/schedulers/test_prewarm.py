@@ -191,6 +191,18 @@ def test_pdgraph_warms_the_next_stages_backend(
     assert planner.plan(now, [app], _code_backends(COLD), {}) == PrewarmDecision(warm=(CODE,))
 
 
+def test_pdgraph_asks_for_a_plan_when_a_stage_makes_a_cold_backend_likely(
+    demand: DemandEstimator, make_app: AppFactory
+) -> None:
+    """generate_solutions is followed by code_execution: entering it makes the cold sandbox
+    likely within its warm-up, so the engine should plan now; the first stage does not."""
+    planner = PDGraphPrewarm(demand)
+    entering = _at_generate_solutions(make_app, 0.0, running_for_s=0.0)
+    assert planner.may_warm_for(entering, {CODE: 3.0})
+    assert not planner.may_warm_for(make_app("factool_code", stage="generate_queries"), {CODE: 3.0})
+    assert not planner.may_warm_for(entering, {})
+
+
 def test_pdgraph_keeps_the_next_backend_of_an_overdue_stage(
     demand: DemandEstimator, make_app: AppFactory
 ) -> None:
