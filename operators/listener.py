@@ -30,7 +30,8 @@ from hermesflow.operators.dag_graph import argument, is_step
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesHook
 from sqlalchemy.orm import object_session
 
-from hermesflow.api_models import FinishRequest, TaskOutcome, TaskState
+from hermesflow.api.models.control import FinishRequest
+from hermesflow.client_records import TaskOutcome, TaskState
 
 log = logging.getLogger(__name__)
 

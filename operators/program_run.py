@@ -24,7 +24,7 @@ from hermesflow.operators.step_base import HermesOperator
 from hermesflow.operators.triggers import HermesAppTrigger
 from hermesflow.operators.validation import HermesDagError, check_fields, check_template_slots
 
-from hermesflow.api_models import AppSubmission, AppView
+from hermesflow.api.models.control import AppSubmission, AppView
 
 
 class ProgramRunOperator(HermesOperator):

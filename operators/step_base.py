@@ -40,9 +40,9 @@ from hermesflow.operators.validation import (
     task_label,
 )
 
-from hermesflow.api_models import CallResult, StepSubmission, StepView
+from hermesflow.api.models.control import StepSubmission, StepView
 from hermesflow.apps.app_graph import NodeKind
-from hermesflow.backends.calls import LLMCall, ToolCall
+from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
 
 MAX_POLL_S = 60.0
 """The server holds a long poll at most this long."""

@@ -27,7 +27,7 @@ from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesConnectionError, HermesHook
 from pydantic import BaseModel
 
-from hermesflow.api_models import AppView, StepView
+from hermesflow.api.models.control import AppView, StepView
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -27,14 +27,9 @@ from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from pydantic import BaseModel
 
-from hermesflow.api_models import (
-    ActHistory,
-    BackendView,
-    ClassSummary,
-    LiveAppView,
-    SchedulerStats,
-)
-from hermesflow.monitor_params import (
+from hermesflow.api.models.control import BackendView, SchedulerStats
+from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
+from hermesflow.api.monitor_params import (
     DEFAULT_ACT_BUCKETS,
     DEFAULT_ACT_WINDOW_S,
     DEFAULT_LIVE_APPS,

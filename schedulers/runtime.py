@@ -52,11 +52,9 @@ from hermesflow.schedulers.runtime_monitor import MonitorMixin
 from hermesflow.schedulers.runtime_open import OpenRunsMixin
 from hermesflow.schedulers.runtime_prewarm import PrewarmMixin
 from hermesflow.schedulers.runtime_refit import RefitMixin
+from hermesflow.schedulers.errors import RunFailed, SubmissionError, UnknownApplication
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
-    RunFailed,
-    SubmissionError,
-    UnknownApplication,
     load_program,
     new_step,
     request_of,

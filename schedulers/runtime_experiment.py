@@ -41,7 +41,7 @@ from hermesflow.schedulers.runtime_results import (
     not_admitted,
     outcome_of,
 )
-from hermesflow.schedulers.runtime_state import SubmissionError
+from hermesflow.schedulers.errors import SubmissionError
 from hermesflow.schedulers.workload import poisson_arrivals
 
 

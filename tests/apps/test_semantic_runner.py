@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from dags.map_reduce_program import program as map_reduce
-from hermesflow.api_models import AppView
+from hermesflow.api.models.control import AppView
 from hermesflow.apps.map_reduce import MapReduceInputs
 from hermesflow.apps.program import StepPlan
 from hermesflow.apps.semantic import (

@@ -18,7 +18,7 @@ from hermesflow.operators.hook import ApiEndpoint, HermesConnectionError, Hermes
 from hermesflow.operators.provider import get_provider_info
 from provider_support import Hermes, free_conn_uri
 
-from hermesflow.api_models import StepSubmission
+from hermesflow.api.models.control import StepSubmission
 from hermesflow.backends.calls import ToolCall
 
 

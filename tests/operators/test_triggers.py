@@ -24,7 +24,7 @@ from hermesflow.operators.hook import HermesHook
 from hermesflow.operators.triggers import HermesAppTrigger, HermesStepTrigger
 from provider_support import Hermes, free_conn_uri
 
-from hermesflow.api_models import AppSubmission, StepSubmission
+from hermesflow.api.models.control import AppSubmission, StepSubmission
 from hermesflow.backends.calls import ToolCall
 
 TRIGGERS = [

@@ -25,7 +25,8 @@ from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E40
 from hermesflow.store import CallPhase, Store  # noqa: E402
 from hermesflow.schedulers.engine import EngineConfig  # noqa: E402
 from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
-from hermesflow.schedulers.runtime_state import SubmissionError, load_program  # noqa: E402
+from hermesflow.schedulers.errors import SubmissionError  # noqa: E402
+from hermesflow.schedulers.runtime_state import load_program  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from support.serving import serving, wait_warm  # noqa: E402
 

@@ -36,7 +36,7 @@ def serving(config: Any, token: str | None, prefix: str) -> Iterator[Serving]:
     `token`, named `{prefix}-scheduler-…` / `{prefix}-gateway-…`; stop both on exit."""
     import ray
 
-    from hermesflow.gateway import start_gateway, stop_gateway
+    from hermesflow.api.deployment import start_gateway, stop_gateway
     from hermesflow.schedulers.runtime import start_scheduler
 
     suffix = uuid.uuid4().hex[:8]
