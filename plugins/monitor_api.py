@@ -22,9 +22,6 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 from fastapi import APIRouter, HTTPException, Path, status
-from hermesflow.operators import api_client
-from hermesflow.operators.api_client import HermesApiError, Route
-from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from pydantic import BaseModel
 
 from hermesflow.api.models.control import BackendView, SchedulerStats
@@ -38,6 +35,9 @@ from hermesflow.api.monitor_params import (
     ClassFilter,
     LiveAppsLimit,
 )
+from hermesflow.operators import api_client
+from hermesflow.operators.api_client import HermesApiError, Route
+from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from hermesflow.pdgraph.model import PDGraph
 
 M = TypeVar("M", bound=BaseModel)

@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hermesflow.client_records import TERMINAL_STEP_STATES, TaskOutcome
 from hermesflow.backends.calls import Call
+from hermesflow.client_records import TERMINAL_STEP_STATES, TaskOutcome
 from hermesflow.journal import ClientStepRow
 from hermesflow.schedulers.errors import SubmissionError, UnknownApplication, UnknownStep
 from hermesflow.schedulers.runtime_state import view_step

@@ -76,11 +76,11 @@ CLI_GATEWAY = f"cli-gateway-{uuid.uuid4().hex[:8]}"
 def gateway_url(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A light scheduler (the tool pool and the test program `sleep_chain`) behind a gateway."""
     import ray
+
+    from hermesflow.api.deployment import start_gateway, stop_gateway
+    from hermesflow.backends.base import BackendSpec
     from hermesflow.schedulers.runtime import start_scheduler
     from hermesflow.schedulers.runtime_config import RuntimeConfig
-
-    from hermesflow.backends.base import BackendSpec
-    from hermesflow.api.deployment import start_gateway, stop_gateway
 
     config = RuntimeConfig(
         db_url=f"sqlite:///{tmp_path_factory.mktemp('cli') / 'hermes.db'}",

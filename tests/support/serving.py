@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-
 TEARDOWN_GRACE_S = 2.0
 """How long a test's gateway lets requests still open at teardown finish (a test's own work is
 over by then; the default grace period is for users)."""
