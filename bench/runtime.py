@@ -46,6 +46,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hermesflow.apps.suite import REFERENCE_APPS, LLMEngine
+from hermesflow.backends.vllm_llm import missing_gpu_stack
 from hermesflow.demo import (
     EngineSetup,
     calibrated_costs,
@@ -54,7 +55,6 @@ from hermesflow.demo import (
     print_failures,
     run_comparison,
 )
-from hermesflow.backends.vllm_llm import missing_gpu_stack
 from hermesflow.pdgraph.model import StageKind
 from hermesflow.ray_cluster import connect
 from hermesflow.schedulers.calibration import fidelity, learned_from_run, observed_plans

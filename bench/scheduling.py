@@ -28,15 +28,15 @@ import numpy as np
 
 from hermesflow.pdgraph.costs import CostModel
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
-from hermesflow.pdgraph.workload_file import hermes_mix
 from hermesflow.pdgraph.sampler import RunPlan
+from hermesflow.pdgraph.workload_file import hermes_mix
 from hermesflow.schedulers.engine import BackendState, SchedulingEngine
 from hermesflow.schedulers.experiment import simulate
 from hermesflow.schedulers.interface import AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.policies import POLICIES, make_policy
 from hermesflow.schedulers.prewarm import PLANNERS, make_planner
-from hermesflow.schedulers.simulator import begin_planned_stage
 from hermesflow.schedulers.queues import RequestQueue
+from hermesflow.schedulers.simulator import begin_planned_stage
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_LOAD = 0.9

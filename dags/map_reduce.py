@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, Param, task
-from hermesflow.operators.llm_step import LLMStepOperator
 
 from hermesflow.apps.map_reduce import MapReduceInputs
 from hermesflow.apps.tools import chunk_text, load_document
+from hermesflow.operators.llm_step import LLMStepOperator
 
 SUMMARIZE_PROMPT = "Summarise this passage in one sentence.\n\nPassage: {{ passage }}\nSummary:"
 COMBINE_PROMPT = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, Param
+
 from hermesflow.operators.llm_step import LLMStepOperator
 from hermesflow.operators.tool_step import ToolStepOperator
 

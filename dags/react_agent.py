@@ -20,7 +20,6 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Param, task
-from hermesflow.operators.tool_step import ToolStepOperator
 
 from hermesflow.apps.react import (
     CALCULATE,
@@ -32,6 +31,7 @@ from hermesflow.apps.react import (
     think_call,
 )
 from hermesflow.apps.suite_steps import CALCULATOR_TOOL, SEARCH_BACKEND, SEARCH_TOOL, clip
+from hermesflow.operators.tool_step import ToolStepOperator
 
 ROUNDS = 3
 ANY_WAY = "none_failed_min_one_success"

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hermesflow.api.models.lifecycle import DEFAULT_GRACE_S, DEFAULT_READY_TIMEOUT_S
 from hermesflow.cli_options import (
     AT_LEAST_ONE,
     LOAD,
@@ -30,7 +31,6 @@ from hermesflow.cli_options import (
     http_url,
     not_blank,
 )
-from hermesflow.lifecycle import DEFAULT_GRACE_S, DEFAULT_READY_TIMEOUT_S
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph, StageKind
 from hermesflow.pdgraph.workload_file import WorkloadFileError, hermes_mix, load_workload
@@ -448,7 +448,7 @@ def submit_command(
     import httpx
     from pydantic import ValidationError
 
-    from hermesflow.api_models import AppSubmission, AppView
+    from hermesflow.api.models.control import AppSubmission, AppView
 
     try:
         parsed = json.loads(inputs)

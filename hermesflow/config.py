@@ -49,7 +49,7 @@ class ApiLimits(BaseSettings):
     A body over `max_body_bytes` is refused with 413 before it is read; `labels` (the client's
     notes stored with each run) may have at most `max_labels` keys of at most
     `max_label_key_chars` characters, each value at most `max_label_value_chars` characters as
-    JSON. Names a client creates have fixed limits instead (`hermesflow.api_models`).
+    JSON. Names a client creates have fixed limits instead (`hermesflow.client_records`).
     """
 
     model_config = SettingsConfigDict(env_prefix="HERMES_API_")

@@ -40,7 +40,13 @@ from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.report import write_report
 from hermesflow.schedulers.runtime_config import CPU_MODEL_COST, VLLM_MODEL_COST, RuntimeConfig
-from hermesflow.schedulers.runtime_experiment import EngineProbe, PlannedApp, plan_arrivals, probe_engine, run_experiment
+from hermesflow.schedulers.runtime_experiment import (
+    EngineProbe,
+    PlannedApp,
+    plan_arrivals,
+    probe_engine,
+    run_experiment,
+)
 from hermesflow.schedulers.runtime_results import RuntimeResult
 from hermesflow.schedulers.workload import arrival_rate_for_load
 

@@ -6,7 +6,7 @@ on stderr. With `detach` it returns there. In the foreground it serves until a s
 the scheduler or the gateway disappears because someone stopped them from elsewhere
 (`hermesflow stop` in another shell), and then stops both: the gateway drains first (new
 requests get 503, open ones may finish within the grace period, the rest end with an error;
-see `hermesflow.lifecycle`), then the scheduler releases its backends.
+see `hermesflow.api.models.lifecycle`), then the scheduler releases its backends.
 
 Signals: SIGINT (Ctrl-C) and SIGTERM set a stop request (`StopRequest`) instead of raising
 KeyboardInterrupt wherever the main thread happens to be — half-way through a start or inside a
@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from hermesflow.lifecycle import READY_PATH, Readiness, unavailable
+from hermesflow.api.models.lifecycle import READY_PATH, Readiness, unavailable
 from hermesflow.schedulers.runtime_config import NAMESPACE, RuntimeConfig
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -130,7 +130,7 @@ def serve(plan: ServePlan) -> int:
 def _serve(plan: ServePlan, stop: StopRequest) -> int:
     from ray.exceptions import RayError
 
-    from hermesflow.gateway import start_gateway
+    from hermesflow.api.deployment import start_gateway
     from hermesflow.schedulers.runtime import start_scheduler
 
     config = plan.config
@@ -281,7 +281,7 @@ def stop_serving(names: ServedNames, grace_s: float) -> list[str]:
     the names of those that were running."""
     import ray
 
-    from hermesflow.gateway import stop_gateway
+    from hermesflow.api.deployment import stop_gateway
 
     stopped = []
     drained = stop_gateway(names.gateway, NAMESPACE, grace_s)

@@ -25,11 +25,11 @@ from hermesflow.config import get_settings
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.store_schema import (
+    TERMINAL_DECISIONS,
     AppClass,
     Base,
     CallPhase,
     ClientStep,
-    TERMINAL_DECISIONS,
     Decision,
     DecisionKind,
     DecisionRow,

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hermesflow.api_models import TaskState
+from hermesflow.client_records import TaskState
 
 
 class RunPhase(IntEnum):

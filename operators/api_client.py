@@ -17,21 +17,19 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, RootModel, ValidationError
 
-from hermesflow.api_models import (
-    ActHistory,
+from hermesflow.api.models.control import (
     AppSubmission,
     AppView,
     BackendView,
     ClassDeclaration,
-    ClassSummary,
     FinishRequest,
-    Health,
-    LiveAppView,
     SchedulerStats,
     StepSubmission,
     StepView,
-    TaskOutcome,
 )
+from hermesflow.api.models.lifecycle import Health
+from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
+from hermesflow.client_records import TaskOutcome
 from hermesflow.pdgraph.model import PDGraph
 
 M = TypeVar("M", bound=BaseModel)

@@ -23,12 +23,12 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 from airflow.sdk.definitions.context import context_merge
+
+from hermesflow.backends.calls import ChatMessage, LLMCall, ToolCall
 from hermesflow.operators.airflow_compat import SET_DURING_EXECUTION
 from hermesflow.operators.llm_step import LLMStepOperator
 from hermesflow.operators.tool_step import ToolStepOperator
 from hermesflow.operators.validation import HermesDagError
-
-from hermesflow.backends.calls import ChatMessage, LLMCall, ToolCall
 
 
 def _templated(operator: type[BaseOperator]) -> tuple[tuple[str, ...], dict[str, str]]:

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import httpx
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from pydantic import BaseModel
+
 from hermesflow.operators import api_client
 from hermesflow.operators.api_client import HermesApiError, Route
-from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 

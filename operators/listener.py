@@ -24,13 +24,14 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 from airflow.sdk.exceptions import AirflowException
+from sqlalchemy.orm import object_session
+
+from hermesflow.api.models.control import FinishRequest
+from hermesflow.client_records import TaskOutcome, TaskState
 from hermesflow.operators import api_client, naming
 from hermesflow.operators.api_client import HermesApiError
 from hermesflow.operators.dag_graph import argument, is_step
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesHook
-from sqlalchemy.orm import object_session
-
-from hermesflow.api_models import FinishRequest, TaskOutcome, TaskState
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,12 @@ from typing import Any, ClassVar
 
 import jinja2
 from airflow.sdk import Context
+
+from hermesflow.apps.app_graph import NodeKind
+from hermesflow.backends.calls import CallResult, ChatMessage, LLMCall
 from hermesflow.operators.airflow_compat import ArgNotSet
 from hermesflow.operators.step_base import StepOperator
 from hermesflow.operators.validation import HermesDagError, check_fields, check_template_slots
-
-from hermesflow.api_models import CallResult
-from hermesflow.apps.app_graph import NodeKind
-from hermesflow.backends.calls import ChatMessage, LLMCall
 from hermesflow.pdgraph.model import LLM_BACKEND
 
 DEFAULT_MAX_TOKENS = 64

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hermesflow.api_models import MAX_APP_ID_CHARS, MAX_STEP_ID_CHARS
+from hermesflow.client_records import MAX_APP_ID_CHARS, MAX_STEP_ID_CHARS
 
 
 class HermesNameError(ValueError):

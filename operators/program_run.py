@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 import jinja2
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
+
+from hermesflow.api.models.control import AppSubmission, AppView
 from hermesflow.operators import api_client, naming
 from hermesflow.operators.step_base import HermesOperator
 from hermesflow.operators.triggers import HermesAppTrigger
 from hermesflow.operators.validation import HermesDagError, check_fields, check_template_slots
-
-from hermesflow.api_models import AppSubmission, AppView
 
 
 class ProgramRunOperator(HermesOperator):

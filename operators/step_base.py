@@ -26,6 +26,10 @@ from typing import Any, ClassVar
 import jinja2.sandbox
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from hermesflow.api.models.control import StepSubmission, StepView
+from hermesflow.apps.app_graph import NodeKind
+from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
 from hermesflow.operators import api_client, naming
 from hermesflow.operators.airflow_compat import DagContext, DependencyMixin, OperatorPartial
 from hermesflow.operators.api_client import HermesApiError, Route
@@ -39,10 +43,6 @@ from hermesflow.operators.validation import (
     check_edge,
     task_label,
 )
-
-from hermesflow.api_models import CallResult, StepSubmission, StepView
-from hermesflow.apps.app_graph import NodeKind
-from hermesflow.backends.calls import LLMCall, ToolCall
 
 MAX_POLL_S = 60.0
 """The server holds a long poll at most this long."""

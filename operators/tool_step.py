@@ -18,13 +18,13 @@ from typing import Any, ClassVar, Literal
 
 import jinja2
 from airflow.sdk import Context
-from hermesflow.operators.step_base import StepOperator
-from hermesflow.operators.validation import HermesDagError, check_fields, check_template_slots
 
-from hermesflow.api_models import CallResult, StepView
+from hermesflow.api.models.control import StepView
 from hermesflow.apps.app_graph import NodeKind
 from hermesflow.apps.suite_steps import TOOLS_BACKEND
-from hermesflow.backends.calls import ToolCall
+from hermesflow.backends.calls import CallResult, ToolCall
+from hermesflow.operators.step_base import StepOperator
+from hermesflow.operators.validation import HermesDagError, check_fields, check_template_slots
 
 DEFAULT_TOOL_TIMEOUT_S = 30.0
 

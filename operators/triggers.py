@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from pydantic import BaseModel
+
+from hermesflow.api.models.control import AppView, StepView
 from hermesflow.operators import api_client
 from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesConnectionError, HermesHook
-from pydantic import BaseModel
-
-from hermesflow.api_models import AppView, StepView
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -32,9 +32,10 @@ from typing import Any
 import jinja2
 from airflow.sdk import Connection
 from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
-from hermesflow.operators.hook import EXAMPLE_URI, ApiEndpoint, HermesConnectionError
 from jinja2 import meta
 from pydantic import BaseModel, ValidationError
+
+from hermesflow.operators.hook import EXAMPLE_URI, ApiEndpoint, HermesConnectionError
 
 BACKENDS_ENV = "HERMES_BACKENDS"
 """Extra backend names a DAG may use, comma-separated (the deployment's own backends)."""

@@ -17,13 +17,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
 from hermesflow.operators.hook import DEFAULT_CONN_ID
 from hermesflow.plugins.airflow_auth import AUTH_RESPONSES, authenticated, login_url
 from hermesflow.plugins.monitor_api import monitor_router
 from hermesflow.plugins.page import login_required
 from hermesflow.plugins.page import router as page_router
-from starlette.exceptions import HTTPException
-from starlette.responses import Response
 
 CONN_ID_ENV = "HERMES_AIRFLOW_CONN_ID"
 """The environment variable naming the Airflow connection the plugin reads Hermesflow through

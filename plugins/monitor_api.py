@@ -22,19 +22,11 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 from fastapi import APIRouter, HTTPException, Path, status
-from hermesflow.operators import api_client
-from hermesflow.operators.api_client import HermesApiError, Route
-from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from pydantic import BaseModel
 
-from hermesflow.api_models import (
-    ActHistory,
-    BackendView,
-    ClassSummary,
-    LiveAppView,
-    SchedulerStats,
-)
-from hermesflow.monitor_params import (
+from hermesflow.api.models.control import BackendView, SchedulerStats
+from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
+from hermesflow.api.monitor_params import (
     DEFAULT_ACT_BUCKETS,
     DEFAULT_ACT_WINDOW_S,
     DEFAULT_LIVE_APPS,
@@ -43,6 +35,9 @@ from hermesflow.monitor_params import (
     ClassFilter,
     LiveAppsLimit,
 )
+from hermesflow.operators import api_client
+from hermesflow.operators.api_client import HermesApiError, Route
+from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from hermesflow.pdgraph.model import PDGraph
 
 M = TypeVar("M", bound=BaseModel)

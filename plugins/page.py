@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from html import escape
 from importlib.metadata import version
 from importlib.resources import files
-from html import escape
 from string import Template
 
 from fastapi import APIRouter, HTTPException, Response

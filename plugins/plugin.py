@@ -20,8 +20,9 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
-from hermesflow.operators import listener
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hermesflow.operators import listener
 
 URL_PREFIX = "/hermesflow"
 """Where the api-server mounts the app; the page is at `{URL_PREFIX}/ui`."""

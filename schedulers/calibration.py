@@ -27,18 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from hermesflow.backends.calls import CallResult
+from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator
-from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.pdgraph.sampler import PlannedRequest, PlannedStage, RunPlan
-from hermesflow.store import Store
-from hermesflow.store_schema import DecisionKind, RunRow
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
 from hermesflow.schedulers.simulator import SimulationConfig, Simulator
 from hermesflow.schedulers.workload import Arrival
+from hermesflow.store import Store
+from hermesflow.store_schema import DecisionKind, RunRow
 
 MIN_CALLS = 5
 """Fewer timed LLM calls than this give no calibration (the prior cost model stays)."""

@@ -21,7 +21,6 @@ from hermesflow.schedulers.workload import (
     poisson_arrivals,
 )
 
-
 MAX_REAL_APPS = 500
 """Most applications a real experiment (`hermesflow demo`, `bench/runtime.py`) serves per
 scheduler. Real runs take wall time — 2-4 s per application and scheduler at load 1.2 on 2 cores,

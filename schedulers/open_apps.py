@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 
 from hermesflow.pdgraph.distributions import Empirical
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
-from hermesflow.pdgraph.priors import PRIOR_EXEC_S, PRIOR_INPUT_TOKENS, PRIOR_OUTPUT_TOKENS, prior_sizes
+from hermesflow.pdgraph.priors import (
+    PRIOR_EXEC_S,
+    PRIOR_INPUT_TOKENS,
+    PRIOR_OUTPUT_TOKENS,
+    prior_sizes,
+)
 from hermesflow.pdgraph.refit import StageObservation
 
 PRIOR_REPEAT = 0.5

@@ -42,7 +42,14 @@ from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import END, PDGraph
 from hermesflow.pdgraph.refit import StageObservation
-from hermesflow.schedulers.engine import BackendState, Dispatch, EngineOutput, LossOutcome, SchedulingEngine
+from hermesflow.schedulers.engine import (
+    BackendState,
+    Dispatch,
+    EngineOutput,
+    LossOutcome,
+    SchedulingEngine,
+)
+from hermesflow.schedulers.errors import RunFailed, SubmissionError, UnknownApplication
 from hermesflow.schedulers.metrics import SchedulerMetrics
 from hermesflow.schedulers.policies import make_policy
 from hermesflow.schedulers.prewarm import make_planner
@@ -54,9 +61,6 @@ from hermesflow.schedulers.runtime_prewarm import PrewarmMixin
 from hermesflow.schedulers.runtime_refit import RefitMixin
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
-    RunFailed,
-    SubmissionError,
-    UnknownApplication,
     load_program,
     new_step,
     request_of,

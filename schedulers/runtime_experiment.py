@@ -29,8 +29,8 @@ from hermesflow.backends.base import BackendSpec
 from hermesflow.backends.calls import CallResult, LLMCall
 from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.costs import LLMEngineCost
-from hermesflow.store import Store
 from hermesflow.schedulers.calibration import MIN_CALLS, busy_share, calibrate_engine, offered_load
+from hermesflow.schedulers.errors import SubmissionError
 from hermesflow.schedulers.runtime import start_scheduler
 from hermesflow.schedulers.runtime_config import RuntimeConfig
 from hermesflow.schedulers.runtime_results import (
@@ -41,8 +41,8 @@ from hermesflow.schedulers.runtime_results import (
     not_admitted,
     outcome_of,
 )
-from hermesflow.schedulers.runtime_state import SubmissionError
 from hermesflow.schedulers.workload import poisson_arrivals
+from hermesflow.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from hermesflow.journal import StoredCall
+from hermesflow.schedulers.errors import SubmissionError
 from hermesflow.schedulers.interface import AppPhase, RequestRecord
 from hermesflow.schedulers.metrics import ray_dashboard_url
-from hermesflow.schedulers.runtime_state import LiveRun, SubmissionError, request_of
+from hermesflow.schedulers.runtime_state import LiveRun, request_of
 from hermesflow.store import FinishedAct, RunPhase
 
 REMAINING_LEVEL = 0.8

@@ -50,13 +50,15 @@ from hermesflow.backends.call_checks import LLM_BACKEND_TYPES, check_call
 from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
 from hermesflow.journal import ClientStepRow, RunEnd, StoredCall
 from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
-from hermesflow.schedulers.open_apps import DECLARED_SOURCE, open_class_prior, structure_of
-from hermesflow.schedulers.runtime_state import (
+from hermesflow.schedulers.errors import (
     ApplicationFinished,
-    LiveRun,
     RunFailed,
     SubmissionError,
     UnknownApplication,
+)
+from hermesflow.schedulers.open_apps import DECLARED_SOURCE, open_class_prior, structure_of
+from hermesflow.schedulers.runtime_state import (
+    LiveRun,
     new_step,
     view_step,
     view_stored,

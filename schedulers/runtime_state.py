@@ -1,4 +1,4 @@
-"""The scheduler actor's in-memory view of a run, its errors, and how runs look to clients.
+"""The scheduler actor's in-memory view of a run, and how runs look to clients.
 
 No Ray here: `LiveRun` is plain state the actor (`runtime.py`, `runtime_open.py`) keeps per live
 application; the views are the JSON the control API and the Airflow provider read.
@@ -20,28 +20,6 @@ from hermesflow.journal import ClientStepRow, NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord, RequestRecord
 from hermesflow.store import CallPhase, RunPhase, RunRow
-
-
-class SubmissionError(ValueError):
-    """A submission the scheduler refuses (unknown class, invalid inputs); says how to fix it."""
-
-
-class UnknownApplication(SubmissionError, LookupError):
-    """No application has this id."""
-
-
-class UnknownStep(SubmissionError, LookupError):
-    """The application has no step of this id."""
-
-
-class ApplicationFinished(SubmissionError):
-    """A step was sent to an application that has already ended (HTTP 409: a conflict with the
-    application's state, not a malformed request)."""
-
-
-class RunFailed(RuntimeError):
-    """The application a caller waits on failed. The message is the scheduler's own, written
-    for clients (the HTTP API passes it on, unlike an unexpected error's)."""
 
 
 @dataclass(eq=False)

@@ -26,15 +26,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hermesflow.api_models import TERMINAL_STEP_STATES, TaskOutcome
 from hermesflow.backends.calls import Call
+from hermesflow.client_records import TERMINAL_STEP_STATES, TaskOutcome
 from hermesflow.journal import ClientStepRow
-from hermesflow.schedulers.runtime_state import (
-    SubmissionError,
-    UnknownApplication,
-    UnknownStep,
-    view_step,
-)
+from hermesflow.schedulers.errors import SubmissionError, UnknownApplication, UnknownStep
+from hermesflow.schedulers.runtime_state import view_step
 from hermesflow.store import RunRow, TaskOutcomeRow
 
 

@@ -31,7 +31,13 @@ from hermesflow.pdgraph.costs import CostModel
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.pdgraph.sampler import PlannedStage, RunPlan
-from hermesflow.schedulers.engine import BackendState, EngineConfig, EngineOutput, LossOutcome, SchedulingEngine
+from hermesflow.schedulers.engine import (
+    BackendState,
+    EngineConfig,
+    EngineOutput,
+    LossOutcome,
+    SchedulingEngine,
+)
 from hermesflow.schedulers.interface import BackendPhase, Policy, RequestRecord
 from hermesflow.schedulers.prewarm import PrewarmPlanner
 from hermesflow.schedulers.sim_backends import SimBackend, SimEngine, SimPool

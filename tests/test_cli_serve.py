@@ -32,7 +32,9 @@ def test_cli_and_api_models_import_without_ray_or_web_framework() -> None:
     """The CLI and the API models are used by clients (Airflow's hook, scripts) that have no
     Ray driver: importing them must not pull in Ray, FastAPI or uvicorn."""
     probe = (
-        "import json, sys, hermesflow.cli, hermesflow.api_models, hermesflow.ray_cluster; "
+        "import json, sys, hermesflow.cli, hermesflow.ray_cluster; "
+        "import hermesflow.api.models.control, hermesflow.api.models.monitor; "
+        "import hermesflow.api.models.openai, hermesflow.api.models.lifecycle; "
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'fastapi', 'uvicorn', 'starlette'})))"
     )
     done = subprocess.run(
@@ -74,11 +76,11 @@ CLI_GATEWAY = f"cli-gateway-{uuid.uuid4().hex[:8]}"
 def gateway_url(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A light scheduler (the tool pool and the test program `sleep_chain`) behind a gateway."""
     import ray
+
+    from hermesflow.api.deployment import start_gateway, stop_gateway
+    from hermesflow.backends.base import BackendSpec
     from hermesflow.schedulers.runtime import start_scheduler
     from hermesflow.schedulers.runtime_config import RuntimeConfig
-
-    from hermesflow.backends.base import BackendSpec
-    from hermesflow.gateway import start_gateway, stop_gateway
 
     config = RuntimeConfig(
         db_url=f"sqlite:///{tmp_path_factory.mktemp('cli') / 'hermes.db'}",

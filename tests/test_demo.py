@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from hermesflow.cli import app
 from hermesflow.pdgraph.model import LLM_BACKEND
-from hermesflow.schedulers.experiment import MAX_REAL_APPS
 from hermesflow.schedulers.engine import EngineConfig
+from hermesflow.schedulers.experiment import MAX_REAL_APPS
 from hermesflow.schedulers.runtime_config import CPU_MODEL_COST
 from hermesflow.schedulers.runtime_results import ACT_SCOPE, AppEnd
 from hermesflow.store import RunPhase, Store

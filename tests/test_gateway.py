@@ -18,14 +18,15 @@ import pytest
 ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
+from support.serving import serving, wait_warm  # noqa: E402
+
+from hermesflow.api.deployment import start_gateway, stop_gateway  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.backends.calls import LLMCall  # noqa: E402
 from hermesflow.config import ApiLimits  # noqa: E402
-from hermesflow.gateway import start_gateway, stop_gateway  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
 from hermesflow.schedulers.runtime_config import NAMESPACE, RuntimeConfig  # noqa: E402
 from hermesflow.store import Store  # noqa: E402
-from support.serving import serving, wait_warm  # noqa: E402
 
 try:
     from hermesflow.apps.suite import REFERENCE_APPS

@@ -17,11 +17,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.gateway import start_gateway, stop_gateway  # noqa: E402
-from hermesflow.lifecycle import DrainReport  # noqa: E402
-from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from support.serving import Serving, serving  # noqa: E402
+
+from hermesflow.api.deployment import start_gateway, stop_gateway  # noqa: E402
+from hermesflow.api.models.lifecycle import DrainReport  # noqa: E402
+from hermesflow.backends.base import BackendSpec  # noqa: E402
+from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 
 TOKEN = f"lifecycle-{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

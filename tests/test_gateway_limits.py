@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from hermesflow.api.errors import ApiError
+from hermesflow.api.limits import _lone_surrogate, check_labels
 from hermesflow.config import ApiLimits
-from hermesflow.gateway_limits import _lone_surrogate, check_labels
-from hermesflow.gateway_scheduler import ApiError
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,14 @@ from pydantic import TypeAdapter
 
 ray = pytest.importorskip("ray")
 
-from hermesflow.api_models import ActHistory, BackendView, ClassSummary, LiveAppView  # noqa: E402
+from support.serving import Serving, serving  # noqa: E402
+
+from hermesflow.api.models.control import BackendView  # noqa: E402
+from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
-from support.serving import Serving, serving  # noqa: E402
 
 TOKEN = f"monitor-token-{uuid.uuid4().hex}"
 ONE_WORKER = BackendSpec(

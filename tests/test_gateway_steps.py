@@ -17,13 +17,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from support.serving import serving  # noqa: E402
+
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from hermesflow.store import RunPhase, Store, TaskOutcomeRow  # noqa: E402
-from support.serving import serving  # noqa: E402
 
 TOKEN = f"steps-token-{uuid.uuid4().hex}"
 TOOLS = BackendSpec(

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from hermesflow import store as store_module
-from hermesflow.api_models import TaskState
+from hermesflow.client_records import TaskState
 from hermesflow.journal import NewStep, RunJournal
 from hermesflow.pdgraph.model import END, PDGraph, Stage
 from hermesflow.pdgraph.refit import StageObservation

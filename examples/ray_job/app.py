@@ -16,6 +16,7 @@ import time
 import uuid
 
 import ray
+
 from hermesflow.schedulers.runtime import get_scheduler
 
 RUNS: list[tuple[str, dict]] = [

@@ -16,13 +16,13 @@ import time
 import uuid
 
 import ray
-from hermesflow.schedulers.runtime import start_scheduler
-from hermesflow.schedulers.runtime_config import RuntimeConfig
 from programs import program as tighten
 
 from dags.map_reduce_program import program as map_reduce
 from hermesflow.apps.semantic import SemanticProgram
 from hermesflow.apps.suite import suite_backends
+from hermesflow.schedulers.runtime import start_scheduler
+from hermesflow.schedulers.runtime_config import RuntimeConfig
 
 PROGRAMS: dict[str, SemanticProgram] = {
     "dags.map_reduce_program:program": map_reduce,

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from hermesflow.api_models import AppView
+from hermesflow.api.models.control import AppView
 from hermesflow.apps.semantic_trace import Outputs, Ref
 
 WAIT_CHUNK_S = 60.0

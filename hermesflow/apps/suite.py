@@ -23,13 +23,13 @@ from hermesflow.apps.fact_check import FactCheckChain
 from hermesflow.apps.map_reduce import MapReduceSummarizer
 from hermesflow.apps.program import AppProgram
 from hermesflow.apps.react import ReActToolLoop
-from hermesflow.apps.tools import load_document
 from hermesflow.apps.suite_steps import (
     CODE_BACKEND,
     LOAD_DOCUMENT_TOOL,
     SEARCH_BACKEND,
     TOOLS_BACKEND,
 )
+from hermesflow.apps.tools import load_document
 from hermesflow.backends.base import BackendSpec
 from hermesflow.backends.builtin_tools import BUILTIN_TOOLS
 from hermesflow.pdgraph.model import LLM_BACKEND

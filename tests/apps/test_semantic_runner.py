@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from dags.map_reduce_program import program as map_reduce
-from hermesflow.api_models import AppView
+from hermesflow.api.models.control import AppView
 from hermesflow.apps.map_reduce import MapReduceInputs
 from hermesflow.apps.program import StepPlan
 from hermesflow.apps.semantic import (
@@ -350,10 +350,10 @@ def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """One scheduler (the CPU LLM, warm; refit after every run) with the map-reduce program
     registered by `module:attribute`, and a gateway in front of it."""
     pytest.importorskip("ray")
-    from hermesflow.schedulers.runtime_config import RuntimeConfig
     from support.serving import serving
 
     from hermesflow.backends.base import BackendSpec
+    from hermesflow.schedulers.runtime_config import RuntimeConfig
 
     db_url = f"sqlite:///{tmp_path_factory.mktemp('semantic') / 'hermes.db'}"
     config = RuntimeConfig(

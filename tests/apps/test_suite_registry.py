@@ -10,8 +10,8 @@ from hermesflow.apps.program import AppProgram
 from hermesflow.apps.suite import (
     DEMO_MIX,
     REFERENCE_APPS,
-    TOOL_FUNCTIONS,
     SEARCH_WARMUP_S,
+    TOOL_FUNCTIONS,
     get_program,
     program_paths,
     suite_backends,

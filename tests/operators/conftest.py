@@ -39,10 +39,10 @@ def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """A Gittins scheduler with the CPU LLM, search and the tool pool (all warm), the test
     program `sleep_chain`, and a gateway with a token; the `hermesflow_default` Airflow
     connection points at it (through the environment, so `airflow dags test` sees it too)."""
-    from hermesflow.schedulers.runtime_config import RuntimeConfig
     from support.serving import serving, wait_warm
 
     from hermesflow.apps.suite import suite_backends
+    from hermesflow.schedulers.runtime_config import RuntimeConfig
 
     token = f"airflow-provider-{uuid.uuid4().hex}"
     db_url = f"sqlite:///{tmp_path_factory.mktemp('hermes') / 'hermes.db'}"

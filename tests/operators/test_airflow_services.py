@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("airflow")
 pytest.importorskip("ray")
 
-from hermesflow.operators.dag_graph import dag_pdgraph
-from hermesflow.schedulers.open_apps import structure_of
 from provider_support import EXAMPLE_DAGS, Hermes
 from support.airflow_services import AirflowServices
 
+from hermesflow.operators.dag_graph import dag_pdgraph
 from hermesflow.pdgraph.model import PDGraph
+from hermesflow.schedulers.open_apps import structure_of
 
 DAG_ID = "rag_answer"
 CONF = {"question": "When was smallpox declared eradicated?"}

@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("airflow")
 
 from airflow.dag_processing.dagbag import DagBag
-from hermesflow.operators.dag_graph import compile_dag, dag_pdgraph
 from provider_support import EXAMPLE_DAGS
 
 from hermesflow.apps.app_graph import AppNode, NodeKind
+from hermesflow.operators.dag_graph import compile_dag, dag_pdgraph
 from hermesflow.pdgraph.model import END, StageKind
 
 LLM, TOOL, NATIVE = NodeKind.LLM, NodeKind.TOOL, NodeKind.NATIVE

@@ -36,6 +36,7 @@ def test_every_dag_file_imports_as_a_module(path: Path) -> None:
 def test_airflow_finds_the_provider_and_its_taskflow_decorators() -> None:
     from airflow.sdk import task
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
     from hermesflow.operators.decorators import hermes_llm_task, hermes_tool_task
 
     manager = ProvidersManagerTaskRuntime()

@@ -15,11 +15,11 @@ pytest.importorskip("airflow")
 pytest.importorskip("ray")
 
 from airflow.dag_processing.dagbag import DagBag
-from hermesflow.operators.dag_graph import dag_pdgraph
-from hermesflow.schedulers.open_apps import structure_of
 from provider_support import EXAMPLE_DAGS, DagRunResult, Hermes, dags_test
 
+from hermesflow.operators.dag_graph import dag_pdgraph
 from hermesflow.pdgraph.model import PDGraph
+from hermesflow.schedulers.open_apps import structure_of
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "react_agent": {"question": "What is 12 * 7 + 5?"},

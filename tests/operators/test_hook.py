@@ -12,14 +12,14 @@ pytest.importorskip("airflow")
 pytest.importorskip("ray")
 
 from airflow.sdk import Connection
+from provider_support import Hermes, free_conn_uri
+
+from hermesflow.api.models.control import StepSubmission
+from hermesflow.backends.calls import ToolCall
 from hermesflow.operators import api_client
 from hermesflow.operators.api_client import HermesApiError
 from hermesflow.operators.hook import ApiEndpoint, HermesConnectionError, HermesHook
 from hermesflow.operators.provider import get_provider_info
-from provider_support import Hermes, free_conn_uri
-
-from hermesflow.api_models import StepSubmission
-from hermesflow.backends.calls import ToolCall
 
 
 def _calculation(expression: str) -> StepSubmission:

@@ -19,13 +19,13 @@ pytest.importorskip("ray")
 
 from airflow.sdk.serde import deserialize, serialize
 from airflow.triggers.base import BaseTrigger
+from provider_support import Hermes, free_conn_uri
+
+from hermesflow.api.models.control import AppSubmission, StepSubmission
+from hermesflow.backends.calls import ToolCall
 from hermesflow.operators import api_client
 from hermesflow.operators.hook import HermesHook
 from hermesflow.operators.triggers import HermesAppTrigger, HermesStepTrigger
-from provider_support import Hermes, free_conn_uri
-
-from hermesflow.api_models import AppSubmission, StepSubmission
-from hermesflow.backends.calls import ToolCall
 
 TRIGGERS = [
     HermesStepTrigger("dag:run", "task[3]", hermes_conn_id="hermes_other", poll_s=5.0),

@@ -42,10 +42,10 @@ WARM_TIMEOUT_S = 120.0
 
 @pytest.fixture(scope="session")
 def hermes(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hermes]:
-    from hermesflow.schedulers.runtime_config import RuntimeConfig
     from support.serving import serving, wait_warm
 
     from hermesflow.apps.suite import suite_backends
+    from hermesflow.schedulers.runtime_config import RuntimeConfig
 
     token = f"airflow-plugin-{uuid.uuid4().hex}"
     config = RuntimeConfig(

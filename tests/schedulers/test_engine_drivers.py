@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("ray")
 
 import ray  # noqa: E402
+from support.runtime_programs import SleepChain  # noqa: E402
 
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.pdgraph.costs import CostModel  # noqa: E402
@@ -40,8 +41,6 @@ from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from hermesflow.schedulers.simulator import BackendFailure, SimulationConfig, Simulator  # noqa: E402
 from hermesflow.schedulers.workload import Arrival  # noqa: E402
 from hermesflow.store import DecisionRow, Store  # noqa: E402
-
-from support.runtime_programs import SleepChain  # noqa: E402
 
 APPS, STEPS, CALL_S, GAP_S, WARMUP_S = 3, 2, 0.4, 0.1, 1.0
 KILLED_DISPATCH = 2

@@ -17,17 +17,19 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from support.serving import serving, wait_warm  # noqa: E402
+
 from hermesflow.apps.map_reduce import MapReduceSummarizer  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
 from hermesflow.journal import RunJournal, StoredCall  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
-from hermesflow.store import CallPhase, Store  # noqa: E402
 from hermesflow.schedulers.engine import EngineConfig  # noqa: E402
+from hermesflow.schedulers.errors import SubmissionError  # noqa: E402
 from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
-from hermesflow.schedulers.runtime_state import SubmissionError, load_program  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
-from support.serving import serving, wait_warm  # noqa: E402
+from hermesflow.schedulers.runtime_state import load_program  # noqa: E402
+from hermesflow.store import CallPhase, Store  # noqa: E402
 
 T = TypeVar("T")
 TOOLS = BackendSpec(name="tools", type="python-tools", options={"workers": 4}, expected_warmup_s=2.0)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
-from hermesflow.pdgraph.demand import DemandEstimator
-from hermesflow.pdgraph.demand import GraphState
+from hermesflow.pdgraph.demand import DemandEstimator, GraphState
 from hermesflow.schedulers.engine import EngineOutput
 from hermesflow.schedulers.interface import AppRecord, BackendPhase, RequestRecord
 from hermesflow.schedulers.policies import POLICIES, ClairvoyantSRPT, make_policy

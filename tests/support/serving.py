@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-
 TEARDOWN_GRACE_S = 2.0
 """How long a test's gateway lets requests still open at teardown finish (a test's own work is
 over by then; the default grace period is for users)."""
@@ -36,7 +35,7 @@ def serving(config: Any, token: str | None, prefix: str) -> Iterator[Serving]:
     `token`, named `{prefix}-scheduler-…` / `{prefix}-gateway-…`; stop both on exit."""
     import ray
 
-    from hermesflow.gateway import start_gateway, stop_gateway
+    from hermesflow.api.deployment import start_gateway, stop_gateway
     from hermesflow.schedulers.runtime import start_scheduler
 
     suffix = uuid.uuid4().hex[:8]

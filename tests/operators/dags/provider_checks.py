@@ -15,9 +15,10 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Context, task
 from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Context, task
 from airflow.sdk.exceptions import AirflowException
+
 from hermesflow.operators.program_run import ProgramRunOperator
 from hermesflow.operators.tool_step import ToolStepOperator
 

@@ -1,5 +1,5 @@
 """The query parameters of the monitoring routes, declared once for the two APIs that take them:
-Hermesflow's control API (`gateway_monitor.py`) and the Airflow plugin's API, which proxies it
+Hermesflow's control API (`hermesflow.api.monitor`) and the Airflow plugin's API, which proxies it
 (`plugins/monitor_api.py`). Same bounds, same defaults, same descriptions, so a value one
 accepts the other accepts too, and a bad one is a 422 naming the parameter in both.
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Query
 
-from hermesflow.api_models import (
+from hermesflow.api.models.monitor import (
     MAX_ACT_BUCKETS,
     MAX_ACT_WINDOW_S,
     MAX_CLASS_FILTER,

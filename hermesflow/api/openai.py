@@ -28,12 +28,11 @@ from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse
 from pydantic import ValidationError
 
-from hermesflow.api_models import (
+from hermesflow.api.errors import ApiError, check_result
+from hermesflow.api.models.control import StepDelta, StepEvent
+from hermesflow.api.models.openai import (
     APP_HEADER,
     CLASS_HEADER,
-    MAX_APP_ID_CHARS,
-    MAX_CLASS_CHARS,
-    MAX_NAME_CHARS,
     STAGE_HEADER,
     ChatChoice,
     ChatChunkChoice,
@@ -50,9 +49,11 @@ from hermesflow.api_models import (
     OpenAIError,
     Usage,
 )
+from hermesflow.api.scheduler_proxy import SchedulerProxy
+from hermesflow.api.sse import SSE_HEADERS, sse
 from hermesflow.backends.call_checks import LLM_BACKEND_TYPES
 from hermesflow.backends.calls import CallResult, LLMCall
-from hermesflow.gateway_scheduler import SSE_HEADERS, ApiError, SchedulerProxy, check_result, sse
+from hermesflow.client_records import MAX_APP_ID_CHARS, MAX_CLASS_CHARS, MAX_NAME_CHARS
 
 OPEN_CLASS = "openai"
 """The application class of OpenAI-compatible requests that name none."""
@@ -103,7 +104,12 @@ ClassHeader = Annotated[
 ]
 StageHeader = Annotated[
     str | None,
-    Header(alias=STAGE_HEADER, min_length=1, max_length=MAX_NAME_CHARS, description="stage of this step"),
+    Header(
+        alias=STAGE_HEADER,
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="stage of this step",
+    ),
 ]
 
 
@@ -133,16 +139,6 @@ class _Step:
         self.stage = stage
         self.model = model
         self.reopen = False
-
-    def kwargs(self, call: LLMCall) -> dict[str, Any]:
-        return {
-            "reopen": self.reopen,
-            "key": self.key,
-            "app_class": self.app_class,
-            "stage": self.stage,
-            "call": call.model_dump(mode="json"),
-            "backend": self.model,
-        }
 
 
 def _usage(result: CallResult) -> Usage:
@@ -195,7 +191,7 @@ def openai_router(proxy: SchedulerProxy) -> APIRouter:
     finishing: set[asyncio.Task] = set()
 
     async def llm_models() -> list[str]:
-        return [b["name"] for b in await proxy.call("backends") if b["type"] in LLM_BACKEND_TYPES]
+        return [b.name for b in await proxy.backends() if b.type in LLM_BACKEND_TYPES]
 
     async def check_model(model: str) -> None:
         names = await llm_models()
@@ -211,7 +207,7 @@ def openai_router(proxy: SchedulerProxy) -> APIRouter:
         """End a one-step application (its answer is out); a refusal means it never opened."""
         if step.one_shot:
             try:
-                await proxy.call("finish_app", step.key)
+                await proxy.finish_app(step.key)
             except ApiError:
                 pass
 
@@ -225,7 +221,9 @@ def openai_router(proxy: SchedulerProxy) -> APIRouter:
     async def run(step: _Step, call: LLMCall, response: Response) -> CallResult:
         response.headers[APP_HEADER] = step.key
         try:
-            result = CallResult.model_validate(await proxy.call("submit_step", **step.kwargs(call)))
+            result = await proxy.submit_step(
+                step.key, step.app_class, step.stage, call, step.model, reopen=step.reopen
+            )
         finally:
             await finish(step)
         return _check_result(result)
@@ -233,17 +231,25 @@ def openai_router(proxy: SchedulerProxy) -> APIRouter:
     async def stream(
         step: _Step,
         call: LLMCall,
-        render: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]],
+        render: Callable[[AsyncIterator[StepEvent]], AsyncIterator[bytes]],
     ) -> EventSourceResponse:
         try:
-            items = await proxy.stream_step(_check_result, **step.kwargs(call))
+            events = await proxy.stream_step(
+                step.key,
+                step.app_class,
+                step.stage,
+                call,
+                step.model,
+                reopen=step.reopen,
+                check=_check_result,
+            )
         except ApiError:
             await finish(step)
             raise
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                async for chunk in render(items):
+                async for chunk in render(events):
                     yield chunk
             except ApiError as error:
                 yield sse(error_document(error))
@@ -372,14 +378,14 @@ class _ChatStream:
             document.pop("usage")
         return sse(document)
 
-    async def render(self, items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async def render(self, events: AsyncIterator[StepEvent]) -> AsyncIterator[bytes]:
         yield self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])
-        async for item in items:
-            if "delta" in item:
-                if item["delta"]:
-                    yield self._chunk([ChatChunkChoice(delta=ChatDelta(content=item["delta"]))])
+        async for event in events:
+            if isinstance(event, StepDelta):
+                if event.delta:
+                    yield self._chunk([ChatChunkChoice(delta=ChatDelta(content=event.delta))])
                 continue
-            result = _check_result(CallResult.model_validate(item["result"]))
+            result = _check_result(event.result)
             yield self._chunk(
                 [ChatChunkChoice(delta=ChatDelta(), finish_reason=result.finish_reason)]
             )
@@ -401,13 +407,13 @@ class _CompletionStream:
             document.pop("usage")
         return sse(document)
 
-    async def render(self, items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-        async for item in items:
-            if "delta" in item:
-                if item["delta"]:
-                    yield self._chunk([CompletionChoice(text=item["delta"])])
+    async def render(self, events: AsyncIterator[StepEvent]) -> AsyncIterator[bytes]:
+        async for event in events:
+            if isinstance(event, StepDelta):
+                if event.delta:
+                    yield self._chunk([CompletionChoice(text=event.delta)])
                 continue
-            result = _check_result(CallResult.model_validate(item["result"]))
+            result = _check_result(event.result)
             yield self._chunk([CompletionChoice(text="", finish_reason=result.finish_reason)])
             if self.include_usage:
                 yield self._chunk([], _usage(result))

@@ -22,8 +22,8 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hermesflow.api.errors import ApiError
 from hermesflow.config import ApiLimits
-from hermesflow.gateway_scheduler import ApiError
 
 _SHOWN_CHARS = 40
 """How much of an over-long name an error message quotes."""

@@ -14,9 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hermesflow.api_models import ActHistory, ClassSummary, LiveAppView
-from hermesflow.gateway_scheduler import SchedulerProxy
-from hermesflow.monitor_params import (
+from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
+from hermesflow.api.monitor_params import (
     DEFAULT_ACT_BUCKETS,
     DEFAULT_ACT_WINDOW_S,
     DEFAULT_LIVE_APPS,
@@ -25,6 +24,7 @@ from hermesflow.monitor_params import (
     ClassFilter,
     LiveAppsLimit,
 )
+from hermesflow.api.scheduler_proxy import SchedulerProxy
 
 
 def monitor_router(proxy: SchedulerProxy) -> APIRouter:
@@ -44,7 +44,7 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         `position` 1 is served next, `rank` is the policy's key (smaller first; the Gittins
         index for the Hermes policies), `remaining_s` the remaining backend-seconds their
         class's PDGraph predicts from their current stage (mean and 10th-90th percentiles)."""
-        return await proxy.call("live_apps", app_class, limit)
+        return await proxy.live_apps(app_class, limit)
 
     @router.get(
         "/classes",
@@ -55,7 +55,7 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         """Every class the scheduler ranks: a program class or an open one, the version and
         source of its current graph (`GET /v1/classes/{name}/graph` has the graph), and how
         many of its runs are live and have finished."""
-        return await proxy.call("class_summaries")
+        return await proxy.class_summaries()
 
     @router.get(
         "/act",
@@ -70,6 +70,6 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         """The application completion time (admission to finish) of the runs that finished in
         the window, from the store: per policy, the runs, mean and 95th percentile of each
         time bucket (oldest first) and of the whole window. Failed runs are not counted."""
-        return await proxy.call("act_history", window_s, buckets, app_class)
+        return await proxy.act_history(window_s, buckets, app_class)
 
     return router

@@ -18,11 +18,13 @@ Kept free of FastAPI and Ray so the CLI can read it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from hermesflow.api.models.control import BackendView
 
 READY_PATH = "/readyz"
 DEFAULT_GRACE_S = 30.0
@@ -33,6 +35,12 @@ DEFAULT_READY_TIMEOUT_S = 240.0
 five to ten times that on a busy machine; under the five minutes `make up` allows a start."""
 SHUTTING_DOWN = "server_shutting_down"
 """The error code of everything a draining gateway refuses or ends."""
+
+
+class Health(BaseModel):
+    """The answer of `GET /healthz`: the HTTP server answers."""
+
+    status: Literal["ok"] = "ok"
 
 
 class ReadinessStatus(StrEnum):
@@ -67,13 +75,13 @@ class Readiness(BaseModel):
         return self.status is ReadinessStatus.READY
 
 
-def assess_readiness(backends: Iterable[Mapping[str, Any]]) -> Readiness:
+def assess_readiness(backends: Iterable[BackendView]) -> Readiness:
     """Readiness from the scheduler's backend views (`GET /v1/backends`): ready when every
     backend marked `pinned` is `warm`."""
     pending = [
-        PendingBackend(name=b["name"], phase=b["phase"])
+        PendingBackend(name=b.name, phase=b.phase)
         for b in backends
-        if b.get("pinned") and b["phase"] != "warm"
+        if b.pinned and b.phase != "warm"
     ]
     if not pending:
         return Readiness(

@@ -24,32 +24,30 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from fastapi.sse import EventSourceResponse
 
-from hermesflow.api_models import (
-    MAX_APP_ID_CHARS,
-    MAX_CLASS_CHARS,
-    MAX_STEP_ID_CHARS,
+from hermesflow.api.errors import ApiError, check_result
+from hermesflow.api.limits import check_labels
+from hermesflow.api.models.control import (
     AppEvent,
     AppSubmission,
     AppView,
     BackendView,
-    CallResult,
     ClassDeclaration,
     FinishRequest,
     SchedulerStats,
+    StepEvent,
     StepSubmission,
     StepView,
+)
+from hermesflow.api.scheduler_proxy import SchedulerProxy
+from hermesflow.api.sse import SSE_HEADERS, SSE_KEEPALIVE, sse
+from hermesflow.backends.calls import CallResult
+from hermesflow.client_records import (
+    MAX_APP_ID_CHARS,
+    MAX_CLASS_CHARS,
+    MAX_STEP_ID_CHARS,
     TaskOutcome,
 )
 from hermesflow.config import ApiLimits
-from hermesflow.gateway_limits import check_labels
-from hermesflow.gateway_scheduler import (
-    SSE_HEADERS,
-    SSE_KEEPALIVE,
-    ApiError,
-    SchedulerProxy,
-    check_result,
-    sse,
-)
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.store_schema import TERMINAL_DECISIONS
 
@@ -100,15 +98,15 @@ def control_router(
         summary="Submit a program run",
         status_code=status.HTTP_201_CREATED,
         response_model=AppView,
-        responses={422: {"description": "unknown class, invalid inputs, or labels over the limits"}},
+        responses={
+            422: {"description": "unknown class, invalid inputs, or labels over the limits"}
+        },
     )
     async def submit_app(body: AppSubmission) -> Any:
         """Admit a run of a program class with its inputs. Sending the same `app_id` again
         returns the existing run instead of starting a second one."""
         check_labels(body.labels, limits)
-        return await proxy.call(
-            "submit", body.app_class, body.inputs, key=body.app_id, labels=body.labels
-        )
+        return await proxy.submit(body.app_class, body.inputs, body.app_id, body.labels)
 
     @router.get(
         "/apps/{app_id}",
@@ -129,8 +127,8 @@ def control_router(
         ] = None,
     ) -> Any:
         if wait is None:
-            return await proxy.call("app", app_id, missing_app=True)
-        return await proxy.call("wait", app_id, wait, missing_app=True)
+            return await proxy.app(app_id)
+        return await proxy.wait(app_id, wait)
 
     @router.get(
         "/apps/{app_id}/events",
@@ -156,7 +154,7 @@ def control_router(
         complete, retry, finish or fail — with its time, backend and details. Followed, the
         stream sends one `data:` JSON document per event and closes after finish or fail."""
         after = max(after, last_event_id or 0)
-        first = await proxy.call("events", app_id, after, missing_app=True)
+        first = await proxy.events(app_id, after)
         if not follow:
             return first
         return _stream_response(_follow(proxy, app_id, first, after, poll_s))
@@ -182,19 +180,11 @@ def control_router(
         finish it with `POST /v1/apps/{app_id}/finish`. With `stream: true` the answer is
         Server-Sent Events: `{"delta": text}` documents, then `{"result": CallResult}`."""
         check_labels(body.labels, limits)
-        kwargs = {
-            "key": app_id,
-            "app_class": body.app_class,
-            "stage": body.stage,
-            "call": body.call.model_dump(mode="json"),
-            "backend": body.backend,
-            "labels": body.labels,
-        }
+        step = (app_id, body.app_class, body.stage, body.call, body.backend, body.labels)
         if not body.stream:
-            result = await proxy.call("submit_step", **kwargs)
-            return _checked_step(CallResult.model_validate(result))
-        items = await proxy.stream_step(_checked_step, **kwargs)
-        return _stream_response(_step_events(items))
+            return _checked_step(await proxy.submit_step(*step))
+        events = await proxy.stream_step(*step, check=_checked_step)
+        return _stream_response(_step_events(events))
 
     @router.put(
         "/apps/{app_id}/steps/{step_id}",
@@ -218,15 +208,8 @@ def control_router(
         if body.stream:
             raise ApiError(422, "a named step is read with GET, not streamed; send stream=false")
         check_labels(body.labels, limits)
-        view, created = await proxy.call(
-            "put_step",
-            app_id,
-            step_id,
-            body.app_class,
-            body.stage,
-            body.call.model_dump(mode="json"),
-            body.backend,
-            body.labels,
+        view, created = await proxy.put_step(
+            app_id, step_id, body.app_class, body.stage, body.call, body.backend, body.labels
         )
         response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
         return view
@@ -252,7 +235,7 @@ def control_router(
     ) -> Any:
         """The step's state, attempt, and its result once done, read from the store: also
         after a scheduler restart and after the application ended."""
-        return await proxy.call("step", app_id, step_id, wait)
+        return await proxy.step(app_id, step_id, wait)
 
     @router.post(
         "/apps/{app_id}/tasks",
@@ -264,8 +247,7 @@ def control_router(
         """Airflow reports each task try's end, native Python tasks included; the application
         need not have a step yet. Reporting the same outcome again records nothing and answers
         `recorded: false`."""
-        outcome = body.model_dump(mode="json", exclude={"recorded"})
-        recorded = await proxy.call("record_task", app_id, outcome)
+        recorded = await proxy.record_task(app_id, body)
         return body.model_copy(update={"recorded": recorded})
 
     @router.post(
@@ -286,8 +268,8 @@ def control_router(
         `{"state": "failed", "error": ...}` it ends as failed, even with steps still running
         (they fail too). An application that has already ended is answered as it is."""
         body = body or FinishRequest()
-        await proxy.call("app", app_id, missing_app=True)
-        return await proxy.call("finish_app", app_id, body.state, body.error)
+        await proxy.app(app_id)
+        return await proxy.finish_app(app_id, body.state, body.error)
 
     @router.get(
         "/backends",
@@ -296,13 +278,13 @@ def control_router(
         response_model=list[BackendView],
     )
     async def backends() -> Any:
-        return await proxy.call("backends")
+        return await proxy.backends()
 
     @router.get(
         "/stats", tags=["backends"], summary="Scheduler counters", response_model=SchedulerStats
     )
     async def stats() -> Any:
-        return await proxy.call("stats")
+        return await proxy.stats()
 
     @router.get(
         "/classes/{name}/graph",
@@ -314,7 +296,7 @@ def control_router(
     async def class_graph(name: ClassName) -> Any:
         """The demand graph the scheduler ranks this class with: its declared prior, or the
         graph refitted from the class's recent runs."""
-        return await proxy.call("graph", name)
+        return await proxy.graph(name)
 
     @router.put(
         "/classes/{name}/graph",
@@ -333,9 +315,7 @@ def control_router(
         from their steps. The class's first declaration answers 201. Declaring the same
         structure again (stages, kinds, backends, entry and successors) changes nothing and
         keeps what was learned (`changed: false`); a changed structure replaces the graph."""
-        declaration, first = await proxy.call(
-            "declare_graph", name, graph.model_dump(mode="json")
-        )
+        declaration, first = await proxy.declare_graph(name, graph)
         response.status_code = status.HTTP_201_CREATED if first else status.HTTP_200_OK
         return declaration
 
@@ -343,14 +323,14 @@ def control_router(
 
 
 async def _follow(
-    proxy: SchedulerProxy, app_id: str, first: list[dict[str, Any]], after: int, poll_s: float
+    proxy: SchedulerProxy, app_id: str, first: list[AppEvent], after: int, poll_s: float
 ) -> AsyncIterator[bytes]:
     events, quiet_since = first, time.monotonic()
     while True:
         for event in events:
-            yield sse(event, event_id=event["id"])
-            after = event["id"]
-            if event["kind"] in TERMINAL_DECISIONS:  # the run has no more events
+            yield sse(event, event_id=event.id)
+            after = event.id
+            if event.kind in TERMINAL_DECISIONS:  # the run has no more events
                 return
         if events:
             quiet_since = time.monotonic()
@@ -359,15 +339,15 @@ async def _follow(
             quiet_since = time.monotonic()
         await asyncio.sleep(poll_s)
         try:
-            events = await proxy.call("events", app_id, after, missing_app=True)
+            events = await proxy.events(app_id, after)
         except ApiError as error:
             yield sse({"error": error.message})
             return
 
 
-async def _step_events(items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _step_events(events: AsyncIterator[StepEvent]) -> AsyncIterator[bytes]:
     try:
-        async for item in items:
-            yield sse(item)
+        async for event in events:
+            yield sse(event)
     except ApiError as error:
         yield sse({"error": error.message})

@@ -1,6 +1,6 @@
-"""The gateway's readiness route and its drain (the contract is in `hermesflow.lifecycle`).
+"""The API's readiness route and its drain (the contract is in `hermesflow.api.models.lifecycle`).
 
-`Drain` has three parts, wired up by `hermesflow.gateway.build_app`:
+`Drain` has three parts, wired up by `hermesflow.api.app.build_app`:
 - `middleware` (ASGI, outermost): every HTTP exchange is registered while it runs, and what it
   sends is watched (has the response started, is it an event stream, has it ended), so that at
   the deadline the drain knows how to end it;
@@ -27,9 +27,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from hermesflow.gateway_openai import DONE, OpenAIRoute, error_document
-from hermesflow.gateway_scheduler import ApiError, SchedulerProxy, sse
-from hermesflow.lifecycle import (
+from hermesflow.api.errors import ApiError
+from hermesflow.api.models.lifecycle import (
     DRAINING,
     READY_PATH,
     SHUTTING_DOWN,
@@ -38,6 +37,9 @@ from hermesflow.lifecycle import (
     assess_readiness,
     unavailable,
 )
+from hermesflow.api.openai import DONE, OpenAIRoute, error_document
+from hermesflow.api.scheduler_proxy import SchedulerProxy
+from hermesflow.api.sse import sse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -207,7 +209,7 @@ def readiness_router(proxy: SchedulerProxy, drain: Drain) -> APIRouter:
 
 async def _assess(proxy: SchedulerProxy) -> Readiness:
     try:
-        backends = await asyncio.wait_for(proxy.call("backends"), READY_CHECK_TIMEOUT_S)
+        backends = await asyncio.wait_for(proxy.backends(), READY_CHECK_TIMEOUT_S)
     except (ApiError, TimeoutError):
         return unavailable("the scheduler does not answer; is it running (`hermesflow serve`)?")
     return assess_readiness(backends)
