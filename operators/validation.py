@@ -32,7 +32,7 @@ from typing import Any
 import jinja2
 from airflow.sdk import Connection
 from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
-from hermesflow.operators.hook import EXAMPLE_URI, ApiEndpoint, HermesConnectionError
+from hermesflow.operators.hook import EXAMPLE_URI, HermesConnectionError, connection_endpoint
 from jinja2 import meta
 from pydantic import BaseModel, ValidationError
 
@@ -88,9 +88,11 @@ def check_connection(where: str, conn_id: Any) -> None:
             if value.lstrip().startswith("{")
             else Connection.from_uri(value, conn_id=conn_id)
         )
-        ApiEndpoint.of(conn)
+        connection_endpoint(conn)
     except HermesConnectionError as error:
-        raise HermesDagError(f"{where}: {error} (read from {CONN_ENV_PREFIX}{conn_id.upper()})") from None
+        raise HermesDagError(
+            f"{where}: {error} (read from {CONN_ENV_PREFIX}{conn_id.upper()})"
+        ) from None
     except (ValueError, TypeError) as error:
         raise HermesDagError(
             f"{where}: {CONN_ENV_PREFIX}{conn_id.upper()} is neither a connection URI nor JSON "

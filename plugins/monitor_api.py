@@ -1,6 +1,6 @@
 """The plugin's JSON API: Hermesflow's monitoring routes, read for a logged-in Airflow user.
 
-Each route sends one request of `hermesflow.operators.api_client` through `HermesHook.arun`
+Each route sends one request of `hermesflow.client` through `HermesHook.arun`
 (the Airflow connection holds Hermesflow's address and token, so neither reaches the browser)
 and answers the server's own models from `hermesflow.api_models`. Query parameters are checked
 here with the control API's own declarations (`hermesflow.monitor_params`), so a bad value is this API's 422, not a
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-import httpx
 from fastapi import APIRouter, HTTPException, Path, status
-from hermesflow.operators import api_client
-from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from pydantic import BaseModel
 
+from hermesflow import client
 from hermesflow.api_models import (
     ActHistory,
     BackendView,
@@ -34,6 +32,7 @@ from hermesflow.api_models import (
     LiveAppView,
     SchedulerStats,
 )
+from hermesflow.client import HermesApiError, Route
 from hermesflow.monitor_params import (
     DEFAULT_ACT_BUCKETS,
     DEFAULT_ACT_WINDOW_S,
@@ -84,12 +83,6 @@ def monitor_router(conn_id: str) -> APIRouter:
             return await HermesHook(conn_id, timeout_s=MONITOR_TIMEOUT_S).arun(route)
         except HermesConnectionError as error:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
-        except httpx.InvalidURL as error:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"Airflow connection {conn_id!r} holds an invalid address ({error}); set its "
-                "host and port to where `hermesflow serve` listens",
-            ) from error
         except HermesApiError as error:
             if not_found and error.status == status.HTTP_404_NOT_FOUND:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, error.detail) from error
@@ -106,18 +99,18 @@ def monitor_router(conn_id: str) -> APIRouter:
     ) -> Any:
         """The admitted and running applications in the order the policy would serve them,
         each with its rank, position, attained service and estimated remaining service."""
-        return (await ask(api_client.live_apps(app_class, limit))).root
+        return (await ask(client.live_apps(app_class, limit))).root
 
     @router.get(
         "/backends", summary="Backends: phase, load and warm-ups", response_model=list[BackendView]
     )
     async def backends() -> Any:
-        return (await ask(api_client.backends())).root
+        return (await ask(client.backends())).root
 
     @router.get("/classes", summary="Application classes", response_model=list[ClassSummary])
     async def classes() -> Any:
         """Each class with where its current PDGraph came from and its live and finished runs."""
-        return (await ask(api_client.classes())).root
+        return (await ask(client.classes())).root
 
     @router.get(
         "/classes/{name}/graph",
@@ -130,7 +123,7 @@ def monitor_router(conn_id: str) -> APIRouter:
     async def class_graph(
         name: Annotated[str, Path(min_length=1, description="the application class")],
     ) -> Any:
-        return await ask(api_client.class_graph(name), not_found=True)
+        return await ask(client.class_graph(name), not_found=True)
 
     @router.get(
         "/act",
@@ -142,11 +135,11 @@ def monitor_router(conn_id: str) -> APIRouter:
         buckets: ActBuckets = DEFAULT_ACT_BUCKETS,
         app_class: ClassFilter = None,
     ) -> Any:
-        return await ask(api_client.act_history(window_s, buckets, app_class))
+        return await ask(client.act_history(window_s, buckets, app_class))
 
     @router.get("/stats", summary="The scheduler's counters", response_model=SchedulerStats)
     async def stats() -> Any:
-        return await ask(api_client.stats())
+        return await ask(client.stats())
 
     return router
 
