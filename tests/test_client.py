@@ -6,7 +6,10 @@ a port where nothing listens. Every refusal must say what to change, in the call
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -193,6 +196,21 @@ def test_a_readable_error_status_still_needs_the_model(stranger: ApiClient) -> N
 
 
 # -- values -----------------------------------------------------------------------------------------
+
+
+def test_the_client_imports_no_airflow_ray_or_server() -> None:
+    """It sits below the Airflow layer: the CLI and plain programs use it without either, and
+    the provider uses it without a Ray driver. Checked in a fresh interpreter."""
+    probe = (
+        "import json, sys, hermesflow.client; print(json.dumps(sorted({m for m in sys.modules "
+        "if m.split('.')[0] in ('airflow', 'ray', 'fastapi', 'uvicorn') "
+        "or m.startswith(('hermesflow.operators', 'hermesflow.plugins'))})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 @pytest.mark.parametrize(
