@@ -127,7 +127,9 @@ class ApiEndpoint:
 class HermesApiError(RuntimeError):
     """The API refused a request, did not answer, or answered something unreadable. `status` is
     the HTTP status (`NO_ANSWER` when none came), `detail` the server's own message, and
-    `explanation` both with the fix, without the route (what a command-line user reads)."""
+    `explanation` both with the fix, without the route (what a command-line user reads). A
+    RuntimeError, as a failed run's `RunFailed` is: both are what a remote call met at run
+    time."""
 
     def __init__(self, route: Route[Any], status: int, detail: str, endpoint: ApiEndpoint) -> None:
         self.route, self.status, self.detail = route, status, detail
