@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hermesflow import client
 from hermesflow.api.models.lifecycle import DEFAULT_GRACE_S, DEFAULT_READY_TIMEOUT_S
 from hermesflow.cli_options import (
     AT_LEAST_ONE,
@@ -196,7 +197,6 @@ def compare_command(
 # -- serving: the scheduler and the HTTP API on Ray -----------------------------------------------
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-TOKEN_ENVVAR = "HERMES_API_TOKEN"
 URL_ENVVAR = "HERMES_API_URL"
 
 AddressOption = Annotated[
@@ -302,7 +302,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="address the HTTP API listens on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port, 0 to 65535 (0: any free port)", callback=PORT)] = 8000,
     token: Annotated[
-        str | None, typer.Option(envvar=TOKEN_ENVVAR, help="require 'Authorization: Bearer <token>' on the API")
+        str | None, typer.Option(envvar=client.TOKEN_ENV, help="require 'Authorization: Bearer <token>' on the API")
     ] = None,
     policy: Annotated[
         str,
@@ -438,17 +438,16 @@ def submit_command(
     url: Annotated[
         str, typer.Option(envvar=URL_ENVVAR, help="base URL of the Hermesflow API", callback=http_url)
     ] = DEFAULT_API_URL,
-    token: Annotated[str | None, typer.Option(envvar=TOKEN_ENVVAR, help="the API's bearer token")] = None,
+    token: Annotated[str | None, typer.Option(envvar=client.TOKEN_ENV, help="the API's bearer token")] = None,
     app_id: Annotated[str | None, typer.Option(help="idempotency key: the same id is the same run")] = None,
     timeout: Annotated[
         float, typer.Option(help="with --wait: give up after this many seconds (above 0)", callback=POSITIVE)
     ] = 600.0,
 ) -> None:
     """Submit a run over the HTTP API and print its state as JSON (exit 1 if it failed)."""
-    import httpx
     from pydantic import ValidationError
 
-    from hermesflow.api.models.control import AppSubmission, AppView
+    from hermesflow.api.models.control import AppSubmission
 
     try:
         parsed = json.loads(inputs)
@@ -463,17 +462,17 @@ def submit_command(
         field = str(problem["loc"][0]) if problem["loc"] else "inputs"
         hint = _SUBMISSION_HINTS.get(field, field)
         raise typer.BadParameter(problem["msg"], param_hint=hint) from None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    endpoint = client.ApiEndpoint(url, token, token_setting=f"--token (or {client.TOKEN_ENV})")
+    api = client.ApiClient(endpoint)
     deadline = time.monotonic() + timeout
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=90.0)) as client:
-            view = AppView.model_validate(_checked(client.post("/v1/apps", json=body.model_dump(exclude_none=True))))
-            while wait and not view.ended and time.monotonic() < deadline:
-                poll = min(60.0, max(deadline - time.monotonic(), 0.0))
-                view = AppView.model_validate(_checked(client.get(f"/v1/apps/{view.app_id}", params={"wait": poll})))
-    except httpx.TransportError as error:
-        console.print(f"cannot reach the Hermesflow API at {url}: {error}; is `hermesflow serve` running?", markup=False)
-        raise typer.Exit(2) from None
+        view = api.send(client.submit_app(body))
+        while wait and not view.ended and time.monotonic() < deadline:
+            poll = min(client.MAX_POLL_S, max(deadline - time.monotonic(), 0.0))
+            view = api.send(client.get_app(view.app_id, wait_s=poll))
+    except client.HermesApiError as error:  # exit 2: nothing answered; 1: the API refused
+        console.print(error.explanation, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2 if error.status == client.NO_ANSWER else 1) from None
     print(view.model_dump_json(indent=2))
     if view.phase == "failed":
         raise typer.Exit(1)
@@ -485,14 +484,3 @@ def submit_command(
 _SUBMISSION_HINTS = {"app_class": "APP_CLASS", "app_id": "--app-id", "inputs": "--inputs"}
 """The command-line name of each field of a submission, for its usage errors."""
 
-
-def _checked(response: Any) -> Any:
-    """The JSON body of a successful response; the server's message and exit 1 otherwise."""
-    if response.is_success:
-        return response.json()
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    console.print(f"HTTP {response.status_code}: {detail}", markup=False, highlight=False)
-    raise typer.Exit(1)

@@ -27,18 +27,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
-import httpx
 from rich.console import Console
 
+from hermesflow import client
 from hermesflow.api.models.lifecycle import READY_PATH, Readiness, unavailable
+from hermesflow.client import ApiClient, ApiEndpoint, HermesApiError
 from hermesflow.schedulers.runtime_config import NAMESPACE, RuntimeConfig
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 """Messages go to stderr (stdout carries the URL alone), one line each, never wrapped."""
 
 READY_POLL_S = 0.5
+PROBE_TIMEOUT_S = 10.0
+"""Read timeout of a request `serve` sends to its own gateway (readiness, the backends' errors)."""
 WATCH_S = 1.0
 """How often a foreground `serve` checks that its scheduler and gateway still exist."""
 SCHEDULER_SHUTDOWN_TIMEOUT_S = 30.0
@@ -83,7 +86,7 @@ class StopRequest:
         self._event = threading.Event()
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> StopRequest:
+    def __enter__(self) -> Self:
         for number in self.SIGNALS:
             self._previous[number] = signal.signal(number, self._handle)
         return self
@@ -190,30 +193,37 @@ def _wait_ready(url: str, plan: ServePlan, stop: StopRequest) -> tuple[WaitEnd, 
     say on stderr what it waits for whenever that changes."""
     deadline = time.monotonic() + plan.ready_timeout_s
     shown = ""
-    with httpx.Client(timeout=10.0, trust_env=False) as client:  # no proxies
-        while True:
-            readiness = _readiness(client, url)
-            if readiness.ready:
-                return WaitEnd.READY, readiness
-            if readiness.message != shown:
-                console.print(readiness.message, markup=False)
-                shown = readiness.message
-            if missing_actors(plan.names):
-                return WaitEnd.GONE, readiness
-            if time.monotonic() > deadline:
-                return WaitEnd.TIMED_OUT, readiness
-            if stop.wait(READY_POLL_S):
-                return WaitEnd.STOP_REQUESTED, readiness
+    api = _own_gateway(url, token=None)  # the probe is public
+    while True:
+        readiness = _readiness(api)
+        if readiness.ready:
+            return WaitEnd.READY, readiness
+        if readiness.message != shown:
+            console.print(readiness.message, markup=False)
+            shown = readiness.message
+        if missing_actors(plan.names):
+            return WaitEnd.GONE, readiness
+        if time.monotonic() > deadline:
+            return WaitEnd.TIMED_OUT, readiness
+        if stop.wait(READY_POLL_S):
+            return WaitEnd.STOP_REQUESTED, readiness
 
 
-def _readiness(client: httpx.Client, url: str) -> Readiness:
+def _own_gateway(url: str, token: str | None) -> ApiClient:
+    """A client of the gateway this `serve` started: on this machine, so the environment's
+    proxies are ignored."""
+    return ApiClient(ApiEndpoint(url, token), PROBE_TIMEOUT_S, trust_env=False)
+
+
+def _readiness(api: ApiClient) -> Readiness:
     try:
-        response = client.get(f"{url}{READY_PATH}")
-        return Readiness.model_validate_json(response.content)
-    except httpx.TransportError as error:
-        return unavailable(f"the API does not answer ({error})")
-    except ValueError:  # not a readiness document: another server on that address?
-        return unavailable(f"{url}{READY_PATH} answered {response.status_code}, not readiness")
+        return api.send(client.readiness())
+    except HermesApiError as error:
+        if error.status == client.NO_ANSWER:
+            return unavailable(f"the API does not answer ({error.detail})")
+        # not a readiness document: another server on that address?
+        url = api.endpoint.base_url
+        return unavailable(f"{url}{READY_PATH} answered {error.status}, not readiness")
 
 
 def _not_ready(end: WaitEnd, readiness: Readiness, url: str, plan: ServePlan) -> int:
@@ -240,16 +250,14 @@ def _not_ready(end: WaitEnd, readiness: Readiness, url: str, plan: ServePlan) ->
 def _last_errors(url: str, token: str | None, names: list[str]) -> str:
     """'; last error of llm: ...' for the named backends that have one (the readiness probe
     is public and does not show errors; this asks the API with the token)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        backends = httpx.get(f"{url}/v1/backends", headers=headers, timeout=10.0, trust_env=False)
-        views = backends.json() if backends.is_success else []
-    except (httpx.TransportError, ValueError):
+        views = _own_gateway(url, token).send(client.backends()).root
+    except HermesApiError:
         return ""
     return "".join(
-        f"; last error of {b['name']}: {b['last_error']}"
+        f"; last error of {b.name}: {b.last_error}"
         for b in views
-        if b.get("name") in names and b.get("last_error")
+        if b.name in names and b.last_error
     )
 
 

@@ -26,10 +26,11 @@ from airflow.listeners import hookimpl
 from airflow.sdk.exceptions import AirflowException
 from sqlalchemy.orm import object_session
 
+from hermesflow import client
 from hermesflow.api.models.control import FinishRequest
+from hermesflow.client import HermesApiError
 from hermesflow.client_records import TaskOutcome, TaskState
-from hermesflow.operators import api_client, naming
-from hermesflow.operators.api_client import HermesApiError
+from hermesflow.operators import naming
 from hermesflow.operators.dag_graph import argument, is_step
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesHook
 
@@ -86,9 +87,9 @@ def _send(
     """Report outcomes (then the run's end); stop at the first error, which is logged."""
     try:
         for outcome in outcomes:
-            hook.run(api_client.record_task_outcome(app_id, outcome))
+            hook.run(client.record_task_outcome(app_id, outcome))
         if finish is not None:
-            hook.run(api_client.finish_app(app_id, finish))
+            hook.run(client.finish_app(app_id, finish))
     except HermesApiError as error:
         if finish is not None and error.status == 404:
             return  # the run never reached a Hermesflow step (a branch skipped them all)

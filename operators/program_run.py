@@ -20,8 +20,9 @@ import jinja2
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
+from hermesflow import client
 from hermesflow.api.models.control import AppSubmission, AppView
-from hermesflow.operators import api_client, naming
+from hermesflow.operators import naming
 from hermesflow.operators.step_base import HermesOperator
 from hermesflow.operators.triggers import HermesAppTrigger
 from hermesflow.operators.validation import HermesDagError, check_fields, check_template_slots
@@ -69,7 +70,7 @@ class ProgramRunOperator(HermesOperator):
             app_id=app_id,
             labels=naming.labels(self.dag_id, context["run_id"]),
         )
-        view: AppView = self.call_api(api_client.submit_app(submission))
+        view: AppView = self.call_api(client.submit_app(submission))
         self.log.info("program run %r of class %r is %s", app_id, self.app_class, view.phase)
         if view.ended:
             return self._outcome(view)

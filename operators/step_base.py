@@ -27,12 +27,13 @@ import jinja2.sandbox
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from hermesflow import client
 from hermesflow.api.models.control import StepSubmission, StepView
 from hermesflow.apps.app_graph import NodeKind
 from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
-from hermesflow.operators import api_client, naming
+from hermesflow.client import MAX_POLL_S, HermesApiError, Route
+from hermesflow.operators import naming
 from hermesflow.operators.airflow_compat import DagContext, DependencyMixin, OperatorPartial
-from hermesflow.operators.api_client import HermesApiError, Route
 from hermesflow.operators.dag_graph import dag_pdgraph
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesHook
 from hermesflow.operators.triggers import DEFAULT_POLL_S, HermesStepTrigger, step_of
@@ -44,8 +45,6 @@ from hermesflow.operators.validation import (
     task_label,
 )
 
-MAX_POLL_S = 60.0
-"""The server holds a long poll at most this long."""
 RETRYABLE_CLIENT_STATUS = frozenset({404, 408, 429})
 """4xx answers a later try may not get (a step not stored yet, a timeout, rate limiting); any
 other 4xx is a refusal no retry changes, so the task fails without using its retries."""
@@ -205,7 +204,7 @@ class StepOperator(HermesOperator):
     def execute(self, context: Context) -> Any:
         app_id = naming.app_id(self.dag_id, context["run_id"])
         step_id = naming.step_id(self.task_id, context["ti"].map_index)
-        self.call_api(api_client.declare_class(dag_pdgraph(context["dag"])))
+        self.call_api(client.declare_class(dag_pdgraph(context["dag"])))
         submission = StepSubmission(
             app_class=self.dag_id,
             stage=self.task_id,
@@ -213,7 +212,7 @@ class StepOperator(HermesOperator):
             call=self.build_call(context),
             labels=naming.labels(self.dag_id, context["run_id"]),
         )
-        view: StepView = self.call_api(api_client.put_step(app_id, step_id, submission))
+        view: StepView = self.call_api(client.put_step(app_id, step_id, submission))
         self.log.info(
             "step %r of application %r is %s (attempt %d)",
             step_id,

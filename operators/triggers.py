@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from pydantic import BaseModel
 
+from hermesflow import client
 from hermesflow.api.models.control import AppView, StepView
-from hermesflow.operators import api_client
-from hermesflow.operators.api_client import HermesApiError, Route
+from hermesflow.client import HermesApiError, Route
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesConnectionError, HermesHook
 
 M = TypeVar("M", bound=BaseModel)
@@ -135,7 +135,7 @@ class HermesStepTrigger(_HermesTrigger):
         return {"app_id": self.app_id, "step_id": self.step_id}
 
     def _route(self) -> Route[StepView]:
-        return api_client.get_step(self.app_id, self.step_id, wait_s=self.poll_s)
+        return client.get_step(self.app_id, self.step_id, wait_s=self.poll_s)
 
     def _event(self, answer: StepView) -> dict[str, Any]:
         return {"status": answer.state, "step": answer.model_dump(mode="json")}
@@ -155,7 +155,7 @@ class HermesAppTrigger(_HermesTrigger):
         return {"app_id": self.app_id}
 
     def _route(self) -> Route[AppView]:
-        return api_client.get_app(self.app_id, wait_s=self.poll_s)
+        return client.get_app(self.app_id, wait_s=self.poll_s)
 
     def _event(self, answer: AppView) -> dict[str, Any]:
         return {"status": answer.phase, "app": answer.model_dump(mode="json")}

@@ -35,7 +35,7 @@ from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
 from jinja2 import meta
 from pydantic import BaseModel, ValidationError
 
-from hermesflow.operators.hook import EXAMPLE_URI, ApiEndpoint, HermesConnectionError
+from hermesflow.operators.hook import EXAMPLE_URI, HermesConnectionError, connection_endpoint
 
 BACKENDS_ENV = "HERMES_BACKENDS"
 """Extra backend names a DAG may use, comma-separated (the deployment's own backends)."""
@@ -89,9 +89,11 @@ def check_connection(where: str, conn_id: Any) -> None:
             if value.lstrip().startswith("{")
             else Connection.from_uri(value, conn_id=conn_id)
         )
-        ApiEndpoint.of(conn)
+        connection_endpoint(conn)
     except HermesConnectionError as error:
-        raise HermesDagError(f"{where}: {error} (read from {CONN_ENV_PREFIX}{conn_id.upper()})") from None
+        raise HermesDagError(
+            f"{where}: {error} (read from {CONN_ENV_PREFIX}{conn_id.upper()})"
+        ) from None
     except (ValueError, TypeError) as error:
         raise HermesDagError(
             f"{where}: {CONN_ENV_PREFIX}{conn_id.upper()} is neither a connection URI nor JSON "

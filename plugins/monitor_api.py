@@ -1,9 +1,9 @@
 """The plugin's JSON API: Hermesflow's monitoring routes, read for a logged-in Airflow user.
 
-Each route sends one request of `hermesflow.operators.api_client` through `HermesHook.arun`
+Each route sends one request of `hermesflow.client` through `HermesHook.arun`
 (the Airflow connection holds Hermesflow's address and token, so neither reaches the browser)
-and answers the server's own models from `hermesflow.api_models`. Query parameters are checked
-here with the control API's own declarations (`hermesflow.monitor_params`), so a bad value is this API's 422, not a
+and answers the server's own models from `hermesflow.api.models`. Query parameters are checked
+here with the control API's own declarations (`hermesflow.api.monitor_params`), so a bad value is this API's 422, not a
 request Hermesflow refuses.
 
 When Hermesflow cannot be asked, the answer is a JSON `{"detail": ...}` that names the Airflow
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-import httpx
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 
+from hermesflow import client
 from hermesflow.api.models.control import BackendView, SchedulerStats
 from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
 from hermesflow.api.monitor_params import (
@@ -35,8 +35,7 @@ from hermesflow.api.monitor_params import (
     ClassFilter,
     LiveAppsLimit,
 )
-from hermesflow.operators import api_client
-from hermesflow.operators.api_client import HermesApiError, Route
+from hermesflow.client import HermesApiError, Route
 from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from hermesflow.pdgraph.model import PDGraph
 
@@ -79,12 +78,6 @@ def monitor_router(conn_id: str) -> APIRouter:
             return await HermesHook(conn_id, timeout_s=MONITOR_TIMEOUT_S).arun(route)
         except HermesConnectionError as error:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from error
-        except httpx.InvalidURL as error:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"Airflow connection {conn_id!r} holds an invalid address ({error}); set its "
-                "host and port to where `hermesflow serve` listens",
-            ) from error
         except HermesApiError as error:
             if not_found and error.status == status.HTTP_404_NOT_FOUND:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, error.detail) from error
@@ -101,18 +94,18 @@ def monitor_router(conn_id: str) -> APIRouter:
     ) -> Any:
         """The admitted and running applications in the order the policy would serve them,
         each with its rank, position, attained service and estimated remaining service."""
-        return (await ask(api_client.live_apps(app_class, limit))).root
+        return (await ask(client.live_apps(app_class, limit))).root
 
     @router.get(
         "/backends", summary="Backends: phase, load and warm-ups", response_model=list[BackendView]
     )
     async def backends() -> Any:
-        return (await ask(api_client.backends())).root
+        return (await ask(client.backends())).root
 
     @router.get("/classes", summary="Application classes", response_model=list[ClassSummary])
     async def classes() -> Any:
         """Each class with where its current PDGraph came from and its live and finished runs."""
-        return (await ask(api_client.classes())).root
+        return (await ask(client.classes())).root
 
     @router.get(
         "/classes/{name}/graph",
@@ -125,7 +118,7 @@ def monitor_router(conn_id: str) -> APIRouter:
     async def class_graph(
         name: Annotated[str, Path(min_length=1, description="the application class")],
     ) -> Any:
-        return await ask(api_client.class_graph(name), not_found=True)
+        return await ask(client.class_graph(name), not_found=True)
 
     @router.get(
         "/act",
@@ -137,11 +130,11 @@ def monitor_router(conn_id: str) -> APIRouter:
         buckets: ActBuckets = DEFAULT_ACT_BUCKETS,
         app_class: ClassFilter = None,
     ) -> Any:
-        return await ask(api_client.act_history(window_s, buckets, app_class))
+        return await ask(client.act_history(window_s, buckets, app_class))
 
     @router.get("/stats", summary="The scheduler's counters", response_model=SchedulerStats)
     async def stats() -> Any:
-        return await ask(api_client.stats())
+        return await ask(client.stats())
 
     return router
 

@@ -1,11 +1,12 @@
 """Submitting a Semantic-Variable program and reading its outputs: the run handle.
 
 Two ways in, one handle. Code inside the Ray cluster (a Ray job, a task) calls the scheduler
-actor directly; anything else goes through the HTTP control API of `hermesflow serve`
-(`POST /v1/apps`, `GET /v1/apps/{id}?wait=S`), as the rest of Hermesflow does where processes
-differ (DESIGN.md). Both answer with the same `AppView`. An output variable's `.get()` waits for
-the run to end and reads its value from the run's result — the program returns its outputs as
-its result, so they are durable in the store and readable after a scheduler restart.
+actor directly; anything else goes through the HTTP control API of `hermesflow serve` with
+Hermesflow's one HTTP client (`hermesflow.client`: submit a run, then long-poll it), as the
+rest of Hermesflow does where processes differ (DESIGN.md). Both answer with the same
+`AppView`. An output variable's `.get()` waits for the run to end and reads its value from the
+run's result — the program returns its outputs as its result, so they are durable in the store
+and readable after a scheduler restart.
 """
 
 from __future__ import annotations
@@ -13,19 +14,11 @@ from __future__ import annotations
 import os
 import time
 from typing import Any, Protocol
-from urllib.parse import quote
 
-import httpx
-
-from hermesflow.api.models.control import AppView
+from hermesflow import client
+from hermesflow.api.models.control import AppSubmission, AppView
 from hermesflow.apps.semantic_trace import Outputs, Ref
-
-WAIT_CHUNK_S = 60.0
-"""Longest single wait (an actor call or an HTTP long poll); a longer wait asks again."""
-HTTP_TIMEOUT_S = 30.0
-"""Connect/read timeout of an HTTP call, on top of the time it is asked to wait."""
-TOKEN_ENV = "HERMES_API_TOKEN"
-"""Where `client_for` finds the HTTP API's bearer token (as `hermesflow serve` does)."""
+from hermesflow.client import MAX_POLL_S, TOKEN_ENV, ApiClient, ApiEndpoint
 
 
 class SchedulerClient(Protocol):
@@ -57,39 +50,19 @@ class ActorClient:
 
 
 class HttpClient:
-    """The HTTP control API at `url` (what `hermesflow serve` prints), with its bearer token."""
+    """The HTTP control API at `url` (what `hermesflow serve` prints), with its bearer token;
+    refusals raise `hermesflow.client.HermesApiError`."""
 
     def __init__(self, url: str, token: str | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        endpoint = ApiEndpoint(url, token, token_setting=f"{TOKEN_ENV} (or HttpClient's token)")
+        self.api = ApiClient(endpoint)
 
     def submit(self, app_class: str, inputs: dict[str, Any], app_id: str | None) -> AppView:
-        body = {"app_class": app_class, "inputs": inputs, "app_id": app_id}
-        response = httpx.post(
-            f"{self.url}/v1/apps", json=body, headers=self.headers, timeout=HTTP_TIMEOUT_S
-        )
-        return self._view(response)
+        submission = AppSubmission(app_class=app_class, inputs=inputs, app_id=app_id)
+        return self.api.send(client.submit_app(submission))
 
     def wait(self, app_id: str, timeout_s: float) -> AppView:
-        response = httpx.get(
-            f"{self.url}/v1/apps/{quote(app_id, safe='')}",
-            params={"wait": timeout_s},
-            headers=self.headers,
-            timeout=timeout_s + HTTP_TIMEOUT_S,
-        )
-        return self._view(response)
-
-    @staticmethod
-    def _view(response: httpx.Response) -> AppView:
-        if response.is_error:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise RuntimeError(
-                f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}: {detail}"
-            )
-        return AppView.model_validate(response.json())
+        return self.api.send(client.get_app(app_id, wait_s=timeout_s))
 
 
 def client_for(target: Any) -> SchedulerClient:
@@ -123,13 +96,13 @@ class SemanticRun:
         """The run's view once it has ended; TimeoutError if it has not after `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self._ended is None:
-            left = WAIT_CHUNK_S if deadline is None else deadline - time.monotonic()
+            left = MAX_POLL_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(
                     f"run {self.app_id!r} has not ended after {timeout_s} s; wait longer, or read "
                     "its state with wait(0) on its client"
                 )
-            view = self.client.wait(self.app_id, min(left, WAIT_CHUNK_S))
+            view = self.client.wait(self.app_id, min(left, MAX_POLL_S))
             if view.ended:
                 self._ended = view
         return self._ended

@@ -29,6 +29,7 @@ from hermesflow.apps.semantic_client import HttpClient, RunFailed, SemanticRun, 
 from hermesflow.apps.semantic_template import UnreadableReply
 from hermesflow.apps.tools import load_document
 from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
+from hermesflow.client import HermesApiError
 
 PARAGRAPHS = (
     "Rivers carry water from the mountains to the sea. Their valleys have long been trade routes.",
@@ -413,5 +414,7 @@ def test_map_reduce_runs_through_the_http_api(
     again = map_reduce.submit(served.url, app_id=app_id, text=PARAGRAPHS[0], max_chunks=1)
     assert isinstance(client_for(served.url), HttpClient)
     assert again.outputs["summary"].get(timeout_s=10) == result["summary"]  # the same run
-    with pytest.raises(RuntimeError, match="HTTP 401"):
+    with pytest.raises(HermesApiError, match="HTTP 401") as refused:
         HttpClient(served.url).wait(app_id, 0)
+    assert "set HERMES_API_TOKEN (or HttpClient's token)" in str(refused.value)
+    assert not refused.value.transient

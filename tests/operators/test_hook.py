@@ -14,11 +14,11 @@ pytest.importorskip("ray")
 from airflow.sdk import Connection
 from provider_support import Hermes, free_conn_uri
 
+from hermesflow import client
 from hermesflow.api.models.control import StepSubmission
 from hermesflow.backends.calls import ToolCall
-from hermesflow.operators import api_client
-from hermesflow.operators.api_client import HermesApiError
-from hermesflow.operators.hook import ApiEndpoint, HermesConnectionError, HermesHook
+from hermesflow.client import HermesApiError
+from hermesflow.operators.hook import HermesConnectionError, HermesHook, connection_endpoint
 from hermesflow.operators.provider import get_provider_info
 
 
@@ -37,18 +37,18 @@ def test_the_default_connection_reaches_the_api(hermes: Hermes) -> None:
 
 def test_a_step_put_twice_is_one_step(hermes: Hermes) -> None:
     hook, app_id = HermesHook(), f"hook-tests:{uuid.uuid4().hex[:12]}"
-    first = hook.run(api_client.put_step(app_id, "calc", _calculation("2 + 3")))
-    second = hook.run(api_client.put_step(app_id, "calc", _calculation("2 + 3")))
+    first = hook.run(client.put_step(app_id, "calc", _calculation("2 + 3")))
+    second = hook.run(client.put_step(app_id, "calc", _calculation("2 + 3")))
     assert (first.app_id, first.step_id, first.attempt) == (second.app_id, second.step_id, 1)
-    done = hook.run(api_client.get_step(app_id, "calc", wait_s=30))
+    done = hook.run(client.get_step(app_id, "calc", wait_s=30))
     assert done.state == "done" and done.result is not None and done.result.value == 5.0
     assert hermes.calls(app_id) == [("calculate", "tools")]
 
 
 def test_the_async_client_reads_the_same_step(hermes: Hermes) -> None:
     hook, app_id = HermesHook(), f"hook-tests:{uuid.uuid4().hex[:12]}"
-    hook.run(api_client.put_step(app_id, "calc", _calculation("6 * 7")))
-    view = asyncio.run(HermesHook().arun(api_client.get_step(app_id, "calc", wait_s=30)))
+    hook.run(client.put_step(app_id, "calc", _calculation("6 * 7")))
+    view = asyncio.run(HermesHook().arun(client.get_step(app_id, "calc", wait_s=30)))
     assert view.state == "done" and view.result is not None and view.result.value == 42.0
 
 
@@ -65,9 +65,9 @@ def test_a_wrong_token_says_which_password_to_set(
 def test_an_unreachable_server_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_HERMES_DOWN", free_conn_uri())
     with pytest.raises(HermesApiError) as raised:
-        HermesHook("hermes_down").run(api_client.health())
-    assert raised.value.transient and raised.value.status == 0
-    assert "hermesflow serve" in str(raised.value)
+        HermesHook("hermes_down").run(client.health())
+    assert raised.value.transient and raised.value.status == client.NO_ANSWER
+    assert "`hermesflow serve` runs at the connection's host" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -79,11 +79,15 @@ def test_an_unreachable_server_is_a_transient_error(monkeypatch: pytest.MonkeyPa
         ),
         ("hermesflow://:token@", "has no host"),
         ("hermesflow://127.0.0.1:8000/ftp", "has schema 'ftp'"),
+        (
+            "hermesflow://%5B%3A%3A1:8000",
+            "holds an invalid address 'http://[::1:8000' (Invalid port: ':1:8000')",
+        ),
     ],
 )
 def test_a_bad_connection_names_itself_and_the_fix(uri: str, message: str) -> None:
     with pytest.raises(HermesConnectionError) as raised:
-        ApiEndpoint.of(Connection(conn_id="hermes_bad", uri=uri))
+        connection_endpoint(Connection(conn_id="hermes_bad", uri=uri))
     assert message in str(raised.value)
     assert "'hermes_bad'" in str(raised.value)
 
@@ -104,7 +108,7 @@ def test_an_undefined_connection_says_how_to_define_it() -> None:
     ],
 )
 def test_connection_fields_make_the_endpoint(uri: str, url: str, token: str | None) -> None:
-    endpoint = ApiEndpoint.of(Connection(conn_id="c", uri=uri))
+    endpoint = connection_endpoint(Connection(conn_id="c", uri=uri))
     assert (endpoint.base_url, endpoint.token) == (url, token)
 
 

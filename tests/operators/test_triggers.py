@@ -21,9 +21,9 @@ from airflow.sdk.serde import deserialize, serialize
 from airflow.triggers.base import BaseTrigger
 from provider_support import Hermes, free_conn_uri
 
+from hermesflow import client
 from hermesflow.api.models.control import AppSubmission, StepSubmission
 from hermesflow.backends.calls import ToolCall
-from hermesflow.operators import api_client
 from hermesflow.operators.hook import HermesHook
 from hermesflow.operators.triggers import HermesAppTrigger, HermesStepTrigger
 
@@ -61,7 +61,7 @@ def _first_event(trigger: BaseTrigger) -> dict[str, Any]:
 def _submit_sleep(app_id: str, step_id: str, seconds: float) -> None:
     call = ToolCall(tool="sleep", args={"seconds": seconds})
     submission = StepSubmission(app_class="trigger_tests", stage="nap", backend="tools", call=call)
-    view = HermesHook().run(api_client.put_step(app_id, step_id, submission))
+    view = HermesHook().run(client.put_step(app_id, step_id, submission))
     assert view.state in ("queued", "running"), view
 
 
@@ -100,7 +100,7 @@ def test_app_trigger_fires_when_the_program_run_ends(hermes: Hermes) -> None:
     submission = AppSubmission(
         app_class="sleep_chain", inputs={"steps": 2, "seconds": 0.2}, app_id=app_id
     )
-    HermesHook().run(api_client.submit_app(submission))
+    HermesHook().run(client.submit_app(submission))
     event = _first_event(HermesAppTrigger(app_id, poll_s=10.0))
     assert event["status"] == "finished"
     assert event["app"]["result"] == {"steps": 2, "calls": 1}
