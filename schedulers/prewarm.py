@@ -191,10 +191,8 @@ class PDGraphPrewarm(PrewarmPlanner):
         self.slack_s = slack_s
 
     def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
-        scores = {
-            name: self.need_probability(name, b.warmup_s + self.slack_s, now, apps, arrival_rates)
-            for name, b in backends.items()
-        }
+        horizons = {name: b.warmup_s + self.slack_s for name, b in backends.items()}
+        scores = self.need_probabilities(horizons, now, apps, arrival_rates)
         chosen = [
             name
             for name, p in scores.items()
@@ -206,32 +204,34 @@ class PDGraphPrewarm(PrewarmPlanner):
         """Yes when the application alone needs a cold backend within its horizon with at least
         `keep_threshold` probability; weaker needs count only combined with other applications',
         and the timer's next plan weighs them."""
-        return any(
-            self.demand.need_probability(app.state, name, 0.0, warmup_s + self.slack_s) >= self.keep_threshold
-            for name, warmup_s in cold.items()
-        )
+        horizons = {name: warmup_s + self.slack_s for name, warmup_s in cold.items()}
+        return any(p >= self.keep_threshold for p in self.demand.need_probabilities(app.state, 0.0, horizons).values())
 
-    def need_probability(
+    def need_probabilities(
         self,
-        backend: str,
-        horizon_s: float,
+        horizons_s: Mapping[str, float],
         now: float,
         apps: Sequence[AppRecord],
         arrival_rates: Mapping[str, float],
-    ) -> float:
-        """P_b(h) of the module docstring."""
-        rate = sum(
-            r * self.demand.uses_backend_probability(c, backend) for c, r in arrival_rates.items()
-        )
-        none_needed = math.exp(-rate * horizon_s)
+    ) -> dict[str, float]:
+        """P_b(h_b) of the module docstring for each backend b of `horizons_s`, one pass over
+        the live applications. A backend whose P_b is already above 0.999 is not asked about
+        the rest (no threshold is that high)."""
+        rates = dict.fromkeys(horizons_s, 0.0)  # Lambda_b
+        for app_class, rate in arrival_rates.items():
+            for backend, p in self.demand.backend_use_probabilities(app_class).items():
+                if backend in rates:
+                    rates[backend] += rate * p
+        none_needed = {backend: math.exp(-rates[backend] * h) for backend, h in horizons_s.items()}
         for app in apps:
-            if none_needed < 1e-3:
+            open_horizons = {b: h for b, h in horizons_s.items() if none_needed[b] >= 1e-3}
+            if not open_horizons:
                 break
             since = app.stage_running_since_s
             elapsed = 0.0 if since is None else now - since
-            p = self.demand.need_probability(app.state, backend, elapsed, horizon_s)
-            none_needed *= 1.0 - p
-        return 1.0 - none_needed
+            for backend, p in self.demand.need_probabilities(app.state, elapsed, open_horizons).items():
+                none_needed[backend] *= 1.0 - p
+        return {backend: 1.0 - none for backend, none in none_needed.items()}
 
 
 PLANNERS: Mapping[str, type[PrewarmPlanner]] = MappingProxyType(

@@ -65,6 +65,7 @@ class DemandEstimator:
         self._cache_size = cache_size
         self._compiled: dict[str, CompiledGraph] = {}
         self._draws: dict[tuple, RemainingDraws] = {}
+        self._uses: dict[str, dict[str, float]] = {}
         self.ranks = GittinsRankCache(maxsize=cache_size)
         for graph in graphs.values():
             self.replace_graph(graph)
@@ -75,6 +76,7 @@ class DemandEstimator:
         """Install (or refit) a class; its cached answers are dropped."""
         self._compiled[graph.name] = CompiledGraph(graph, self.costs)
         self._draws = {k: v for k, v in self._draws.items() if k[0] != graph.name}
+        self._uses.pop(graph.name, None)
         self.ranks = GittinsRankCache(maxsize=self._cache_size)
 
     def compiled(self, app_class: str) -> CompiledGraph:
@@ -140,24 +142,34 @@ class DemandEstimator:
             ),
         )
 
-    def need_probability(self, state: GraphState, backend: str, elapsed_s: float, horizon_s: float) -> float:
-        """P(the application needs `backend` within `horizon_s` | its current stage has run for
-        `elapsed_s` and has not finished): the ratio of the first-need CDF at elapsed + horizon
-        minus that at elapsed, to the mass beyond elapsed. When no draw lasts beyond elapsed, the
-        need is certain (the stage has outrun its history, so its successor is due)."""
-        times = self.draws_for(state).first_need_s.get(backend)
-        if times is None:
-            return 0.0
-        later = times[times > elapsed_s] if elapsed_s > 0 else times
-        if later.size == 0:
-            return 1.0  # every draw needs it by now: the stage is overdue or uses it itself
-        return float(np.count_nonzero(later <= elapsed_s + horizon_s)) / later.size
+    def need_probabilities(self, state: GraphState, elapsed_s: float, horizons_s: Mapping[str, float]) -> dict[str, float]:
+        """P(the application needs backend b within `horizons_s[b]` | its current stage has run
+        for `elapsed_s` and has not finished), for each b: the ratio of the first-need CDF at
+        elapsed + horizon minus that at elapsed, to the mass beyond elapsed. When no draw lasts
+        beyond elapsed, the need is certain (the stage has outrun its history, so its successor
+        is due). The state's draws are looked up once for all backends: a prewarm plan asks this
+        of every live application."""
+        first_need = self.draws_for(state).first_need_s
+        out = {}
+        for backend, horizon_s in horizons_s.items():
+            times = first_need.get(backend)  # sorted ascending
+            if times is None:
+                out[backend] = 0.0
+                continue
+            start = int(np.searchsorted(times, elapsed_s, side="right")) if elapsed_s > 0 else 0
+            later = times.size - start
+            if later == 0:
+                out[backend] = 1.0  # every draw needs it by now: the stage is overdue or uses it itself
+                continue
+            out[backend] = float(np.searchsorted(times, elapsed_s + horizon_s, side="right") - start) / later
+        return out
 
-    def uses_backend_probability(self, app_class: str, backend: str) -> float:
-        """P(a new application of the class ever needs `backend`)."""
-        key = ("uses", app_class, backend)
-        return self.ranks.get_or_compute(key, lambda: self._uses_backend(app_class, backend))
-
-    def _uses_backend(self, app_class: str, backend: str) -> float:
-        times = self.draws_for(self.initial_state(app_class)).first_need_s.get(backend)
-        return 0.0 if times is None else float(np.isfinite(times).mean())
+    def backend_use_probabilities(self, app_class: str) -> Mapping[str, float]:
+        """P(a new application of the class ever needs b), for each backend b its graph has
+        (one dict per class, kept until the class is refitted: the planner weighs expected
+        arrivals by it on every plan)."""
+        found = self._uses.get(app_class)
+        if found is None:
+            first_need = self.draws_for(self.initial_state(app_class)).first_need_s
+            found = self._uses[app_class] = {b: float(np.isfinite(t).mean()) for b, t in first_need.items()}
+        return found

@@ -65,8 +65,10 @@ class RemainingDraws:
     """Monte-Carlo draws of what remains from a state.
 
     `work_by_backend_s[b][i]` is the remaining backend-seconds of draw i on backend b, `work_s`
-    their sum; `first_need_s[b][i]` is the nominal time from the start of the current stage until
-    backend b is first needed again (inf when draw i never uses b).
+    their sum. `first_need_s[b]` holds, for each draw, the nominal time from the start of the
+    current stage until backend b is first needed again (inf when the draw never uses b), sorted
+    ascending: only its distribution is read, and sorted it answers P(t1 < T <= t2) by two
+    binary searches (`DemandEstimator.need_probabilities`).
     """
 
     work_by_backend_s: dict[str, np.ndarray]
@@ -233,7 +235,7 @@ class CompiledGraph:
         for _ in range(MAX_STAGES_PER_RUN):
             active = current != self.end
             if not active.any():
-                return RemainingDraws(work, sum(work.values()), first_need)
+                return RemainingDraws(work, sum(work.values()), {b: np.sort(t) for b, t in first_need.items()})
             for s in np.unique(current[active]):
                 rows = np.flatnonzero(current == s)
                 counts[rows, s] += 1

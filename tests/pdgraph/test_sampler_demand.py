@@ -185,7 +185,7 @@ def test_remaining_demand_falls_along_a_linear_class(demand: DemandEstimator) ->
 
 def test_need_probability_is_one_for_the_current_backend(demand: DemandEstimator) -> None:
     state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
-    assert demand.need_probability(state, "llm", elapsed_s=0.0, horizon_s=1.0) == 1.0
+    assert demand.need_probabilities(state, 0.0, {"llm": 1.0})["llm"] == 1.0
 
 
 def test_need_probability_of_the_current_backend_after_the_stage_started(
@@ -194,7 +194,7 @@ def test_need_probability_of_the_current_backend_after_the_stage_started(
     """The stage's own requests are still pending on the LLM engine, so the application needs
     it whatever time has passed."""
     state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
-    assert demand.need_probability(state, "llm", elapsed_s=2.0, horizon_s=1.0) == 1.0
+    assert demand.need_probabilities(state, 2.0, {"llm": 1.0})["llm"] == 1.0
 
 
 def test_need_probability_of_an_overdue_next_stage(demand: DemandEstimator) -> None:
@@ -203,7 +203,7 @@ def test_need_probability_of_an_overdue_next_stage(demand: DemandEstimator) -> N
     backend next, and sooner than ever."""
     state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
     latest = float(demand.draws_for(state).first_need_s["code:factool_code"].max())
-    p = demand.need_probability(state, "code:factool_code", elapsed_s=latest + 5.0, horizon_s=4.0)
+    p = demand.need_probabilities(state, latest + 5.0, {"code:factool_code": 4.0})["code:factool_code"]
     assert p == 1.0
 
 
@@ -211,16 +211,16 @@ def test_need_probability_is_zero_for_a_backend_the_class_never_uses(
     demand: DemandEstimator,
 ) -> None:
     state = GraphState("factool_math", "extract_claims", (1, 0), 1)
-    assert demand.need_probability(state, "code:factool_code", 0.0, 100.0) == 0.0
-    assert demand.need_probability(state, "no-such-backend", 0.0, 100.0) == 0.0
-    assert demand.uses_backend_probability("factool_math", "code:factool_code") == 0.0
-    assert demand.uses_backend_probability("factool_code", "code:factool_code") == 1.0
+    assert demand.need_probabilities(state, 0.0, {"code:factool_code": 100.0})["code:factool_code"] == 0.0
+    assert demand.need_probabilities(state, 0.0, {"no-such-backend": 100.0})["no-such-backend"] == 0.0
+    assert demand.backend_use_probabilities("factool_math").get("code:factool_code", 0.0) == 0.0
+    assert demand.backend_use_probabilities("factool_code")["code:factool_code"] == 1.0
 
 
 def test_need_probability_grows_with_the_horizon(demand: DemandEstimator) -> None:
     state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
     probs = [
-        demand.need_probability(state, "code:factool_code", 0.0, h) for h in (0.1, 2.0, 5.0, 60.0)
+        demand.need_probabilities(state, 0.0, {"code:factool_code": h})["code:factool_code"] for h in (0.1, 2.0, 5.0, 60.0)
     ]
     assert probs == sorted(probs)
     assert probs[0] < probs[-1] == 1.0

@@ -187,7 +187,7 @@ def test_pdgraph_warms_the_next_stages_backend(
     planner = PDGraphPrewarm(demand)
     app = _at_generate_solutions(make_app, now, running_for_s=2.0)
     horizon = 3.0 + planner.slack_s
-    assert planner.need_probability(CODE, horizon, now, [app], {}) >= planner.warm_threshold
+    assert planner.need_probabilities({CODE: horizon}, now, [app], {})[CODE] >= planner.warm_threshold
     assert planner.plan(now, [app], _code_backends(COLD), {}) == PrewarmDecision(warm=(CODE,))
 
 
@@ -240,7 +240,7 @@ def test_pdgraph_keeps_between_the_thresholds(
     does not warm a cold one."""
     now = 50.0
     app = _at_generate_solutions(make_app, now, running_for_s=0.0)
-    p = PDGraphPrewarm(demand).need_probability(CODE, 4.0, now, [app], {})
+    p = PDGraphPrewarm(demand).need_probabilities({CODE: 4.0}, now, [app], {})[CODE]
     assert 0.0 < p < 1.0
     planner = PDGraphPrewarm(demand, warm_threshold=min(1.0, p + 0.05), keep_threshold=p / 2)
     assert planner.plan(now, [app], _code_backends(COLD), {}) == PrewarmDecision()
