@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import Connection, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -344,10 +344,10 @@ def _add_snapshot(session: Session, document: dict[str, Any], source: str) -> in
     return version
 
 
-def require_class(session: Session, name: str) -> None:
+def require_class(session: Session | Connection, name: str) -> None:
     """A KeyError that lists the known classes unless class `name` is stored (the journal's
-    admissions check it in their own transaction)."""
-    if session.get(AppClass, name) is None:
+    admissions check it in their own transaction, on a connection)."""
+    if session.execute(select(AppClass.name).where(AppClass.name == name)).first() is None:
         raise KeyError(
             f"unknown application class {name!r}; known classes: {_class_names(session)}. Add "
             "it with Store.save_pdgraph(graph, source), e.g. from a workload file"
@@ -359,7 +359,7 @@ def _versions(session: Session, name: str) -> list[int]:
     return list(session.scalars(query.order_by(PDGraphSnapshot.version)))
 
 
-def _class_names(session: Session) -> list[str]:
+def _class_names(session: Session | Connection) -> list[str]:
     return list(session.scalars(select(AppClass.name).order_by(AppClass.name)))
 
 
