@@ -60,7 +60,11 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    planner_interval_s: PositiveFloat = 0.5
+    planner_interval_s: PositiveFloat = 1.0
+    """Seconds between the planner's timed passes. They catch what only time changes (a stage
+    that has run long enough to make its successor's backend likely, the admission rate); a
+    stage start that makes a cold backend likely plans at once (`PrewarmPlanner.may_warm_for`),
+    so the timer can be coarse: each pass costs a look at every live application."""
     arrival_rate_window_s: PositiveFloat = 60.0
     max_attempts: int = Field(default=3, ge=1, le=20)
     """How often a request is tried on backends that die under it before its run fails."""
