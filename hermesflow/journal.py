@@ -351,6 +351,20 @@ class RunJournal:
             query = select(StepCall).where(StepCall.run_id == run_id).order_by(StepCall.step, StepCall.call_index)
             return [_stored_call(c) for c in session.scalars(query)]
 
+    def record_observations(self, run_id: int, observations: Sequence[StageObservation]) -> None:
+        """Record finished steps of open run `run_id`: an open run's step learns its successor
+        only when its client sends the next step (or ends the run), so its observation is
+        written then, in a transaction of its own, where a program run's is part of `advance`."""
+        if not observations:
+            return
+        if any(o.run_id != run_id for o in observations):
+            raise ValueError(
+                f"observations of other runs passed for run {run_id}; record each under its own run"
+            )
+        rows = [observation_values(o) for o in observations]
+        with self._transaction() as session:
+            session.connection().execute(insert(StepObservation.__table__), rows)
+
 
 def _insert_decisions(connection: Connection, rows: list[DecisionRow], run_id: int | None = None) -> None:
     """Insert decisions in one statement; `run_id` fills rows that name no run."""

@@ -10,12 +10,13 @@ scheduler decides with, not a second estimate of it. The completion-time history
 the store (`Store.finished_acts`), so it covers runs of earlier scheduler lifetimes too.
 
 Reading is not scheduling: these methods are not counted in the scheduler's overhead
-(`_timed`), so a dashboard polling every few seconds does not skew a benchmark. Publishing the
-Ray metrics (`_publish_queues`, after each dispatch pass and on the planner's timer) is, since
-it runs on the dispatch path.
+(`ActorLoop.timed`), so a dashboard polling every few seconds does not skew a benchmark.
+Publishing the Ray metrics (`publish_queues`, after each dispatch pass) is, since it runs on the
+dispatch path; the actor counts it.
 
-A mixin of `HermesScheduler`; it uses `live`, `engine`, `slots`, `policy`, `planner`, `demand`,
-`programs`, `store`, `journal`, `metrics`, `_ready` and the counters of `stats`.
+`SchedulerMonitor` is a collaborator of the scheduler actor: it reads the live runs, the engine,
+the backend slots, the policy, planner and demand estimator, and the store, and changes nothing
+but the Ray metrics. No Ray here (`SchedulerMetrics` holds the Ray metric objects).
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hermesflow.journal import StoredCall
+from hermesflow.journal import RunJournal, StoredCall
+from hermesflow.pdgraph.demand import DemandEstimator
+from hermesflow.schedulers.engine import SchedulingEngine
 from hermesflow.schedulers.errors import SubmissionError
-from hermesflow.schedulers.interface import AppPhase, RequestRecord
-from hermesflow.schedulers.metrics import ray_dashboard_url
-from hermesflow.schedulers.runtime_state import LiveRun, request_of
-from hermesflow.store import FinishedAct, RunPhase
+from hermesflow.schedulers.interface import AppPhase, Policy, RequestRecord
+from hermesflow.schedulers.metrics import SchedulerMetrics, ray_dashboard_url
+from hermesflow.schedulers.prewarm import PrewarmPlanner
+from hermesflow.schedulers.runtime_loop import ActorLoop
+from hermesflow.schedulers.runtime_state import LiveRun, LiveRuns, request_of
+from hermesflow.store import FinishedAct, RunPhase, Store
+
+if TYPE_CHECKING:
+    from hermesflow.schedulers.runtime_backends import BackendSlot
 
 REMAINING_LEVEL = 0.8
 """Central probability mass of the remaining-demand interval shown: the 10th to 90th percentile."""
@@ -43,22 +51,53 @@ UNKNOWN_POLICY = "unknown"
 ACT_PERCENTILE = 95.0
 
 
-class MonitorMixin:
-    """The scheduler's monitoring views and metrics (module docstring)."""
+class SchedulerMonitor:
+    """The scheduler's monitoring views and metrics (module docstring).
+
+    `program_classes` tell program classes from open ones, `pinned` are the backends kept warm
+    from the start; `completed_calls` is the driver's count of stored results, which the
+    overhead per step (`loop.work`) is divided by."""
+
+    def __init__(
+        self,
+        live: LiveRuns,
+        engine: SchedulingEngine,
+        slots: Mapping[str, BackendSlot],
+        policy: Policy,
+        planner: PrewarmPlanner,
+        demand: DemandEstimator,
+        program_classes: Collection[str],
+        pinned: Collection[str],
+        store: Store,
+        journal: RunJournal,
+        metrics: SchedulerMetrics,
+        loop: ActorLoop,
+        completed_calls: Callable[[], int],
+    ) -> None:
+        self.live = live
+        self.engine = engine
+        self.slots = slots
+        self.policy = policy
+        self.planner = planner
+        self.demand = demand
+        self.program_classes = program_classes
+        self.pinned = pinned
+        self.store = store
+        self.journal = journal
+        self.metrics = metrics
+        self.loop = loop
+        self.completed_calls = completed_calls
 
     # -- live applications ----------------------------------------------------------------------
 
-    async def live_apps(
-        self, app_class: str | None = None, limit: int = 200
-    ) -> list[dict[str, Any]]:
+    def live_apps(self, app_class: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """The live applications in the order the policy serves them; at most `limit`,
         optionally of one class (positions stay those among all live applications)."""
-        await self._ready.wait()
         if limit < 1:
             raise SubmissionError(f"limit must be at least 1, not {limit}")
         now = time.time()
         ranked = []
-        for live in self.live.values():
+        for live in self.live:
             queued = self._queued_calls(live)
             ranked.append((self._rank(live, queued, now), _first_id(queued), live, queued))
         ranked.sort(
@@ -137,17 +176,16 @@ class MonitorMixin:
 
     async def class_summaries(self) -> list[dict[str, Any]]:
         """Every class the scheduler ranks, with its graph's stored version and run counts."""
-        await self._ready.wait()
         snapshots = await asyncio.to_thread(self.store.class_snapshots)
         finished = await asyncio.to_thread(self.store.run_counts, RunPhase.FINISHED)
-        live = Counter(run.record.app_class for run in self.live.values())
+        live = Counter(run.record.app_class for run in self.live)
         summaries = []
         for name in sorted(self.demand.classes):
             version, source = snapshots.get(name, (None, None))
             summaries.append(
                 {
                     "name": name,
-                    "kind": "program" if name in self.programs else "open",
+                    "kind": "program" if name in self.program_classes else "open",
                     "version": version,
                     "source": source,
                     "live_apps": live[name],
@@ -161,7 +199,6 @@ class MonitorMixin:
     ) -> dict[str, Any]:
         """Completion times of the runs that finished in the last `window_s` seconds, per
         policy, in `buckets` equal time buckets (see `act_history`)."""
-        await self._ready.wait()
         if window_s <= 0 or buckets < 1:
             raise SubmissionError(
                 f"need window_s > 0 and buckets >= 1, not {window_s} and {buckets}"
@@ -172,7 +209,7 @@ class MonitorMixin:
 
     # -- backends and counters ------------------------------------------------------------------
 
-    async def backends(self) -> list[dict[str, Any]]:
+    def backends(self) -> list[dict[str, Any]]:
         """Each backend: its state in the engine, and what its slot knows of its actor."""
         views = []
         for name, slot in self.slots.items():
@@ -182,7 +219,7 @@ class MonitorMixin:
                     "name": name,
                     "type": slot.spec.type,
                     "phase": state.phase.name.lower(),
-                    "pinned": name in self.config.warm_at_start,
+                    "pinned": name in self.pinned,
                     "warmup_s": state.warmup_s,
                     "capacity": state.capacity,
                     "in_flight": state.in_flight,
@@ -195,27 +232,28 @@ class MonitorMixin:
             )
         return views
 
-    async def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Counters for benchmarks: the scheduler's own time per completed call — CPU time
         (`overhead_ms_per_step`), wall time, and the wall time of journal transactions — and
         where the cluster's Ray dashboard is."""
+        completed, work = self.completed_calls(), self.loop.work
         return {
             "policy": self.policy.name,
             "planner": self.planner.name,
             "live_apps": len(self.live),
-            "completed_calls": self._completed_calls,
-            "busy_s": self._work.wall_s,
-            "overhead_ms_per_step": 1e3 * self._work.cpu_s / max(self._completed_calls, 1),
-            "overhead_wall_ms_per_step": 1e3 * self._work.wall_s / max(self._completed_calls, 1),
-            "journal_ms_per_step": 1e3 * self.journal.busy_s / max(self._completed_calls, 1),
+            "completed_calls": completed,
+            "busy_s": work.wall_s,
+            "overhead_ms_per_step": 1e3 * work.cpu_s / max(completed, 1),
+            "overhead_wall_ms_per_step": 1e3 * work.wall_s / max(completed, 1),
+            "journal_ms_per_step": 1e3 * self.journal.busy_s / max(completed, 1),
             "classes": list(self.demand.classes),
-            "task_failures": self._task_failures,
+            "task_failures": self.loop.task_failures,
             "ray_dashboard_url": ray_dashboard_url(),
         }
 
     # -- Ray metrics ----------------------------------------------------------------------------
 
-    def _publish_queues(self) -> None:
+    def publish_queues(self) -> None:
         """Each backend queue's length and head key, to the Ray metrics (unchanged values are
         not written again)."""
         for name, queue in self.engine.queues.items():

@@ -1,8 +1,8 @@
 """Open applications on the scheduler actor: runs whose steps a client sends one by one.
 
 The OpenAI-compatible gateway and Airflow tasks do not hand the scheduler a program; each of
-their requests is one step of an application named by the client (`key`). This mixin of
-`HermesScheduler` admits such a run on its first step (its class's graph is the one its client
+their requests is one step of an application named by the client (`key`). `OpenRuns`, a
+collaborator of the scheduler actor, admits such a run on its first step (its class's graph is the one its client
 declared with `declare_graph`, else a vague prior, see `open_apps.py`), queues each step like any
 other, hands the result (or a stream of text deltas) back to the caller, records each step's
 observation once the next step names its successor, and ends the run when the client says so
@@ -14,8 +14,8 @@ waits on and what keeps the run from being finished or closed as idle under a ru
 
 A scheduler crash (its process killed) runs no request twice, as for program runs: every step
 is stored (`journal.start_step`) before it is queued, under a name — the client's for a named
-step, else the name of the Ray call that carries it (`_request_name`, its Ray task id). The
-restarted actor queues the stored steps not done yet again (`_recover_open`), and Ray retries
+step, else the name of the Ray call that carries it (the actor's `_request_name`, its Ray task
+id). The restarted actor queues the stored steps not done yet again (`recover`), and Ray retries
 each caller's call that was in flight on it (`max_task_retries=-1`) under the same task id: the
 retry finds its step by that name and answers it (`_stored_answer`: awaits it, or reads its
 stored result) instead of storing a second one. So each request has one `step_calls` row,
@@ -29,10 +29,11 @@ items after those already delivered, and a re-run's deltas are not the first run
 client would read a spliced answer. Its client gets an error instead, and its step still runs
 once in the restarted scheduler, its result stored.
 
-It uses the scheduler's state and helpers (`by_key`, `journal`, `slots`, `demand`, `policy`,
-`store`, `_begin_step`, `_end`, `_fail`, `_new_live`, `_observation`, `_request_name`, `_timed`,
-`_use_graph`);
-its own state is `_session_keys`, each client session's latest application key.
+A step's result reaches its waiter from the run driver (`RunDriver`), which keeps the step's
+observation in `LiveRun.pending_observations`; the next step (or the run's end) names the
+successor and records them through the journal. `OpenRuns` gets the journal, the store, the live
+runs, the backend slots and the demand estimator, changes runs through `RunControl`, and counts
+its work on the `ActorLoop`. No Ray here.
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from hermesflow.apps.program import StepPlan
 from hermesflow.backends.call_checks import LLM_BACKEND_TYPES, check_call
 from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
-from hermesflow.journal import ClientStepRow, RunEnd, StoredCall
+from hermesflow.journal import ClientStepRow, RunJournal, StoredCall
+from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
 from hermesflow.schedulers.errors import (
     ApplicationFinished,
@@ -57,86 +59,106 @@ from hermesflow.schedulers.errors import (
     UnknownApplication,
 )
 from hermesflow.schedulers.open_apps import DECLARED_SOURCE, open_class_prior, structure_of
+from hermesflow.schedulers.runtime_config import RuntimeConfig
+from hermesflow.schedulers.runtime_control import RunControl
+from hermesflow.schedulers.runtime_loop import ActorLoop
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
+    LiveRuns,
     new_step,
     view_step,
     view_stored,
 )
-from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunPhase, RunRow
+from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunRow, Store
+
+if TYPE_CHECKING:
+    from hermesflow.schedulers.runtime_backends import BackendSlot
 
 _CALL = TypeAdapter(Call)
 
 
-class OpenRunsMixin:
-    """Open applications (module docstring)."""
+class OpenRuns:
+    """Open applications (module docstring).
 
-    async def submit_step(
+    From `config` it reads the program classes (which take no external steps) and the idle
+    times after which an open run is closed; `policy` is the name stored with each admitted run.
+    Its own state is each client session's latest application key (`session_key`)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        journal: RunJournal,
+        store: Store,
+        live: LiveRuns,
+        slots: Mapping[str, BackendSlot],
+        demand: DemandEstimator,
+        policy: str,
+        runs: RunControl,
+        loop: ActorLoop,
+    ) -> None:
+        self.programs = config.programs
+        self.open_app_idle_s = config.open_app_idle_s
+        self.named_app_idle_s = config.named_app_idle_s
+        self.journal = journal
+        self.store = store
+        self.live = live
+        self.slots = slots
+        self.demand = demand
+        self.policy = policy
+        self.runs = runs
+        self.loop = loop
+        self._session_keys: dict[str, str] = {}
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def open_step(
         self,
         key: str,
         app_class: str,
         stage: str,
         call: dict[str, Any],
-        backend: str | None = None,
-        labels: dict[str, Any] | None = None,
-        reopen: bool = False,
-    ) -> dict[str, Any]:
-        """Run one step of an open application and return its result (JSON). With `reopen`,
-        `key` names a client session: once its application has ended, the step starts the
-        session's next application (`key#2`, `key#3`, ...) instead of being refused.
-
-        The step is stored under the name of the Ray call that carries it (`_request_name`), so
-        Ray's retry of the call after a crash answers the stored step (module docstring)."""
-        request = self._request_name()
-        future, _ = await self._open_step(key, app_class, stage, call, backend, labels, reopen, False, request)
-        return (await future).model_dump(mode="json")
-
-    async def stream_step(
-        self,
-        key: str,
-        app_class: str,
-        stage: str,
-        call: dict[str, Any],
-        backend: str | None = None,
-        labels: dict[str, Any] | None = None,
-        reopen: bool = False,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`. Not
-        retried after a crash: its client gets an error (module docstring)."""
-        future, sink = await self._open_step(key, app_class, stage, call, backend, labels, reopen, stream=True)
-        while True:
-            getter = asyncio.ensure_future(sink.get())
-            done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield {"delta": getter.result()}
-                continue
-            getter.cancel()
-            while not sink.empty():
-                yield {"delta": sink.get_nowait()}
-            yield {"result": future.result().model_dump(mode="json")}
-            return
-
-    async def _open_step(self, key, app_class, stage, call, backend, labels, reopen, stream, request=None):
-        parsed, backend = await self._parse_step(stage, call, backend)
+        backend: str | None,
+        labels: dict[str, Any] | None,
+        reopen: bool,
+        stream: bool,
+        request: str | None = None,
+    ) -> tuple[asyncio.Future, asyncio.Queue | None]:
+        """Admit one step of an open application: its result's future, and with `stream` the
+        queue its text deltas arrive on. With `reopen`, `key` names a client session: once its
+        application has ended, the step starts the session's next application (`key#2`, ...).
+        `request` is the name of the Ray call that carries the step (module docstring)."""
+        parsed, backend = self.parse_step(stage, call, backend)
         if reopen:
-            key = self._session_key(key)
-        return self._timed(self._admit_request, key, app_class, stage, parsed, backend, labels, stream, request)
+            key = self.session_key(key)
+        return self.loop.timed(
+            self._admit_request, key, app_class, stage, parsed, backend, labels, stream, request
+        )
 
-    def _admit_request(self, key, app_class, stage, call, backend, labels, stream, request):
-        """Admit a step (`_admit_open_step`) — unless a step is stored under `request` already,
-        because Ray retried its call on this restarted actor: then the stored step answers. One
+    def _admit_request(
+        self,
+        key: str,
+        app_class: str,
+        stage: str,
+        call: Call,
+        backend: str,
+        labels: dict[str, Any] | None,
+        stream: bool,
+        request: str | None,
+    ) -> tuple[asyncio.Future, asyncio.Queue | None]:
+        """Admit a step (`admit`) — unless a step is stored under `request` already, because
+        Ray retried its call on this restarted actor: then the stored step answers. One
         synchronous piece, so a second try cannot interleave with the first."""
         if request is not None and (found := self.journal.client_step(key, request)) is not None:
             run, step = found
             if step is not None:
                 return self._stored_answer(key, run, step), None
-        return self._admit_open_step(key, app_class, stage, call, backend, labels, stream, request=request)
+        return self.admit(key, app_class, stage, call, backend, labels, stream, request=request)
 
     def _stored_answer(self, key: str, run: RunRow, step: ClientStepRow) -> asyncio.Future:
         """The answer of a stored step: its waiter while it is in flight (every step in flight
         has one, recovered steps too), else its stored result, or the error its application
         ended with before it ran."""
-        live = self.by_key.get(key)
+        live = self.live.by_key(key)
         if live is not None and (waiter := live.waiters.get(step.call.id)) is not None:
             return waiter
         answer, view = _waiter(), view_step(key, run, step)
@@ -146,12 +168,10 @@ class OpenRunsMixin:
             answer.set_result(CallResult.model_validate(view["result"]))
         return answer
 
-    async def _parse_step(self, stage: str, call: dict[str, Any], backend: str | None) -> tuple[Call, str]:
+    def parse_step(self, stage: str, call: dict[str, Any], backend: str | None) -> tuple[Call, str]:
         """The step's call, validated, and the backend it runs on (default: `llm` for an LLM
-        call), once the scheduler is ready. A call its backend cannot run (wrong kind, unknown
-        tool, arguments that do not fit the tool's signature) is refused here, before anything
-        is stored or queued."""
-        await self._ready.wait()
+        call). A call its backend cannot run (wrong kind, unknown tool, arguments that do not
+        fit the tool's signature) is refused here, before anything is stored or queued."""
         try:
             parsed = _CALL.validate_python(call)
         except ValidationError as error:
@@ -168,25 +188,35 @@ class OpenRunsMixin:
             raise SubmissionError(f"step {stage!r}: {refused}") from None
         return parsed, backend
 
-    def _session_key(self, session: str) -> str:
+    def session_key(self, session: str) -> str:
         """The key of the session's live application, or of its next one. The latest key of each
         session is remembered, so a live session costs no store look-up per request."""
         key = self._session_keys.get(session, session)
         generation = int(key.rpartition("#")[2]) if key != session else 1
-        while key not in self.by_key and self.journal.run(key) is not None:
+        while key not in self.live and self.journal.run(key) is not None:
             generation += 1
             key = f"{session}#{generation}"
         self._session_keys[session] = key
         return key
 
-    def _admit_open_step(
-        self, key, app_class, stage, call, backend, labels, stream, client_step=None, attempt=1, request=None
-    ):
+    def admit(
+        self,
+        key: str,
+        app_class: str,
+        stage: str,
+        call: Call,
+        backend: str,
+        labels: dict[str, Any] | None,
+        stream: bool,
+        client_step: str | None = None,
+        attempt: int = 1,
+        request: str | None = None,
+    ) -> tuple[asyncio.Future, asyncio.Queue | None]:
         """Queue one step (opening the run on its first); `client_step` is the client's name of
         it, stored with the step, and `attempt` which submission of that name this is. An
         unnamed step is stored under `request`, the name of the Ray call that carries it."""
         now = time.time()
-        live = self.by_key.get(key)
+        live = self.live.by_key(key)
         if live is None:
             if (ended := self.journal.run(key)) is not None:
                 raise ApplicationFinished(
@@ -199,12 +229,16 @@ class OpenRunsMixin:
                 )
             self._ensure_open_class(app_class, stage, backend)
             doc = {"step": -1, "open": True, "visits": {}, "attained_s": 0.0, "cold_s": 0.0}
-            admit = DecisionRow(now, DecisionKind.ADMIT, detail={"class": app_class, "key": key, "open": True})
-            run, _ = self.journal.admit(key, app_class, self.policy.name, now, None, labels, doc, admit)
-            live = self._new_live(run, None, None, doc)
+            admit = DecisionRow(
+                now, DecisionKind.ADMIT, detail={"class": app_class, "key": key, "open": True}
+            )
+            run, _ = self.journal.admit(key, app_class, self.policy, now, None, labels, doc, admit)
+            live = self.runs.new_live(run, None, None, doc)
         elif live.program is not None:
-            raise SubmissionError(f"application {key!r} is a program run; it takes no external steps")
-        self._record_open_observations(live, stage)
+            raise SubmissionError(
+                f"application {key!r} is a program run; it takes no external steps"
+            )
+        self._record_observations(live, stage)
         if client_step is not None:
             live.doc["named"] = True  # a client that names steps closes the run itself
         live.doc["step"] += 1
@@ -217,29 +251,38 @@ class OpenRunsMixin:
         if sink is not None:
             live.sinks[calls[0].id] = sink
         live.last_activity_s = now
-        self._begin_step(live, plan, calls)
+        self.runs.begin_step(live, plan, calls)
         return future, sink
 
     def _ensure_open_class(self, app_class: str, stage: str, backend: str) -> None:
         if app_class in self.demand.classes:
             return
-        graph = open_class_prior(app_class, stage, backend, self._backend_kind(backend))
+        graph = open_class_prior(app_class, stage, backend, self.backend_kind(backend))
         self.store.save_pdgraph(graph, source="open-prior")
-        self._use_graph(graph)
+        self.runs.use_graph(graph)
 
-    async def declare_graph(self, name: str, graph: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def backend_kind(self, backend: str) -> StageKind:
+        """The kind of stage a step on `backend` is (an unknown backend's: a tool's)."""
+        if backend not in self.slots:
+            return StageKind.TOOL
+        return (
+            StageKind.LLM if self.slots[backend].spec.type in LLM_BACKEND_TYPES else StageKind.TOOL
+        )
+
+    # -- graphs ---------------------------------------------------------------------------------
+
+    def declare_graph(self, name: str, graph: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Declare the PDGraph of open class `name` (e.g. an Airflow DAG's compiled graph): its
         runs are ranked over it from now on, and the background refit learns from there. The
         same structure as the class's last declaration again changes nothing, so the learned
         refits stay; a changed structure (an edited DAG) replaces the class's graph. Returns
         the `ClassDeclaration` and whether it is the class's first declaration."""
-        await self._ready.wait()
         try:
             parsed = PDGraph.model_validate(graph)
         except ValidationError as error:
             raise SubmissionError(f"invalid PDGraph for class {name!r}: {error}") from None
         self._check_declarable(name, parsed)
-        return self._timed(self._declare, parsed)
+        return self.loop.timed(self._declare, parsed)
 
     def _check_declarable(self, name: str, graph: PDGraph) -> None:
         if graph.name != name:
@@ -249,10 +292,12 @@ class OpenRunsMixin:
         if name in self.programs:
             raise SubmissionError(
                 f"class {name!r} is a program class: its graph is its program's prior "
-                f"({self.config.programs[name]}); declare graphs of open classes only, or use another name"
+                f"({self.programs[name]}); declare graphs of open classes only, or use another name"
             )
         backends = {stage: graph.backend_of(stage) for stage in graph.stages}
-        missing = [f"stage {s!r} runs on backend {b!r}" for s, b in backends.items() if b not in self.slots]
+        missing = [
+            f"stage {s!r} runs on backend {b!r}" for s, b in backends.items() if b not in self.slots
+        ]
         if missing:
             raise SubmissionError(
                 f"class {name!r}: {', '.join(missing)}, which this scheduler does not have; configured "
@@ -265,20 +310,18 @@ class OpenRunsMixin:
         if last is not None and structure_of(last[1]) == structure_of(graph):
             return {"name": graph.name, "version": last[0], "changed": False}, False
         version = self.store.save_pdgraph(graph, source=DECLARED_SOURCE)
-        self._use_graph(graph)
+        self.runs.use_graph(graph)
         return {"name": graph.name, "version": version, "changed": True}, last is None
 
-    def _backend_kind(self, backend: str) -> StageKind:
-        if backend not in self.slots:
-            return StageKind.TOOL
-        return StageKind.LLM if self.slots[backend].spec.type in LLM_BACKEND_TYPES else StageKind.TOOL
+    # -- the end of a run -----------------------------------------------------------------------
 
-    async def finish_app(self, key: str, state: str = "finished", error: str | None = None) -> dict[str, Any]:
+    def finish_app(
+        self, key: str, state: str = "finished", error: str | None = None
+    ) -> dict[str, Any]:
         """End an open application. `finished`: its client has no more steps (refused while a
         step runs). `failed`: its client failed (an Airflow DAG run did); it ends at once,
         stored FAILED with `error`, and its steps still in flight fail with it."""
-        await self._ready.wait()
-        live = self.by_key.get(key)
+        live = self.live.by_key(key)
         if live is None:
             stored = self.journal.run(key)
             if stored is None:
@@ -287,58 +330,77 @@ class OpenRunsMixin:
         if live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it ends by itself")
         if state not in ("finished", "failed"):
-            raise SubmissionError(f"an application finishes as 'finished' or 'failed', not {state!r}")
+            raise SubmissionError(
+                f"an application finishes as 'finished' or 'failed', not {state!r}"
+            )
         if state == "failed":
-            self._timed(self._fail, live, error or f"the client reported that application {key!r} failed")
+            self.loop.timed(
+                self.runs.fail,
+                live,
+                error or f"the client reported that application {key!r} failed",
+            )
         elif live.waiters:
-            raise SubmissionError(f"application {key!r} still has {len(live.waiters)} step(s) running")
+            raise SubmissionError(
+                f"application {key!r} still has {len(live.waiters)} step(s) running"
+            )
         else:
-            self._timed(self._end_open, live)
+            self.loop.timed(self._end, live)
         return view_stored(self.journal.run(key))
 
-    def _complete_open(self, live: LiveRun, stored: StoredCall, result: CallResult, work: float, now: float) -> None:
-        call = live.calls.pop(stored.id)
-        live.results.pop(stored.call_index, None)
-        plan = StepPlan(stage=call.stage, backend=call.backend, calls=[_CALL.validate_python(call.call)])
-        live.pending_observations.append(self._observation(live, plan, call.step, END, [result], [call], now))
-        live.doc["cold_s"] = self.engine.apps[live.record.app_id].cold_s
-        future = live.waiters.pop(stored.id, None)
-        live.sinks.pop(stored.id, None)
-        if future is not None and not future.done():
-            future.set_result(result)
-
-    def _record_open_observations(self, live: LiveRun, next_stage: str) -> None:
+    def _record_observations(self, live: LiveRun, next_stage: str) -> None:
         """Steps of an open run learn their successor when the next step arrives (or END)."""
         if live.pending_observations:
-            finished = [dataclasses.replace(o, next_stage=next_stage) for o in live.pending_observations]
+            finished = [
+                dataclasses.replace(o, next_stage=next_stage) for o in live.pending_observations
+            ]
             live.pending_observations.clear()
-            self.store.record_observations(live.record.app_id, finished)
+            self.journal.record_observations(live.record.app_id, finished)
 
-    def _end_open(self, live: LiveRun) -> None:
-        self._record_open_observations(live, END)
-        self._end(live, RunEnd(RunPhase.FINISHED), None, None, live.doc["step"])
+    def _end(self, live: LiveRun) -> None:
+        self._record_observations(live, END)
+        self.runs.finish(live)
 
-    def _recover_open(self, run: RunRow, doc: dict[str, Any], calls: list[StoredCall]) -> None:
+    def close_idle(self) -> None:
+        """End the open runs without a step in flight whose last activity is older than their
+        idle time (a run whose client names steps waits `named_app_idle_s`)."""
+        now = time.time()
+        for live in self.live:
+            idle_s = self.named_app_idle_s if live.doc.get("named") else self.open_app_idle_s
+            if live.program is None and not live.waiters and live.last_activity_s < now - idle_s:
+                self.loop.timed(self._end, live)
+
+    def recover(self, run: RunRow, doc: dict[str, Any], calls: list[StoredCall]) -> None:
         """Reload an open run after a restart: its calls not done yet are queued again, each
         with a waiter, as if its client were still waiting (a named step's client reads the
         result later; a `submit_step` caller's retried call awaits the waiter; a stream's
         client is gone, the result is stored anyway)."""
-        live = self._new_live(run, None, None, doc)
+        live = self.runs.new_live(run, None, None, doc)
         if not calls:
             return
         last = calls[-1]
-        plan = StepPlan(stage=last.stage, backend=last.backend, calls=[_CALL.validate_python(last.call)])
+        plan = StepPlan(
+            stage=last.stage, backend=last.backend, calls=[_CALL.validate_python(last.call)]
+        )
         pending = [c for c in calls if c.phase is not CallPhase.DONE]
         for stored in pending:
             live.waiters[stored.id] = _waiter()
-        self._begin_step(live, plan, pending)
+        self.runs.begin_step(live, plan, pending)
 
-    def _close_idle_open_runs(self) -> None:
-        now = time.time()
-        for live in list(self.live.values()):
-            idle_s = self.config.named_app_idle_s if live.doc.get("named") else self.config.open_app_idle_s
-            if live.program is None and not live.waiters and live.last_activity_s < now - idle_s:
-                self._timed(self._end_open, live)
+
+async def relay(future: asyncio.Future, sink: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
+    """A streamed step's items: `{"delta": text}` as the backend sends them, then
+    `{"result": ...}` once the step is done."""
+    while True:
+        getter = asyncio.ensure_future(sink.get())
+        done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            yield {"delta": getter.result()}
+            continue
+        getter.cancel()
+        while not sink.empty():
+            yield {"delta": sink.get_nowait()}
+        yield {"result": future.result().model_dump(mode="json")}
+        return
 
 
 def _waiter() -> asyncio.Future:

@@ -6,22 +6,50 @@ backend's state and queue, and the admission rate per class). A warm-up that fai
 backend cold; after `max_warm_failures` failures in a row the engine hands back the runs waiting
 for it, and they fail here instead of staying queued forever.
 
-A mixin of `HermesScheduler`; it uses `engine`, `slots`, `live`, `journal`, `_spawn`, `_timed`,
-`_kick` and `_fail`.
+`PrewarmApplier` is a collaborator of the scheduler actor: it gets the engine, the backend slots,
+the journal and the live runs, fails runs through `RunControl`, and starts each warm-up as a
+background task of the `ActorLoop`. No Ray here: the slots own the backends' actors.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from hermesflow.schedulers.engine import EngineOutput
+from hermesflow.journal import RunJournal
+from hermesflow.schedulers.engine import EngineOutput, SchedulingEngine
+from hermesflow.schedulers.runtime_control import RunControl
+from hermesflow.schedulers.runtime_loop import ActorLoop
+from hermesflow.schedulers.runtime_state import LiveRuns
 from hermesflow.store import DecisionKind, DecisionRow
 
+if TYPE_CHECKING:
+    from hermesflow.schedulers.runtime_backends import BackendSlot
 
-class PrewarmMixin:
+
+class PrewarmApplier:
     """Warm and release backends as the engine decides (module docstring)."""
 
-    def _apply_prewarm(self, output: EngineOutput) -> None:
+    def __init__(
+        self,
+        engine: SchedulingEngine,
+        slots: Mapping[str, BackendSlot],
+        journal: RunJournal,
+        live: LiveRuns,
+        runs: RunControl,
+        loop: ActorLoop,
+    ) -> None:
+        self.engine = engine
+        self.slots = slots
+        self.journal = journal
+        self.live = live
+        self.runs = runs
+        self.loop = loop
+
+    def apply(self, output: EngineOutput) -> None:
+        """Release and warm the backends `output` names, journalled in one transaction; each
+        warm-up runs in the background and reports to the engine when it ends."""
         if not output.warm and not output.release:
             return
         now = time.time()
@@ -31,8 +59,10 @@ class PrewarmMixin:
             self.slots[name].release()
         for name in output.warm:
             backend = self.engine.backends[name]
-            rows.append(DecisionRow(now, DecisionKind.WARM, name, detail={"expected_s": backend.warmup_s}))
-            self._spawn(self._warm(name, backend.generation))
+            rows.append(
+                DecisionRow(now, DecisionKind.WARM, name, detail={"expected_s": backend.warmup_s})
+            )
+            self.loop.spawn(self._warm(name, backend.generation))
         self.journal.record(rows)
 
     async def _warm(self, name: str, generation: int) -> None:
@@ -40,17 +70,17 @@ class PrewarmMixin:
         try:
             capacity, measured_s = await slot.warm(generation)
         except Exception:  # noqa: BLE001 - any load failure leaves the backend cold (logged by the slot)
-            self._timed(self._warm_failed, name, generation)
+            self.loop.timed(self._warm_failed, name, generation)
             return
         if not self.engine.backend_warmed(name, generation, capacity, measured_s):
             slot.lost(generation)  # released or warmed anew while this warm-up ran
-        self._kick()
+        self.loop.wake()
 
     def _warm_failed(self, name: str, generation: int) -> None:
         """A backend that cannot warm fails the runs waiting for it rather than hang them."""
         error = self.slots[name].last_error
         for app in self.engine.warm_failed(name, generation):
-            live = self.live.get(app.app_id)
+            live = self.live.by_id(app.app_id)
             if live is not None:
-                self._fail(live, f"backend {name!r} could not be warmed: {error}")
-        self._kick()
+                self.runs.fail(live, f"backend {name!r} could not be warmed: {error}")
+        self.loop.wake()

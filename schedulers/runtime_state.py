@@ -1,7 +1,8 @@
 """The scheduler actor's in-memory view of a run, and how runs look to clients.
 
-No Ray here: `LiveRun` is plain state the actor (`runtime.py`, `runtime_open.py`) keeps per live
-application; the views are the JSON the control API and the Airflow provider read.
+No Ray here: `LiveRun` is plain state the actor keeps per live application, `LiveRuns` the
+registry of them that the actor's driver and its collaborators share (`runtime_driver.py`,
+`runtime_open.py`, ...); the views are the JSON the control API and the Airflow provider read.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +43,55 @@ class LiveRun:
     last_activity_s: float = field(default_factory=time.time)
 
 
+class LiveRuns:
+    """The live runs, by run id (what the engine names) and by key (what clients name). A run
+    is in both from `add` until `remove`; nothing else changes the registry."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, LiveRun] = {}
+        self._by_key: dict[str, LiveRun] = {}
+
+    def add(self, live: LiveRun) -> None:
+        self._by_id[live.record.app_id] = live
+        self._by_key[live.key] = live
+
+    def remove(self, live: LiveRun) -> None:
+        self._by_id.pop(live.record.app_id, None)
+        self._by_key.pop(live.key, None)
+
+    def by_id(self, app_id: int) -> LiveRun | None:
+        return self._by_id.get(app_id)
+
+    def by_key(self, key: str) -> LiveRun | None:
+        return self._by_key.get(key)
+
+    def __getitem__(self, app_id: int) -> LiveRun:
+        return self._by_id[app_id]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key
+
+    def __iter__(self) -> Iterator[LiveRun]:
+        """The live runs in admission order (a copy: ending a run while iterating is safe)."""
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
 def request_of(live: LiveRun, stored: StoredCall) -> RequestRecord:
     """The engine's record of one of the run's calls: what the policy keys. Its token counts are
     estimates (a quarter of the prompt's characters, the output limit)."""
     call = stored.call
     input_tokens = len(str(call.get("prompt") or call.get("messages") or "")) // 4
     return RequestRecord(
-        stored.id, live.record, stored.backend, stored.queued_s, None, input_tokens, call.get("max_tokens", 0)
+        stored.id,
+        live.record,
+        stored.backend,
+        stored.queued_s,
+        None,
+        input_tokens,
+        call.get("max_tokens", 0),
     )
 
 
@@ -98,6 +142,7 @@ def view_live(live: LiveRun) -> dict[str, Any]:
         "error": None,
     }
 
+
 def view_stored(run: RunRow) -> dict[str, Any]:
     """What a client sees of a stored (ended or not yet loaded) run."""
     return {
@@ -139,7 +184,9 @@ def view_step(key: str, run: RunRow, step: ClientStepRow) -> dict[str, Any]:
     }
 
 
-def new_step(step: int, plan: StepPlan, client_step: str | None = None, attempt: int = 1) -> NewStep:
+def new_step(
+    step: int, plan: StepPlan, client_step: str | None = None, attempt: int = 1
+) -> NewStep:
     """The journal record of a planned step (`client_step`: the client's name of it)."""
     calls = [c.model_dump(mode="json") for c in plan.calls]
     return NewStep(step, plan.stage, plan.backend, calls, client_step, attempt)

@@ -8,13 +8,13 @@ submission idempotent — the same name again answers the existing step and runs
 that step failed: then it runs again as the next attempt — and lets a read find the step and
 its result in the store after a scheduler restart or after its application ended.
 
-A named step is admitted by `_admit_open_step` like any open step; a long poll awaits the
+A named step is admitted by `OpenRuns.admit` like any open step; a long poll awaits the
 step's waiter future (`runtime_open.py`) and then reads the store, which is what answers.
 
 `record_task` stores how each Airflow task ended, native Python tasks too (`task_outcomes`).
 
-A mixin of `HermesScheduler`; it uses `by_key`, `journal`, `store`, `_ready`, `_timed`,
-`_parse_step` and `_admit_open_step`.
+`NamedSteps` is a collaborator of the scheduler actor: it gets the journal, the store, the live
+runs and the `OpenRuns` that admit its steps, and counts its work on the `ActorLoop`. No Ray here.
 """
 
 from __future__ import annotations
@@ -28,16 +28,32 @@ from pydantic import ValidationError
 
 from hermesflow.backends.calls import Call
 from hermesflow.client_records import TERMINAL_STEP_STATES, TaskOutcome
-from hermesflow.journal import ClientStepRow
+from hermesflow.journal import ClientStepRow, RunJournal
 from hermesflow.schedulers.errors import SubmissionError, UnknownApplication, UnknownStep
-from hermesflow.schedulers.runtime_state import view_step
-from hermesflow.store import RunRow, TaskOutcomeRow
+from hermesflow.schedulers.runtime_loop import ActorLoop
+from hermesflow.schedulers.runtime_open import OpenRuns
+from hermesflow.schedulers.runtime_state import LiveRuns, view_step
+from hermesflow.store import RunRow, Store, TaskOutcomeRow
 
 
-class ClientStepsMixin:
+class NamedSteps:
     """Named steps and task outcomes (module docstring)."""
 
-    async def put_step(
+    def __init__(
+        self,
+        journal: RunJournal,
+        store: Store,
+        live: LiveRuns,
+        open_runs: OpenRuns,
+        loop: ActorLoop,
+    ) -> None:
+        self.journal = journal
+        self.store = store
+        self.live = live
+        self.open_runs = open_runs
+        self.loop = loop
+
+    def put_step(
         self,
         key: str,
         step_id: str,
@@ -49,11 +65,20 @@ class ClientStepsMixin:
     ) -> tuple[dict[str, Any], bool]:
         """Submit step `step_id` of open application `key` without waiting for it. Returns the
         step's view and whether it was queued now (False: the step existed, nothing new runs)."""
-        parsed, backend = await self._parse_step(stage, call, backend)
-        return self._timed(self._put_step, key, step_id, app_class, stage, parsed, backend, labels)
+        parsed, backend = self.open_runs.parse_step(stage, call, backend)
+        return self.loop.timed(
+            self._put_step, key, step_id, app_class, stage, parsed, backend, labels
+        )
 
     def _put_step(
-        self, key: str, step_id: str, app_class: str, stage: str, call: Call, backend: str, labels
+        self,
+        key: str,
+        step_id: str,
+        app_class: str,
+        stage: str,
+        call: Call,
+        backend: str,
+        labels: dict[str, Any] | None,
     ) -> tuple[dict[str, Any], bool]:
         # one synchronous piece: a concurrent submission of the same name cannot interleave
         attempt = 1
@@ -63,18 +88,17 @@ class ClientStepsMixin:
             if view["state"] != "failed":
                 return view, False
             attempt = found[1].attempt + 1
-        self._admit_open_step(key, app_class, stage, call, backend, labels, False, step_id, attempt)
+        self.open_runs.admit(key, app_class, stage, call, backend, labels, False, step_id, attempt)
         return view_step(key, *self.journal.client_step(key, step_id)), True
 
     async def step(self, key: str, step_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """Step `step_id` of application `key` as stored; with `wait_s`, once it is done or
         failed, or after `wait_s` seconds."""
-        await self._ready.wait()
         run, found = await self._find_step(key, step_id)
         view = view_step(key, run, found)
         if wait_s <= 0 or view["state"] in TERMINAL_STEP_STATES:
             return view
-        live = self.by_key.get(key)
+        live = self.live.by_key(key)
         waiter = None if live is None else live.waiters.get(found.call.id)
         if waiter is not None:  # else the step ended while the store was read: read it again
             with contextlib.suppress(TimeoutError, RuntimeError):  # RuntimeError: the run failed
@@ -82,7 +106,7 @@ class ClientStepsMixin:
         return view_step(key, *await self._find_step(key, step_id))
 
     async def _find_step(self, key: str, step_id: str) -> tuple[RunRow, ClientStepRow]:
-        self._timed(self.journal.flush)  # dispatch marks are deferred; "running" is stored now
+        self.loop.timed(self.journal.flush)  # dispatch marks are deferred; "running" is stored now
         found = await asyncio.to_thread(self.journal.client_step, key, step_id)
         if found is None:
             raise UnknownApplication(f"no application {key!r}; its first step opens it")
@@ -97,13 +121,12 @@ class ClientStepsMixin:
         """Store how one try of one task of application `key` ended; False when the same
         outcome was recorded before. The report also counts as activity of the live
         application, so a native task between two steps does not get it closed as idle."""
-        await self._ready.wait()
         try:
             parsed = TaskOutcome.model_validate(outcome)
         except ValidationError as error:
             raise SubmissionError(f"invalid outcome of a task of {key!r}: {error}") from None
         now = time.time()
-        if (live := self.by_key.get(key)) is not None:
+        if (live := self.live.by_key(key)) is not None:
             live.last_activity_s = now
         fields = parsed.model_dump(exclude={"recorded"})
         row = TaskOutcomeRow(app_key=key, recorded_s=now, **fields)

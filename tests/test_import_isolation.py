@@ -18,10 +18,11 @@ PACKAGES = ("hermesflow.pdgraph", "hermesflow.schedulers")
 EXCLUDED = {
     "hermesflow.schedulers.runtime",
     "hermesflow.schedulers.runtime_backends",
+    "hermesflow.schedulers.runtime_driver",
     "hermesflow.schedulers.runtime_experiment",
 }
-"""The Ray runtime: the scheduler actor, its backend slots and its experiment driver are the
-modules of these packages allowed to import Ray."""
+"""The Ray runtime: the scheduler actor, its backend slots, its run driver (which runs calls on
+the slots) and its experiment driver are the modules of these packages allowed to import Ray."""
 
 _PROBE = f"""
 import importlib, json, pkgutil, sys
