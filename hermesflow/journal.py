@@ -362,8 +362,8 @@ class RunJournal:
                 f"observations of other runs passed for run {run_id}; record each under its own run"
             )
         rows = [observation_values(o) for o in observations]
-        with self._transaction() as session:
-            session.connection().execute(insert(StepObservation.__table__), rows)
+        with self._transaction() as connection:
+            connection.execute(_INSERT_OBSERVATIONS, rows)
 
 
 def _insert_decisions(connection: Connection, rows: list[DecisionRow], run_id: int | None = None) -> None:
