@@ -19,7 +19,7 @@ _R = TypeVar("_R")
 class WorkMeter:
     """Accumulates the wall and CPU seconds of the calls it runs (`timed`)."""
 
-    __slots__ = ("wall_s", "cpu_s")
+    __slots__ = ("cpu_s", "wall_s")
 
     def __init__(self) -> None:
         self.wall_s = 0.0
