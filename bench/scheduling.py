@@ -115,7 +115,7 @@ def decision_time_us(policy_name: str, live_apps: int = 1000, decisions: int = 2
 
 ENGINE_STEP_S = 0.01
 """Simulated seconds between two engine decisions in `engine_decision_us`: 100 completions per
-second, so the planner (every 0.5 s) runs once per 50 decisions."""
+second, so the planner (every `EngineConfig.planner_interval_s`, 1 s) runs once per 100 decisions."""
 
 
 def engine_decision_us(live_apps: int, decisions: int = 2000, seed: int = 0) -> float:
