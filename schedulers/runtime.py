@@ -58,7 +58,13 @@ from hermesflow.schedulers.runtime_monitor import SchedulerMonitor
 from hermesflow.schedulers.runtime_open import OpenRuns, relay
 from hermesflow.schedulers.runtime_prewarm import PrewarmApplier
 from hermesflow.schedulers.runtime_refit import Refitter
-from hermesflow.schedulers.runtime_state import LiveRuns, load_program, view_live, view_stored
+from hermesflow.schedulers.runtime_state import (
+    LiveRuns,
+    RunState,
+    load_program,
+    view_live,
+    view_stored,
+)
 from hermesflow.schedulers.runtime_steps import NamedSteps
 from hermesflow.store import DecisionKind, DecisionRow, Store
 
@@ -195,11 +201,11 @@ class HermesScheduler:
         """Reload unfinished runs from the store and queue their unfinished calls."""
         runs = self.journal.live_runs()
         for run, calls in runs:
-            doc = dict(run.state or {})
-            if doc.get("open"):
-                self.open_runs.recover(run, doc, calls)
+            state = RunState.load(run.key, run.state)
+            if state.open:
+                self.open_runs.recover(run, state, calls)
             elif (program := self.programs.get(run.app_class)) is not None:
-                self.driver.recover(run, program, doc, calls)
+                self.driver.recover(run, program, state, calls)
         if runs:
             self.journal.record(
                 [DecisionRow(time.time(), DecisionKind.RECOVER, detail={"runs": len(runs)})]

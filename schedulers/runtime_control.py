@@ -8,7 +8,7 @@ the actor itself. No Ray here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from hermesflow.apps.program import AppProgram, StepPlan
     from hermesflow.journal import StoredCall
     from hermesflow.pdgraph.model import PDGraph
-    from hermesflow.schedulers.runtime_state import LiveRun
+    from hermesflow.schedulers.runtime_state import LiveRun, RunState
     from hermesflow.store import RunRow
 
 
@@ -24,7 +24,7 @@ class RunControl(Protocol):
     """The run operations the actor's collaborators call (implemented by `RunDriver`)."""
 
     def new_live(
-        self, run: RunRow, program: AppProgram | None, inputs: BaseModel | None, doc: dict[str, Any]
+        self, run: RunRow, program: AppProgram | None, inputs: BaseModel | None, state: RunState
     ) -> LiveRun:
         """Make an admitted (or reloaded) run live: the engine and the registry hold it."""
 

@@ -38,6 +38,7 @@ from hermesflow.schedulers.runtime_loop import ActorLoop
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
     LiveRuns,
+    RunState,
     new_step,
     request_of,
     view_live,
@@ -96,32 +97,27 @@ class RunDriver:
         now = time.time()
         key = key or uuid.uuid4().hex
         first = transition.next
-        doc = {
-            "step": 0,
-            "program": transition.state,
-            "visits": {},
-            "attained_s": 0.0,
-            "cold_s": 0.0,
-        }
+        state = RunState(step=0, program=transition.state)
         if isinstance(first, StepPlan):
-            doc["plan"] = first.model_dump(mode="json")
-            doc["visits"] = {first.stage: 1}
+            state.plan = first
+            state.visits = {first.stage: 1}
+        stored = state.stored()
         admit = DecisionRow(now, DecisionKind.ADMIT, detail={"class": app_class, "key": key})
         run, created = self.journal.admit(
-            key, app_class, self.policy, now, inputs.model_dump(mode="json"), labels, doc, admit
+            key, app_class, self.policy, now, inputs.model_dump(mode="json"), labels, stored, admit
         )
         if not created:
             return view_stored(run)
-        live = self.new_live(run, program, inputs, doc)
+        live = self.new_live(run, program, inputs, state)
         if isinstance(first, Finished):
             self._end(live, RunEnd(RunPhase.FINISHED, first.result), None, None, 0)
         else:
-            calls = self.journal.start_step(run.id, doc, new_step(0, first), now)
+            calls = self.journal.start_step(run.id, stored, new_step(0, first), now)
             self.begin_step(live, first, calls)
         return view_live(live)
 
     def new_live(
-        self, run: RunRow, program: AppProgram | None, inputs: BaseModel | None, doc: dict[str, Any]
+        self, run: RunRow, program: AppProgram | None, inputs: BaseModel | None, state: RunState
     ) -> LiveRun:
         """A run becomes live (admitted, or reloaded after a restart): the engine, and through
         it the policy, hears of it once here, so per-application policy state (vtc's counter)
@@ -130,17 +126,17 @@ class RunDriver:
             run.id,
             self.demand.initial_state(run.app_class),
             arrival_s=run.submitted_s,
-            attained_s=doc.get("attained_s", 0.0),
-            cold_s=doc.get("cold_s", 0.0),
+            attained_s=state.attained_s,
+            cold_s=state.cold_s,
         )
-        live = LiveRun(record, run.key, program, inputs, doc)
+        live = LiveRun(record, run.key, program, inputs, state)
         self.live.add(live)
         self.metrics.app_admitted(run.app_class)
         return live
 
     def begin_step(self, live: LiveRun, plan: StepPlan, calls: list[StoredCall]) -> None:
         """Hand a stored step's unfinished calls to the engine, with the run's graph state (the
-        step is already counted in `live.doc["visits"]`)."""
+        step is already counted in `live.state.visits`)."""
         live.plan = plan
         if live.program is not None:
             live.calls, live.results = {}, {}
@@ -159,15 +155,22 @@ class RunDriver:
         self.loop.wake()
 
     def recover(
-        self, run: RunRow, program: AppProgram, doc: dict[str, Any], calls: list[StoredCall]
+        self, run: RunRow, program: AppProgram, state: RunState, calls: list[StoredCall]
     ) -> None:
         """Reload an unfinished program run after a restart and queue its unfinished calls (its
         step's calls are stored now if the crash came between advance and storing them)."""
+        plan = state.plan
+        if plan is None:
+            raise ValueError(
+                f"program run {run.key!r} is unfinished but its stored state has no current step "
+                "(`plan`); the store was changed by hand or by another program: mark the run failed"
+            )
         inputs = program.validate_inputs(run.inputs or {})
-        live = self.new_live(run, program, inputs, doc)
-        plan = StepPlan.model_validate(doc["plan"])
+        live = self.new_live(run, program, inputs, state)
         if not calls:
-            calls = self.journal.start_step(run.id, doc, new_step(doc["step"], plan), time.time())
+            calls = self.journal.start_step(
+                run.id, state.stored(), new_step(state.step, plan), time.time()
+            )
         self.begin_step(live, plan, calls)
 
     def _graph_position(self, live: LiveRun) -> tuple[str | None, tuple[int, ...]]:
@@ -175,7 +178,7 @@ class RunDriver:
         stage and its visit counts."""
         compiled = self.demand.compiled(live.record.app_class)
         counts = [0] * compiled.end
-        for name, count in live.doc["visits"].items():
+        for name, count in live.state.visits.items():
             if name in compiled.index:
                 counts[compiled.index[name]] = count
         stage = (
@@ -275,7 +278,7 @@ class RunDriver:
         ):
             return  # a duplicate result
         self.completed_calls += 1
-        live.doc["attained_s"] = live.record.attained_s
+        live.state.attained_s = live.record.attained_s
         live.last_activity_s = now
         live.results[stored.call_index] = result
         if live.program is None:
@@ -296,7 +299,7 @@ class RunDriver:
         live.pending_observations.append(
             self._observation(live, plan, call.step, END, [result], [call], now)
         )
-        live.doc["cold_s"] = self.engine.apps[live.record.app_id].cold_s
+        live.state.cold_s = self.engine.apps[live.record.app_id].cold_s
         future = live.waiters.pop(stored.id, None)
         live.sinks.pop(stored.id, None)
         if future is not None and not future.done():
@@ -322,7 +325,7 @@ class RunDriver:
             run_id=live.record.app_id,
             stage=plan.stage,
             step=step,
-            visit=max(live.doc["visits"].get(plan.stage, 1), 1),
+            visit=max(live.state.visits.get(plan.stage, 1), 1),
             next_stage=next_stage,
             fanout=len(results),
             input_tokens=tuple(r.input_tokens for r in results),
@@ -342,9 +345,9 @@ class RunDriver:
         now = time.time()
         plan = live.plan
         results = [live.results[i] for i in range(len(plan.calls))]
-        live.doc["cold_s"] = self.engine.apps[live.record.app_id].cold_s
+        live.state.cold_s = self.engine.apps[live.record.app_id].cold_s
         try:
-            transition = live.program.advance(live.inputs, live.doc["program"], plan, results)
+            transition = live.program.advance(live.inputs, live.state.program, plan, results)
             following = transition.next
             if isinstance(following, StepPlan) and following.backend not in self.slots:
                 raise ValueError(
@@ -358,31 +361,34 @@ class RunDriver:
             )
             return
         next_stage = following.stage if isinstance(following, StepPlan) else END
-        finished_step = live.doc["step"]
+        finished_step = live.state.step
         observation = self._observation(
             live, plan, finished_step, next_stage, results, list(live.calls.values()), now
         )
-        doc = dict(live.doc, program=transition.state, visits=dict(live.doc["visits"]))
+        # a copy, not validated again: the live state changes only once the journal took it
+        state = live.state.model_copy(
+            update={"program": transition.state, "visits": dict(live.state.visits)}
+        )
         if isinstance(following, Finished):
-            doc.pop("plan", None)
+            state.plan = None
             self._end(
                 live,
                 RunEnd(RunPhase.FINISHED, following.result),
                 observation,
-                doc,
+                state,
                 finished_step,
                 completion,
             )
             return
-        doc["step"] = finished_step + 1
-        doc["plan"] = following.model_dump(mode="json")
-        doc["visits"][following.stage] = doc["visits"].get(following.stage, 0) + 1
+        state.step = finished_step + 1
+        state.plan = following
+        state.visits[following.stage] = state.visits.get(following.stage, 0) + 1
         calls = self.journal.advance(
             live.record.app_id,
             finished_step,
             observation,
-            doc,
-            new_step(doc["step"], following),
+            state.stored(),
+            new_step(state.step, following),
             None,
             now,
             [
@@ -397,14 +403,14 @@ class RunDriver:
         )
         if calls is None:
             return
-        live.doc = doc
+        live.state = state
         self.begin_step(live, following, calls)
 
     def finish(self, live: LiveRun) -> None:
-        self._end(live, RunEnd(RunPhase.FINISHED), None, None, live.doc["step"])
+        self._end(live, RunEnd(RunPhase.FINISHED), None, None, live.state.step)
 
     def fail(self, live: LiveRun, error: str) -> None:
-        self._end(live, RunEnd(RunPhase.FAILED, None, error), None, None, live.doc["step"])
+        self._end(live, RunEnd(RunPhase.FAILED, None, error), None, None, live.state.step)
         for future in live.waiters.values():
             if not future.done():
                 future.set_exception(RunFailed(error))
@@ -414,7 +420,7 @@ class RunDriver:
         live: LiveRun,
         end: RunEnd,
         observation: StageObservation | None,
-        doc: dict[str, Any] | None,
+        state: RunState | None,
         finished_step: int,
         completion: CompletedCall | None = None,
     ) -> None:
@@ -430,7 +436,7 @@ class RunDriver:
             live.record.app_id,
             finished_step,
             observation,
-            doc or live.doc,
+            (state or live.state).stored(),
             None,
             end,
             now,

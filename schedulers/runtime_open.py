@@ -65,6 +65,7 @@ from hermesflow.schedulers.runtime_loop import ActorLoop
 from hermesflow.schedulers.runtime_state import (
     LiveRun,
     LiveRuns,
+    RunState,
     new_step,
     view_step,
     view_stored,
@@ -228,24 +229,27 @@ class OpenRuns:
                     f"class {app_class!r} is a program class; submit whole runs of it, or name an open class"
                 )
             self._ensure_open_class(app_class, stage, backend)
-            doc = {"step": -1, "open": True, "visits": {}, "attained_s": 0.0, "cold_s": 0.0}
+            state = RunState(step=-1, open=True)
             admit = DecisionRow(
                 now, DecisionKind.ADMIT, detail={"class": app_class, "key": key, "open": True}
             )
-            run, _ = self.journal.admit(key, app_class, self.policy, now, None, labels, doc, admit)
-            live = self.runs.new_live(run, None, None, doc)
+            run, _ = self.journal.admit(
+                key, app_class, self.policy, now, None, labels, state.stored(), admit
+            )
+            live = self.runs.new_live(run, None, None, state)
         elif live.program is not None:
             raise SubmissionError(
                 f"application {key!r} is a program run; it takes no external steps"
             )
         self._record_observations(live, stage)
+        state = live.state
         if client_step is not None:
-            live.doc["named"] = True  # a client that names steps closes the run itself
-        live.doc["step"] += 1
-        live.doc["visits"][stage] = live.doc["visits"].get(stage, 0) + 1
+            state.named = True  # a client that names steps closes the run itself
+        state.step += 1
+        state.visits[stage] = state.visits.get(stage, 0) + 1
         plan = StepPlan(stage=stage, backend=backend, calls=[call])
-        step = new_step(live.doc["step"], plan, client_step or request, attempt)
-        calls = self.journal.start_step(live.record.app_id, live.doc, step, now)
+        step = new_step(state.step, plan, client_step or request, attempt)
+        calls = self.journal.start_step(live.record.app_id, state.stored(), step, now)
         future = live.waiters[calls[0].id] = _waiter()
         sink: asyncio.Queue | None = asyncio.Queue() if stream else None
         if sink is not None:
@@ -365,16 +369,16 @@ class OpenRuns:
         idle time (a run whose client names steps waits `named_app_idle_s`)."""
         now = time.time()
         for live in self.live:
-            idle_s = self.named_app_idle_s if live.doc.get("named") else self.open_app_idle_s
+            idle_s = self.named_app_idle_s if live.state.named else self.open_app_idle_s
             if live.program is None and not live.waiters and live.last_activity_s < now - idle_s:
                 self.loop.timed(self._end, live)
 
-    def recover(self, run: RunRow, doc: dict[str, Any], calls: list[StoredCall]) -> None:
+    def recover(self, run: RunRow, state: RunState, calls: list[StoredCall]) -> None:
         """Reload an open run after a restart: its calls not done yet are queued again, each
         with a waiter, as if its client were still waiting (a named step's client reads the
         result later; a `submit_step` caller's retried call awaits the waiter; a stream's
         client is gone, the result is stored anyway)."""
-        live = self.runs.new_live(run, None, None, doc)
+        live = self.runs.new_live(run, None, None, state)
         if not calls:
             return
         last = calls[-1]

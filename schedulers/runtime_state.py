@@ -1,6 +1,7 @@
 """The scheduler actor's in-memory view of a run, and how runs look to clients.
 
-No Ray here: `LiveRun` is plain state the actor keeps per live application, `LiveRuns` the
+No Ray here: `LiveRun` is plain state the actor keeps per live application, `RunState` the part
+of it the journal stores with the run (what a restarted scheduler resumes from), `LiveRuns` the
 registry of them that the actor's driver and its collaborators share (`runtime_driver.py`,
 `runtime_open.py`, ...); the views are the JSON the control API and the Airflow provider read.
 """
@@ -14,25 +15,78 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
-from hermesflow.apps.program import AppProgram, StepPlan
+from hermesflow.apps.program import AppProgram, ProgramState, StepPlan
 from hermesflow.backends.calls import CallResult
 from hermesflow.journal import ClientStepRow, NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord, RequestRecord
 from hermesflow.store import CallPhase, RunPhase, RunRow
 
+_OPTIONAL_PARTS = ("plan", "program")
+"""The parts of a `RunState` that only some runs have, left out of the stored JSON without."""
+
+
+class RunState(BaseModel):
+    """Where a run is, as the journal stores it (`runs.state`) with each step it starts.
+
+    The scheduler keeps it typed in memory and converts it to JSON only when it hands it to the
+    journal (`stored`), which sits below the scheduler layer and takes plain JSON; a restarted
+    scheduler validates it once per reloaded run (`load`). The JSON keeps the keys and value
+    shapes of the untyped state that came before, so a store written by an earlier version
+    recovers: a program run has `program` (and `plan` until it ends), an open run has neither.
+    """
+
+    step: int
+    """The run's current step: the index of its latest stored step (-1: an open run before its
+    first step)."""
+    visits: dict[str, int] = Field(default_factory=dict)
+    """How many steps of each stage the run has started: its position in the class's graph."""
+    plan: StepPlan | None = None
+    """A program run's current step; None for an open run, whose steps its client plans, and
+    for a program run that ended."""
+    program: ProgramState | None = None
+    """The program's own state (`Transition.state`); None for an open run."""
+    attained_s: float = 0.0
+    """Service the run has received, for the policy to resume from."""
+    cold_s: float = 0.0
+    """Time the run waited on cold backends."""
+    open: bool = False
+    """Its client submits the steps (an open run) rather than a program."""
+    named: bool = False
+    """Its client names its steps, and so closes the run itself (a longer idle time)."""
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON the journal stores: the plan and the program state are left out while unset,
+        as the untyped state left them out (a step's calls are dumped here, once per step)."""
+        unset = {name for name in _OPTIONAL_PARTS if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=unset)
+
+    @classmethod
+    def load(cls, key: str, stored: dict[str, Any] | None) -> RunState:
+        """The state of run `key` as the journal stored it; the one validation a reloaded run
+        gets."""
+        try:
+            return cls.model_validate(stored)
+        except ValidationError as error:
+            raise ValueError(
+                f"run {key!r} has a stored state this scheduler cannot resume ({error}); it was "
+                "written by an incompatible Hermesflow version: let that version finish its runs "
+                "before upgrading"
+            ) from None
+
 
 @dataclass(eq=False)
 class LiveRun:
-    """A run in memory: its scheduling record and where its current step is."""
+    """A run in memory: its scheduling record, its stored state and where its current step is
+    (`plan`: a program run's is also in `state`; an open run's only here)."""
 
     record: AppRecord
     key: str
     program: AppProgram | None
     inputs: BaseModel | None
-    doc: dict[str, Any]
+    state: RunState
     plan: StepPlan | None = None
     calls: dict[int, StoredCall] = field(default_factory=dict)
     results: dict[int, CallResult] = field(default_factory=dict)
@@ -134,10 +188,10 @@ def view_live(live: LiveRun) -> dict[str, Any]:
         "submitted_at": live.record.arrival_s,
         "finished_at": None,
         "act_s": None,
-        "cold_start_s": live.doc.get("cold_s", 0.0),
+        "cold_start_s": live.state.cold_s,
         "attained_s": live.record.attained_s,
         "stage": live.plan.stage if live.plan else None,
-        "step": live.doc.get("step"),
+        "step": live.state.step,
         "result": None,
         "error": None,
     }

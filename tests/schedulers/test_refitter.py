@@ -16,7 +16,7 @@ from hermesflow.pdgraph.model import END, StageKind
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.open_apps import open_class_prior
 from hermesflow.schedulers.runtime_refit import Refitter
-from hermesflow.schedulers.runtime_state import LiveRun
+from hermesflow.schedulers.runtime_state import LiveRun, RunState
 from hermesflow.store import DecisionKind, DecisionRow
 
 MIN_SAMPLES = 5
@@ -33,10 +33,11 @@ def _refitter(parts: Parts, program_classes: set[str]) -> Refitter:
     )
 
 
-def _live(parts: Parts, key: str, app_class: str, doc: dict) -> LiveRun:
+def _live(parts: Parts, key: str, app_class: str, visits: dict[str, int]) -> LiveRun:
+    state = RunState(step=0, visits=visits, open=True)
     admit = DecisionRow(0.0, DecisionKind.ADMIT, detail={"class": app_class, "key": key})
-    run, _ = parts.journal.admit(key, app_class, "gittins", 0.0, None, None, doc, admit)
-    return parts.driver.new_live(run, None, None, doc)
+    run, _ = parts.journal.admit(key, app_class, "gittins", 0.0, None, None, state.stored(), admit)
+    return parts.driver.new_live(run, None, None, state)
 
 
 def _observe(parts: Parts, live: LiveRun, path: list[tuple[str, str, str]]) -> None:
@@ -69,7 +70,7 @@ def test_a_class_is_refitted_once_per_new_window(ray_cluster, tmp_path) -> None:
         refitter = _refitter(parts, {"react_alfw"})
         assert not await refitter.refit("react_alfw")  # no observations yet
         for index in range(MIN_SAMPLES):
-            run = _live(parts, f"run-{index}", "react_alfw", {"step": 0, "visits": {}})
+            run = _live(parts, f"run-{index}", "react_alfw", {})
             _observe(parts, run, [("thought", "llm", "thought"), ("thought", "llm", END)])
         assert await refitter.refit("react_alfw")
         assert parts.store.latest_snapshot("react_alfw", "refit") is not None
@@ -88,10 +89,10 @@ def test_an_open_class_grows_the_stages_it_named_and_its_live_runs_are_restated(
         prior = open_class_prior("chat", "ask", "tools", StageKind.TOOL)
         parts.store.save_pdgraph(prior, source="open-prior")
         parts.driver.use_graph(prior)
-        waiting = _live(parts, "waiting", "chat", {"step": 0, "visits": {"ask": 1}})
+        waiting = _live(parts, "waiting", "chat", {"ask": 1})
         before = len(waiting.record.state.visits)
         for index in range(MIN_SAMPLES):
-            run = _live(parts, f"done-{index}", "chat", {"step": 0, "visits": {}})
+            run = _live(parts, f"done-{index}", "chat", {})
             _observe(parts, run, [("ask", "tools", "answer"), ("answer", "tools", END)])
         await _refitter(parts, set()).refit_all()
         grown = parts.demand.compiled("chat")
