@@ -39,11 +39,12 @@ from hermesflow.store_schema import (
     RunRow,
     StepCall,
     StepObservation,
-    TaskOutcome,
+    TaskOutcomeRecord,
     TaskOutcomeRow,
 )
 
 __all__ = [  # the schema is re-exported: callers import tables and rows from here
+    "TERMINAL_DECISIONS",
     "AppClass",
     "Base",
     "CallPhase",
@@ -51,7 +52,6 @@ __all__ = [  # the schema is re-exported: callers import tables and rows from he
     "Decision",
     "DecisionKind",
     "DecisionRow",
-    "TERMINAL_DECISIONS",
     "FinishedAct",
     "PDGraphSnapshot",
     "Run",
@@ -60,7 +60,7 @@ __all__ = [  # the schema is re-exported: callers import tables and rows from he
     "StepCall",
     "StepObservation",
     "Store",
-    "TaskOutcome",
+    "TaskOutcomeRecord",
     "TaskOutcomeRow",
     "observation_values",
     "require_class",
@@ -255,14 +255,18 @@ class Store:
         even a concurrent one, a no-op."""
         try:
             with self.session() as session:
-                session.add(TaskOutcome(**_fields(outcome)))
+                session.add(TaskOutcomeRecord(**_fields(outcome)))
         except IntegrityError:
             return False
         return True
 
     def task_outcomes(self, app_key: str) -> list[TaskOutcomeRow]:
         """The application's task outcomes in the order they were reported."""
-        query = select(TaskOutcome).where(TaskOutcome.app_key == app_key).order_by(TaskOutcome.id)
+        query = (
+            select(TaskOutcomeRecord)
+            .where(TaskOutcomeRecord.app_key == app_key)
+            .order_by(TaskOutcomeRecord.id)
+        )
         with self.session() as session:
             return [row_copy(TaskOutcomeRow, row) for row in session.scalars(query)]
 

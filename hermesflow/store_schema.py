@@ -118,7 +118,7 @@ class ClientStep(Base):
     step: Mapped[int]
 
 
-class TaskOutcome(Base):
+class TaskOutcomeRecord(Base):
     """How one try of one task of an application ended, as its client (Airflow) reported it.
     Keyed by the application's key, not its run: native tasks can end before the first step."""
 
@@ -232,7 +232,7 @@ class DecisionRow:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcomeRow:
-    """A task outcome as stored (see `TaskOutcome`); `recorded_s` is when it was reported."""
+    """A task outcome as stored (see `TaskOutcomeRecord`); `recorded_s` is when it was reported."""
 
     app_key: str
     app_class: str
