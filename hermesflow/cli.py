@@ -32,6 +32,7 @@ from hermesflow.cli_options import (
     http_url,
     not_blank,
 )
+from hermesflow.client_records import AppViewPhase
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph, StageKind
 from hermesflow.pdgraph.workload_file import WorkloadFileError, hermes_mix, load_workload
@@ -474,7 +475,7 @@ def submit_command(
         console.print(error.explanation, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2 if error.status == client.NO_ANSWER else 1) from None
     print(view.model_dump_json(indent=2))
-    if view.phase == "failed":
+    if view.phase is AppViewPhase.FAILED:
         raise typer.Exit(1)
     if wait and not view.ended:
         console.print(f"still {view.phase} after {timeout:.0f} s")

@@ -47,6 +47,21 @@ TERMINAL_STEP_STATES = frozenset({StepState.DONE, StepState.FAILED})
 """States a step never leaves: a client stops waiting once it sees one."""
 
 
+class AppViewPhase(StrEnum):
+    """Where an application is, as a client reads it (`AppView.phase`): the store's `RunPhase`
+    by its lower-case name, in the same order. A client ends an open application as FINISHED or
+    FAILED (`FinishRequest.state`)."""
+
+    ADMITTED = "admitted"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+TERMINAL_APP_PHASES = frozenset({AppViewPhase.FINISHED, AppViewPhase.FAILED})
+"""Phases an application never leaves: a client stops waiting once it sees one."""
+
+
 class TaskState(StrEnum):
     """The Airflow task states a client reports (Airflow's own names, recorded verbatim)."""
 

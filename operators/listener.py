@@ -29,7 +29,7 @@ from sqlalchemy.orm import object_session
 from hermesflow import client
 from hermesflow.api.models.control import FinishRequest
 from hermesflow.client import HermesApiError
-from hermesflow.client_records import TaskOutcome, TaskState
+from hermesflow.client_records import AppViewPhase, TaskOutcome, TaskState
 from hermesflow.operators import naming
 from hermesflow.operators.dag_graph import argument, is_step
 from hermesflow.operators.hook import DEFAULT_CONN_ID, HermesHook
@@ -153,9 +153,9 @@ def on_task_instance_skipped(previous_state: Any, task_instance: Any) -> None:
 
 @hookimpl
 def on_dag_run_success(dag_run: Any, msg: str) -> None:
-    _end_run(dag_run, FinishRequest(state="finished"))
+    _end_run(dag_run, FinishRequest(state=AppViewPhase.FINISHED))
 
 
 @hookimpl
 def on_dag_run_failed(dag_run: Any, msg: str) -> None:
-    _end_run(dag_run, FinishRequest(state="failed", error=msg or "the DAG run failed"))
+    _end_run(dag_run, FinishRequest(state=AppViewPhase.FAILED, error=msg or "the DAG run failed"))

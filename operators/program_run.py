@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from hermesflow import client
 from hermesflow.api.models.control import AppSubmission, AppView
+from hermesflow.client_records import AppViewPhase
 from hermesflow.operators import naming
 from hermesflow.operators.step_base import HermesOperator
 from hermesflow.operators.triggers import HermesAppTrigger
@@ -85,7 +86,7 @@ class ProgramRunOperator(HermesOperator):
         return self._outcome(AppView.model_validate(self.check_event(event)["app"]))
 
     def _outcome(self, view: AppView) -> Any:
-        if view.phase == "failed":
+        if view.phase is AppViewPhase.FAILED:
             raise AirflowException(
                 f"{self._where()}: program run {view.app_id!r} of class {view.app_class!r} "
                 f"failed: {view.error or 'no error given'}"

@@ -32,6 +32,7 @@ from hermesflow.api.models.control import StepSubmission, StepView
 from hermesflow.apps.app_graph import NodeKind
 from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
 from hermesflow.client import MAX_POLL_S, HermesApiError, Route
+from hermesflow.client_records import StepState
 from hermesflow.operators import naming
 from hermesflow.operators.airflow_compat import DagContext, DependencyMixin, OperatorPartial
 from hermesflow.operators.dag_graph import dag_pdgraph
@@ -234,6 +235,6 @@ class StepOperator(HermesOperator):
         return self._outcome(step_of(self.check_event(event)))
 
     def _outcome(self, view: StepView) -> Any:
-        if view.state == "done" and view.result is not None:
+        if view.state is StepState.DONE and view.result is not None:
             return self.result_of(view.result)
         return self.failed_result(view)

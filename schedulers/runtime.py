@@ -42,6 +42,7 @@ import ray
 from pydantic import ValidationError
 
 from hermesflow.apps.program import AppProgram
+from hermesflow.client_records import AppViewPhase
 from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph
@@ -356,7 +357,7 @@ class HermesScheduler:
         return await self.named_steps.record_task(key, outcome)
 
     async def finish_app(
-        self, key: str, state: str = "finished", error: str | None = None
+        self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
     ) -> dict[str, Any]:
         """End an open application, `finished` or `failed` (`OpenRuns.finish_app`)."""
         await self._ready.wait()

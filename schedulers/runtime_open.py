@@ -49,6 +49,7 @@ from pydantic import TypeAdapter, ValidationError
 from hermesflow.apps.program import StepPlan
 from hermesflow.backends.call_checks import LLM_BACKEND_TYPES, check_call
 from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
+from hermesflow.client_records import TERMINAL_APP_PHASES, AppViewPhase
 from hermesflow.journal import ClientStepRow, RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph, StageKind
@@ -320,7 +321,7 @@ class OpenRuns:
     # -- the end of a run -----------------------------------------------------------------------
 
     def finish_app(
-        self, key: str, state: str = "finished", error: str | None = None
+        self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
     ) -> dict[str, Any]:
         """End an open application. `finished`: its client has no more steps (refused while a
         step runs). `failed`: its client failed (an Airflow DAG run did); it ends at once,
@@ -333,11 +334,11 @@ class OpenRuns:
             return view_stored(stored)
         if live.program is not None:
             raise SubmissionError(f"application {key!r} is a program run; it ends by itself")
-        if state not in ("finished", "failed"):
+        if state not in TERMINAL_APP_PHASES:
             raise SubmissionError(
                 f"an application finishes as 'finished' or 'failed', not {state!r}"
             )
-        if state == "failed":
+        if state is AppViewPhase.FAILED:
             self.loop.timed(
                 self.runs.fail,
                 live,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from hermesflow.apps.program import AppProgram, ProgramState, StepPlan
 from hermesflow.backends.calls import CallResult
+from hermesflow.client_records import AppViewPhase, StepState
 from hermesflow.journal import ClientStepRow, NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord, RequestRecord
@@ -184,7 +185,9 @@ def view_live(live: LiveRun) -> dict[str, Any]:
     return {
         "app_id": live.key,
         "app_class": live.record.app_class,
-        "phase": "running" if live.record.phase is AppPhase.RUNNING else "admitted",
+        "phase": AppViewPhase.RUNNING
+        if live.record.phase is AppPhase.RUNNING
+        else AppViewPhase.ADMITTED,
         "submitted_at": live.record.arrival_s,
         "finished_at": None,
         "act_s": None,
@@ -202,7 +205,7 @@ def view_stored(run: RunRow) -> dict[str, Any]:
     return {
         "app_id": run.key,
         "app_class": run.app_class,
-        "phase": run.phase.name.lower(),
+        "phase": AppViewPhase(run.phase.name.lower()),
         "submitted_at": run.submitted_s,
         "finished_at": run.finished_s,
         "act_s": run.act_s,
@@ -221,12 +224,12 @@ def view_step(key: str, run: RunRow, step: ClientStepRow) -> dict[str, Any]:
     call, result, error = step.call, None, None
     if call.phase is CallPhase.DONE:
         result = CallResult.model_validate(call.result)
-        state = "failed" if result.finish_reason == "error" else "done"
+        state = StepState.FAILED if result.finish_reason == "error" else StepState.DONE
         error = result.error
     elif run.phase in (RunPhase.FINISHED, RunPhase.FAILED):
-        state, error = "failed", run.error or f"application {key!r} ended before this step ran"
+        state, error = StepState.FAILED, run.error or f"application {key!r} ended before this step ran"
     else:
-        state = "running" if call.phase is CallPhase.RUNNING else "queued"
+        state = StepState.RUNNING if call.phase is CallPhase.RUNNING else StepState.QUEUED
     return {
         "app_id": key,
         "step_id": step.step_id,

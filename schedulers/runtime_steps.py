@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hermesflow.backends.calls import Call
-from hermesflow.client_records import TERMINAL_STEP_STATES, TaskOutcome
+from hermesflow.client_records import TERMINAL_STEP_STATES, StepState, TaskOutcome
 from hermesflow.journal import ClientStepRow, RunJournal
 from hermesflow.schedulers.errors import SubmissionError, UnknownApplication, UnknownStep
 from hermesflow.schedulers.runtime_loop import ActorLoop
@@ -85,7 +85,7 @@ class NamedSteps:
         found = self.journal.client_step(key, step_id)
         if found is not None and found[1] is not None:
             view = view_step(key, *found)
-            if view["state"] != "failed":
+            if view["state"] is not StepState.FAILED:
                 return view, False
             attempt = found[1].attempt + 1
         self.open_runs.admit(key, app_class, stage, call, backend, labels, False, step_id, attempt)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from hermesflow.client_records import AppViewPhase
+
 JSON = dict[str, Any]
 
 
@@ -97,7 +99,9 @@ class SchedulerApi(Protocol):
         """Store how one try of one task of application `key` ended (`TaskOutcome`); False
         when the same outcome was recorded before."""
 
-    async def finish_app(self, key: str, state: str = "finished", error: str | None = None) -> JSON:
+    async def finish_app(
+        self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
+    ) -> JSON:
         """End open application `key`: `finished` once its client has no more steps, `failed`
         at once, with `error`, failing its steps in flight (`AppView`)."""
 

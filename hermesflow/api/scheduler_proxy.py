@@ -36,7 +36,7 @@ from hermesflow.api.models.control import (
 )
 from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
 from hermesflow.backends.calls import Call, CallResult
-from hermesflow.client_records import TaskOutcome
+from hermesflow.client_records import AppViewPhase, TaskOutcome
 from hermesflow.incidents import original, report
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.schedulers.errors import ApplicationFinished, RunFailed, SubmissionError
@@ -211,7 +211,7 @@ class SchedulerProxy:
         return await self._call(self.handle.record_task, key, document)
 
     async def finish_app(
-        self, key: str, state: str = "finished", error: str | None = None
+        self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
     ) -> AppView:
         return AppView.model_validate(await self._call(self.handle.finish_app, key, state, error))
 

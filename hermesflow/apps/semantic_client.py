@@ -19,6 +19,7 @@ from hermesflow import client
 from hermesflow.api.models.control import AppSubmission, AppView
 from hermesflow.apps.semantic_trace import Outputs, Ref
 from hermesflow.client import MAX_POLL_S, TOKEN_ENV, ApiClient, ApiEndpoint
+from hermesflow.client_records import AppViewPhase
 
 
 class SchedulerClient(Protocol):
@@ -110,7 +111,7 @@ class SemanticRun:
     def result(self, timeout_s: float | None = None) -> Any:
         """The program's result (its returned variables' values); RunFailed if the run failed."""
         view = self.wait(timeout_s)
-        if view.phase == "failed":
+        if view.phase is AppViewPhase.FAILED:
             raise RunFailed(f"run {self.app_id!r} of {view.app_class!r} failed: {view.error}")
         return view.result
 

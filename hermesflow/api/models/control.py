@@ -12,6 +12,7 @@ OpenAPI schema. The limits an operator may change (body size, labels) are `ApiLi
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,14 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from hermesflow.backends.calls import Call, CallResult
 from hermesflow.client_records import (
     MAX_APP_ID_CHARS,
+    TERMINAL_APP_PHASES,
     TERMINAL_STEP_STATES,
     AppClassName,
+    AppViewPhase,
     Name,
     StepState,
 )
-
-TERMINAL_PHASES = frozenset({"finished", "failed"})
-"""Phases an application never leaves; a client stops waiting once it sees one."""
 
 JSON = dict[str, Any]
 
@@ -56,7 +56,7 @@ class AppView(BaseModel):
 
     app_id: str
     app_class: str
-    phase: Literal["admitted", "running", "finished", "failed"]
+    phase: AppViewPhase
     submitted_at: float = Field(description="Unix time of admission")
     finished_at: float | None = None
     act_s: float | None = Field(default=None, description="application completion time, seconds")
@@ -71,7 +71,7 @@ class AppView(BaseModel):
 
     @property
     def ended(self) -> bool:
-        return self.phase in TERMINAL_PHASES
+        return self.phase in TERMINAL_APP_PHASES
 
 
 class AppEvent(BaseModel):
@@ -144,8 +144,17 @@ class FinishRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state: Literal["finished", "failed"] = "finished"
+    state: Literal[AppViewPhase.FINISHED, AppViewPhase.FAILED] = AppViewPhase.FINISHED
     error: Annotated[str | None, Field(max_length=10_000)] = None
+
+
+class BackendViewPhase(StrEnum):
+    """A backend's lifecycle phase as clients read it (`BackendView.phase`): the scheduler's
+    `BackendPhase` by its lower-case name."""
+
+    COLD = "cold"
+    WARMING = "warming"
+    WARM = "warm"
 
 
 class BackendView(BaseModel):
@@ -153,7 +162,7 @@ class BackendView(BaseModel):
 
     name: str
     type: str
-    phase: Literal["cold", "warming", "warm"]
+    phase: BackendViewPhase
     pinned: bool = Field(
         default=False, description="kept warm from the start (`--warm`); `/readyz` waits for it"
     )

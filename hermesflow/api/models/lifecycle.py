@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from hermesflow.api.models.control import BackendView
+from hermesflow.api.models.control import BackendView, BackendViewPhase
 
 READY_PATH = "/readyz"
 DEFAULT_GRACE_S = 30.0
@@ -58,7 +58,7 @@ class PendingBackend(BaseModel):
     """A pinned backend that is not warm, and its lifecycle phase."""
 
     name: str
-    phase: str
+    phase: BackendViewPhase
 
 
 class Readiness(BaseModel):
@@ -81,7 +81,7 @@ def assess_readiness(backends: Iterable[BackendView]) -> Readiness:
     pending = [
         PendingBackend(name=b.name, phase=b.phase)
         for b in backends
-        if b.pinned and b.phase != "warm"
+        if b.pinned and b.phase is not BackendViewPhase.WARM
     ]
     if not pending:
         return Readiness(
