@@ -53,17 +53,7 @@ def _monitor(parts: Parts) -> SchedulerMonitor:
 
 def _queued(parts: Parts) -> OpenRuns:
     """Two open applications waiting on the cold pool: `long` admitted first, `short` second."""
-    runs = OpenRuns(
-        parts.config,
-        parts.journal,
-        parts.store,
-        parts.live,
-        parts.slots,
-        parts.demand,
-        "gittins",
-        parts.driver,
-        parts.loop,
-    )
+    runs = parts.open_runs()
     _declare(parts, runs, "long", 50.0)
     _declare(parts, runs, "short", 0.2)
     for key in ("long", "short"):

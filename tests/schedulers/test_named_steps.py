@@ -13,24 +13,13 @@ pytest.importorskip("ray")
 from support.runtime_parts import Parts, build_parts
 
 from hermesflow.schedulers.errors import UnknownApplication, UnknownStep
-from hermesflow.schedulers.runtime_open import OpenRuns
 from hermesflow.schedulers.runtime_steps import NamedSteps
 
 NAP = {"kind": "tool", "tool": "sleep", "args": {"seconds": 0.01}}
 
 
 def _named_steps(parts: Parts) -> NamedSteps:
-    runs = OpenRuns(
-        parts.config,
-        parts.journal,
-        parts.store,
-        parts.live,
-        parts.slots,
-        parts.demand,
-        "gittins",
-        parts.driver,
-        parts.loop,
-    )
+    runs = parts.open_runs()
     return NamedSteps(parts.journal, parts.store, parts.live, runs, parts.loop)
 
 

@@ -23,17 +23,7 @@ NAP = {"kind": "tool", "tool": "sleep", "args": {"seconds": 0.01}}
 
 
 def _open_runs(parts: Parts) -> OpenRuns:
-    return OpenRuns(
-        parts.config,
-        parts.journal,
-        parts.store,
-        parts.live,
-        parts.slots,
-        parts.demand,
-        "gittins",
-        parts.driver,
-        parts.loop,
-    )
+    return parts.open_runs()
 
 
 async def _step(parts: Parts, runs: OpenRuns, key: str, stage: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from hermesflow.backends.base import BackendSpec
 from hermesflow.schedulers.engine import EngineConfig
 from hermesflow.schedulers.errors import RunFailed
 from hermesflow.schedulers.interface import BackendPhase
-from hermesflow.schedulers.runtime_open import OpenRuns
 from hermesflow.store import DecisionKind, RunPhase
 
 NAP = {"kind": "tool", "tool": "sleep", "args": {"seconds": 0.01}}
@@ -29,17 +28,7 @@ BROKEN = BackendSpec(
 
 
 def _queue_one_step(parts) -> asyncio.Future:
-    runs = OpenRuns(
-        parts.config,
-        parts.journal,
-        parts.store,
-        parts.live,
-        parts.slots,
-        parts.demand,
-        "gittins",
-        parts.driver,
-        parts.loop,
-    )
+    runs = parts.open_runs()
     future, _ = runs.open_step("app", "chat", "ask", NAP, "tools", None, False, False)
     return future
 

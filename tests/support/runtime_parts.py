@@ -30,6 +30,7 @@ from hermesflow.schedulers.runtime_backends import BackendSlot
 from hermesflow.schedulers.runtime_config import RuntimeConfig
 from hermesflow.schedulers.runtime_driver import RunDriver
 from hermesflow.schedulers.runtime_loop import ActorLoop
+from hermesflow.schedulers.runtime_open import OpenRuns
 from hermesflow.schedulers.runtime_prewarm import PrewarmApplier
 from hermesflow.schedulers.runtime_state import LiveRuns
 from hermesflow.store import Store
@@ -59,6 +60,12 @@ class Parts:
     def prewarm(self) -> PrewarmApplier:
         return PrewarmApplier(
             self.engine, self.slots, self.journal, self.live, self.driver, self.loop
+        )
+
+    def open_runs(self) -> OpenRuns:
+        return OpenRuns(
+            self.config, self.journal, self.store, self.live, self.slots, self.demand,
+            self.policy.name, self.driver, self.loop,
         )
 
     async def dispatch_until(self, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
