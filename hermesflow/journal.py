@@ -279,7 +279,10 @@ class RunJournal:
             return []
 
     def record(self, decisions: Iterable[DecisionRow]) -> None:
-        self.store.record_decisions(decisions)
+        """Store decisions that change no run (warm, release, recover) in one transaction, which
+        also writes the deferred dispatch marks."""
+        with self._transaction() as connection:
+            _insert_decisions(connection, list(decisions))
 
     def live_runs(self) -> list[tuple[RunRow, list[StoredCall]]]:
         """Unfinished runs in admission order, each with the calls of its current step."""

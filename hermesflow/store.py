@@ -234,10 +234,6 @@ class Store:
             rows = session.execute(query).all()
         return [_stage_observation(row, name) for row, name in reversed(rows)]
 
-    def record_decisions(self, rows: Iterable[DecisionRow]) -> None:
-        with self.session() as session:
-            session.add_all(Decision(**_fields(row)) for row in rows)
-
     def decisions(self, run_id: int | None = None) -> list[DecisionRow]:
         """Decisions in time order, optionally only those about one run."""
         query = select(Decision).order_by(Decision.at_s, Decision.id)

@@ -187,7 +187,7 @@ def test_decisions_round_trip_in_time_order(store: Store) -> None:
         DecisionRow(at_s=1.0, kind=DecisionKind.WARM, backend="search:react_fever"),
         DecisionRow(at_s=3.0, kind=DecisionKind.RELEASE, backend="llm"),
     ]
-    store.record_decisions(rows)
+    RunJournal(store).record(rows)
     assert store.decisions() == [rows[1], rows[0], rows[2]]
     assert store.decisions(run_id=run) == [rows[0]]
 
