@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hermesflow import client
 from hermesflow.api.models.lifecycle import DEFAULT_GRACE_S, DEFAULT_READY_TIMEOUT_S
 from hermesflow.cli_options import (
     AT_LEAST_ONE,
@@ -33,6 +32,7 @@ from hermesflow.cli_options import (
     not_blank,
 )
 from hermesflow.client_records import AppViewPhase
+from hermesflow.config import TOKEN_ENV
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph, StageKind
 from hermesflow.pdgraph.workload_file import WorkloadFileError, hermes_mix, load_workload
@@ -303,7 +303,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="address the HTTP API listens on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port, 0 to 65535 (0: any free port)", callback=PORT)] = 8000,
     token: Annotated[
-        str | None, typer.Option(envvar=client.TOKEN_ENV, help="require 'Authorization: Bearer <token>' on the API")
+        str | None, typer.Option(envvar=TOKEN_ENV, help="require 'Authorization: Bearer <token>' on the API")
     ] = None,
     policy: Annotated[
         str,
@@ -439,7 +439,7 @@ def submit_command(
     url: Annotated[
         str, typer.Option(envvar=URL_ENVVAR, help="base URL of the Hermesflow API", callback=http_url)
     ] = DEFAULT_API_URL,
-    token: Annotated[str | None, typer.Option(envvar=client.TOKEN_ENV, help="the API's bearer token")] = None,
+    token: Annotated[str | None, typer.Option(envvar=TOKEN_ENV, help="the API's bearer token")] = None,
     app_id: Annotated[str | None, typer.Option(help="idempotency key: the same id is the same run")] = None,
     timeout: Annotated[
         float, typer.Option(help="with --wait: give up after this many seconds (above 0)", callback=POSITIVE)
@@ -448,6 +448,7 @@ def submit_command(
     """Submit a run over the HTTP API and print its state as JSON (exit 1 if it failed)."""
     from pydantic import ValidationError
 
+    from hermesflow import client  # httpx and the API models: only this command needs them
     from hermesflow.api.models.control import AppSubmission
 
     try:
@@ -463,7 +464,7 @@ def submit_command(
         field = str(problem["loc"][0]) if problem["loc"] else "inputs"
         hint = _SUBMISSION_HINTS.get(field, field)
         raise typer.BadParameter(problem["msg"], param_hint=hint) from None
-    endpoint = client.ApiEndpoint(url, token, token_setting=f"--token (or {client.TOKEN_ENV})")
+    endpoint = client.ApiEndpoint(url, token, token_setting=f"--token (or {TOKEN_ENV})")
     api = client.ApiClient(endpoint)
     deadline = time.monotonic() + timeout
     try:

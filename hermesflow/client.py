@@ -45,12 +45,11 @@ from hermesflow.api.models.control import (
 from hermesflow.api.models.lifecycle import READY_PATH, Health, Readiness
 from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
 from hermesflow.client_records import TaskOutcome
+from hermesflow.config import TOKEN_ENV
 from hermesflow.pdgraph.model import PDGraph
 
 M = TypeVar("M", bound=BaseModel)
 
-TOKEN_ENV = "HERMES_API_TOKEN"
-"""The environment variable that holds the API's bearer token, for clients as for the server."""
 DEFAULT_TIMEOUT_S = 30.0
 """Read timeout of a request; a long poll's read timeout adds the time it asks the server to
 wait (`Route.wait_s`)."""

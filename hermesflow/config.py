@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+TOKEN_ENV = "HERMES_API_TOKEN"
+"""The environment variable that holds the API's bearer token, for clients as for the server."""
 DB_FILENAME = "hermesflow.db"
 """The SQLite database file under `home` used when no `HERMES_DB_URL` is given."""
 

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from hermesflow import client
 from hermesflow.api.models.control import AppSubmission, AppView
 from hermesflow.apps.semantic_trace import Outputs, Ref
-from hermesflow.client import MAX_POLL_S, TOKEN_ENV, ApiClient, ApiEndpoint
+from hermesflow.client import MAX_POLL_S, ApiClient, ApiEndpoint
 from hermesflow.client_records import AppViewPhase
+from hermesflow.config import TOKEN_ENV
 
 
 class SchedulerClient(Protocol):
