@@ -2,9 +2,10 @@
 
 Each route sends one request of `hermesflow.client` through `HermesHook.arun`
 (the Airflow connection holds Hermesflow's address and token, so neither reaches the browser)
-and answers the server's own models from `hermesflow.api.models`. Query parameters are checked
-here with the control API's own declarations (`hermesflow.api.monitor_params`), so a bad value is this API's 422, not a
-request Hermesflow refuses.
+and answers the server's own models from `hermesflow.api.models`. The live applications, classes
+and completion-time history are the control API's own route declarations
+(`hermesflow.api.monitor.add_monitor_routes`), so their query parameters are checked here with
+the same bounds, and a bad value is this API's 422, not a request Hermesflow refuses.
 
 When Hermesflow cannot be asked, the answer is a JSON `{"detail": ...}` that names the Airflow
 connection and the fix — never a 500, because the page shows it to the user as it is:
@@ -18,6 +19,7 @@ connection and the fix — never a 500, because the page shows it to the user as
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, status
@@ -26,15 +28,7 @@ from pydantic import BaseModel
 from hermesflow import client
 from hermesflow.api.models.control import BackendView, SchedulerStats
 from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
-from hermesflow.api.monitor_params import (
-    DEFAULT_ACT_BUCKETS,
-    DEFAULT_ACT_WINDOW_S,
-    DEFAULT_LIVE_APPS,
-    ActBuckets,
-    ActWindow,
-    ClassFilter,
-    LiveAppsLimit,
-)
+from hermesflow.api.monitor import add_monitor_routes
 from hermesflow.client import HermesApiError, Route
 from hermesflow.operators.hook import HermesConnectionError, HermesHook
 from hermesflow.pdgraph.model import PDGraph
@@ -83,29 +77,13 @@ def monitor_router(conn_id: str) -> APIRouter:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, error.detail) from error
             raise _proxy_error(conn_id, error) from error
 
-    @router.get(
-        "/apps",
-        summary="Live applications, most urgent first",
-        response_model=list[LiveAppView],
-    )
-    async def apps(
-        app_class: ClassFilter = None,
-        limit: LiveAppsLimit = DEFAULT_LIVE_APPS,
-    ) -> Any:
-        """The admitted and running applications in the order the policy would serve them,
-        each with its rank, position, attained service and estimated remaining service."""
-        return (await ask(client.live_apps(app_class, limit))).root
+    add_monitor_routes(router, _ThroughConnection(ask))
 
     @router.get(
         "/backends", summary="Backends: phase, load and warm-ups", response_model=list[BackendView]
     )
     async def backends() -> Any:
         return (await ask(client.backends())).root
-
-    @router.get("/classes", summary="Application classes", response_model=list[ClassSummary])
-    async def classes() -> Any:
-        """Each class with where its current PDGraph came from and its live and finished runs."""
-        return (await ask(client.classes())).root
 
     @router.get(
         "/classes/{name}/graph",
@@ -120,23 +98,27 @@ def monitor_router(conn_id: str) -> APIRouter:
     ) -> Any:
         return await ask(client.class_graph(name), not_found=True)
 
-    @router.get(
-        "/act",
-        summary="Application completion times of finished runs, by policy",
-        response_model=ActHistory,
-    )
-    async def act(
-        window_s: ActWindow = DEFAULT_ACT_WINDOW_S,
-        buckets: ActBuckets = DEFAULT_ACT_BUCKETS,
-        app_class: ClassFilter = None,
-    ) -> Any:
-        return await ask(client.act_history(window_s, buckets, app_class))
-
     @router.get("/stats", summary="The scheduler's counters", response_model=SchedulerStats)
     async def stats() -> Any:
         return await ask(client.stats())
 
     return router
+
+
+class _ThroughConnection:
+    """The monitoring routes' `MonitorSource`: Hermesflow's own routes, asked through `ask`."""
+
+    def __init__(self, ask: Callable[[Route[Any]], Awaitable[Any]]) -> None:
+        self.ask = ask
+
+    async def live_apps(self, app_class: str | None, limit: int) -> list[LiveAppView]:
+        return (await self.ask(client.live_apps(app_class, limit))).root
+
+    async def class_summaries(self) -> list[ClassSummary]:
+        return (await self.ask(client.classes())).root
+
+    async def act_history(self, window_s: float, buckets: int, app_class: str | None) -> ActHistory:
+        return await self.ask(client.act_history(window_s, buckets, app_class))
 
 
 def _proxy_error(conn_id: str, error: HermesApiError) -> HTTPException:

@@ -6,11 +6,16 @@ PDGraph predicts from where each one is; the application classes and where their
 from; and the completion-time history of finished runs per policy. Each route is one awaited
 call of the scheduler actor (`schedulers/runtime_monitor.py`); the query parameters are bounded
 (`monitor_params.py`), so a bad value is a 422 that names the parameter before the scheduler is asked.
+
+The routes are declared once (`add_monitor_routes`) over a `MonitorSource`: the control API binds
+them to the scheduler (`monitor_router`), the Airflow plugin to Hermesflow's HTTP API read through
+its Airflow connection (`hermesflow.plugins.monitor_api`), so both serve the same paths,
+parameters and models.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter
 
@@ -24,12 +29,30 @@ from hermesflow.api.monitor_params import (
     ClassFilter,
     LiveAppsLimit,
 )
-from hermesflow.api.scheduler_proxy import SchedulerProxy
+
+if TYPE_CHECKING:  # the plugin imports this module without Ray, which the proxy needs
+    from hermesflow.api.scheduler_proxy import SchedulerProxy
+
+
+class MonitorSource(Protocol):
+    """Where the monitoring routes read their answers."""
+
+    async def live_apps(self, app_class: str | None, limit: int) -> list[LiveAppView]: ...
+
+    async def class_summaries(self) -> list[ClassSummary]: ...
+
+    async def act_history(self, window_s: float, buckets: int, app_class: str | None) -> ActHistory: ...
 
 
 def monitor_router(proxy: SchedulerProxy) -> APIRouter:
     """The monitoring routes, bound to one scheduler."""
     router = APIRouter(prefix="/v1", tags=["monitoring"])
+    add_monitor_routes(router, proxy)
+    return router
+
+
+def add_monitor_routes(router: APIRouter, source: MonitorSource) -> None:
+    """Declare `GET apps`, `classes` and `act` on `router`, answered by `source`."""
 
     @router.get(
         "/apps",
@@ -44,7 +67,7 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         `position` 1 is served next, `rank` is the policy's key (smaller first; the Gittins
         index for the Hermes policies), `remaining_s` the remaining backend-seconds their
         class's PDGraph predicts from their current stage (mean and 10th-90th percentiles)."""
-        return await proxy.live_apps(app_class, limit)
+        return await source.live_apps(app_class, limit)
 
     @router.get(
         "/classes",
@@ -55,7 +78,7 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         """Every class the scheduler ranks: a program class or an open one, the version and
         source of its current graph (`GET /v1/classes/{name}/graph` has the graph), and how
         many of its runs are live and have finished."""
-        return await proxy.class_summaries()
+        return await source.class_summaries()
 
     @router.get(
         "/act",
@@ -70,6 +93,4 @@ def monitor_router(proxy: SchedulerProxy) -> APIRouter:
         """The application completion time (admission to finish) of the runs that finished in
         the window, from the store: per policy, the runs, mean and 95th percentile of each
         time bucket (oldest first) and of the whole window. Failed runs are not counted."""
-        return await proxy.act_history(window_s, buckets, app_class)
-
-    return router
+        return await source.act_history(window_s, buckets, app_class)
