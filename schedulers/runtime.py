@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from hermesflow.apps.program import AppProgram
 from hermesflow.client_records import AppViewPhase
 from hermesflow.journal import RunJournal
-from hermesflow.pdgraph.demand import DemandEstimator
+from hermesflow.pdgraph.demand import COMMON_STATE_RUNS, DemandEstimator
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.schedulers.engine import BackendState, SchedulingEngine
 from hermesflow.schedulers.errors import SubmissionError, UnknownApplication
@@ -172,6 +172,7 @@ class HermesScheduler:
         return graphs
 
     async def _main(self) -> None:
+        await self._prepare_graphs()
         self._recover()
         self._ready.set()
         self.loop.spawn(self._plan_timer())
@@ -180,6 +181,16 @@ class HermesScheduler:
             await self.loop.woken()
             self.loop.timed(self._schedule)
             self.loop.timed(self.monitor.publish_queues)
+
+    async def _prepare_graphs(self) -> None:
+        """Draw the states each class's runs commonly pass through before serving
+        (`DemandEstimator.prepare`, in a worker thread), so that admitting and ranking the
+        first runs is a look-up rather than a millisecond of Monte-Carlo each on their path."""
+        for app_class in self.demand.classes:
+            graph = self.demand.compiled(app_class).graph
+            self.demand.install(
+                await asyncio.to_thread(self.demand.prepare, graph, COMMON_STATE_RUNS)
+            )
 
     async def _plan_timer(self) -> None:
         """Wake the engine when its planner is due; flush the journal's deferred dispatch marks

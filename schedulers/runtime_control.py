@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from hermesflow.apps.program import AppProgram, StepPlan
     from hermesflow.journal import StoredCall
-    from hermesflow.pdgraph.model import PDGraph
+    from hermesflow.pdgraph.demand import PreparedGraph
     from hermesflow.schedulers.runtime_state import LiveRun, RunState
     from hermesflow.store import RunRow
 
@@ -37,5 +37,5 @@ class RunControl(Protocol):
     def fail(self, live: LiveRun, error: str) -> None:
         """End the run as failed with `error`; its waiting callers get `RunFailed`."""
 
-    def use_graph(self, graph: PDGraph) -> None:
-        """Rank `graph`'s class by it from now on, its live runs included."""
+    def use_graph(self, prepared: PreparedGraph) -> None:
+        """Rank the prepared graph's class by it from now on, its live runs included."""

@@ -27,8 +27,8 @@ from hermesflow.apps.program import AppProgram, Finished, StepPlan, Transition
 from hermesflow.backends.calls import Call, CallResult
 from hermesflow.journal import CompletedCall, RunEnd, RunJournal, StoredCall
 from hermesflow.pdgraph.costs import CostModel
-from hermesflow.pdgraph.demand import DemandEstimator
-from hermesflow.pdgraph.model import END, PDGraph
+from hermesflow.pdgraph.demand import DemandEstimator, PreparedGraph
+from hermesflow.pdgraph.model import END
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.engine import Dispatch, LossOutcome, SchedulingEngine
 from hermesflow.schedulers.errors import RunFailed
@@ -186,12 +186,12 @@ class RunDriver:
         )
         return stage, tuple(counts)
 
-    def use_graph(self, graph: PDGraph) -> None:
-        """Rank the class by `graph` from now on: its live runs are restated in the new graph,
-        and the engine re-ranks their waiting calls."""
-        self.demand.replace_graph(graph)
+    def use_graph(self, prepared: PreparedGraph) -> None:
+        """Rank the class by a prepared graph from now on: its live runs are restated in the
+        new graph, and the engine re-ranks their waiting calls."""
+        self.demand.install(prepared)
         for live in self.live:
-            if live.record.app_class == graph.name:
+            if live.record.app_class == prepared.graph.name:
                 self.engine.restate(live.record.app_id, *self._graph_position(live))
 
     # -- dispatch and results -------------------------------------------------------------------

@@ -264,7 +264,7 @@ class OpenRuns:
             return
         graph = open_class_prior(app_class, stage, backend, self.backend_kind(backend))
         self.store.save_pdgraph(graph, source="open-prior")
-        self.runs.use_graph(graph)
+        self.runs.use_graph(self.demand.prepare(graph))
 
     def backend_kind(self, backend: str) -> StageKind:
         """The kind of stage a step on `backend` is (an unknown backend's: a tool's)."""
@@ -315,7 +315,7 @@ class OpenRuns:
         if last is not None and structure_of(last[1]) == structure_of(graph):
             return {"name": graph.name, "version": last[0], "changed": False}, False
         version = self.store.save_pdgraph(graph, source=DECLARED_SOURCE)
-        self.runs.use_graph(graph)
+        self.runs.use_graph(self.demand.prepare(graph))
         return {"name": graph.name, "version": version, "changed": True}, last is None
 
     # -- the end of a run -----------------------------------------------------------------------

@@ -6,7 +6,9 @@ something newer than its last refit is refitted (`pdgraph.refit`; an open class 
 stages its runs have named, `open_apps.grow_open_graph`), the graph is saved as a snapshot, and
 the class is ranked by it from then on (`RunControl.use_graph`: the `DemandEstimator` and the
 engine's view of the live runs). An invalid refit keeps the current graph. The store reads and
-writes run in a thread, off the actor's event loop.
+writes, the refit itself and the preparing of the new graph (`DemandEstimator.prepare`: the
+Monte-Carlo draws of the states the class's runs commonly pass through, so that ranking them
+stays a look-up after the refit) run in a worker thread, off the actor's event loop.
 
 `Refitter` is a collaborator of the scheduler actor; refits are learning, not scheduling, so
 they are not counted in the scheduler's overhead. No Ray here.
@@ -18,9 +20,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection
 
-from hermesflow.pdgraph.demand import DemandEstimator
-from hermesflow.pdgraph.model import StageKind
-from hermesflow.pdgraph.refit import refit
+from hermesflow.pdgraph.demand import COMMON_STATE_RUNS, DemandEstimator, PreparedGraph
+from hermesflow.pdgraph.model import PDGraph, StageKind
+from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.schedulers.open_apps import grow_open_graph
 from hermesflow.schedulers.runtime_config import RuntimeConfig
 from hermesflow.schedulers.runtime_control import RunControl
@@ -79,9 +81,15 @@ class Refitter:
             return False
         self._refitted_at[app_class] = newest
         graph = self.demand.compiled(app_class).graph
-        if app_class not in self.program_classes:
+        prepared = await asyncio.to_thread(self._learn, graph, observations)
+        await asyncio.to_thread(self.store.save_pdgraph, prepared.graph, "refit")
+        self.runs.use_graph(prepared)
+        return True
+
+    def _learn(self, graph: PDGraph, observations: list[StageObservation]) -> PreparedGraph:
+        """The refitted graph, prepared (run in a worker thread: it reads no shared state but
+        the estimator's settings)."""
+        if graph.name not in self.program_classes:
             graph = grow_open_graph(graph, observations, self.backend_kind)
         graph = refit(graph, observations, window=self.window, min_samples=self.min_samples)
-        await asyncio.to_thread(self.store.save_pdgraph, graph, "refit")
-        self.runs.use_graph(graph)
-        return True
+        return self.demand.prepare(graph, COMMON_STATE_RUNS)

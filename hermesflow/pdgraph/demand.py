@@ -11,12 +11,21 @@ follows observed loop counts, and only up to one past the longest observed loop 
 successor choice is memoryless). So a decision is a dictionary look-up after the first time a
 state is seen, and a state's draws do not depend on the order states are asked in (each key
 seeds its own generator), which keeps simulations reproducible.
+
+The first time costs about a millisecond of Monte-Carlo per state, and it falls on a request's
+path: the admission or stage start that reaches the state. A long-running scheduler therefore
+*prepares* each graph it installs (`prepare`, then `install`): it walks sampled runs of the
+class and draws every state they pass through (its first states, each stage's start and each
+request count down to its end), ahead of the requests. Preparing reads nothing the estimator
+changes, so the Ray scheduler does it in a worker thread at start and after each refit, and
+installs the result on its event loop; the draws are the ones the first look-up would have
+made.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +36,11 @@ from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.sampler import CompiledGraph, RemainingDraws
 
 DEFAULT_DRAWS = 512
+
+COMMON_STATE_RUNS = 100
+"""Sampled runs whose states a prepared graph draws ahead (`DemandEstimator.prepare`): enough
+to reach every stage, fan-out count and loop visit a class commonly has; a state they miss is
+drawn at its first look-up, as without preparing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +58,26 @@ class GraphState:
     pending: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedGraph:
+    """A class's graph compiled, with the draws and Gittins ranks of the states its runs
+    commonly pass through, ready for `DemandEstimator.install` (module docstring)."""
+
+    compiled: CompiledGraph
+    draws: Mapping[tuple, RemainingDraws]
+    ranks: Mapping[tuple, float]
+
+    @property
+    def graph(self) -> PDGraph:
+        return self.compiled.graph
+
+
 class DemandEstimator:
     """Monte-Carlo remaining demand per PDGraph state, with cached summaries.
 
     One estimator serves every application of every class; the caller updates the graphs with
-    `replace_graph` after a refit (which drops that class's cached answers).
+    `replace_graph` after a refit, or with `prepare` and `install` to draw the class's common
+    states ahead (either drops that class's cached answers).
     """
 
     def __init__(
@@ -74,10 +103,33 @@ class DemandEstimator:
 
     def replace_graph(self, graph: PDGraph) -> None:
         """Install (or refit) a class; its cached answers are dropped."""
-        self._compiled[graph.name] = CompiledGraph(graph, self.costs)
-        self._draws = {k: v for k, v in self._draws.items() if k[0] != graph.name}
-        self._uses.pop(graph.name, None)
+        self.install(self.prepare(graph))
+
+    def prepare(self, graph: PDGraph, sample_runs: int = 0) -> PreparedGraph:
+        """`graph` compiled, with the draws and ranks of every state `sample_runs` sampled runs
+        of it pass through (none by default). Changes nothing here, so it may run in another
+        thread than the estimator's user (module docstring)."""
+        compiled = CompiledGraph(graph, self.costs)
+        draws: dict[tuple, RemainingDraws] = {}
+        ranks: dict[tuple, float] = {}
+        rng = np.random.default_rng([self.seed, zlib.crc32(graph.name.encode())])
+        for state in _common_states(compiled, sample_runs, rng):
+            key = _key(compiled, state)
+            if key not in draws:
+                draws[key] = self._draw(compiled, state, key)
+                ranks[("state", *key)] = gittins_rank(draws[key].work_s)
+        return PreparedGraph(compiled, draws, ranks)
+
+    def install(self, prepared: PreparedGraph) -> None:
+        """Rank and plan a class by a prepared graph from now on; the class's earlier cached
+        answers are dropped."""
+        name = prepared.graph.name
+        self._compiled[name] = prepared.compiled
+        self._draws = {k: v for k, v in self._draws.items() if k[0] != name}
+        self._draws.update(prepared.draws)
+        self._uses.pop(name, None)
         self.ranks = GittinsRankCache(maxsize=self._cache_size)
+        self.ranks.update(prepared.ranks)
 
     def compiled(self, app_class: str) -> CompiledGraph:
         try:
@@ -99,9 +151,7 @@ class DemandEstimator:
 
     def key(self, state: GraphState) -> tuple:
         """The canonical cache key of a state (see the module docstring)."""
-        caps = self.compiled(state.app_class).visit_caps
-        visits = tuple(min(v, cap) for v, cap in zip(state.visits, caps, strict=True))
-        return (state.app_class, state.stage, visits, state.pending)
+        return _key(self.compiled(state.app_class), state)
 
     def draws_for(self, state: GraphState) -> RemainingDraws:
         key = self.key(state)
@@ -109,12 +159,14 @@ class DemandEstimator:
         if found is None:
             if len(self._draws) >= self._cache_size:
                 self._draws.clear()
-            graph = self.compiled(state.app_class)
-            rng = np.random.default_rng([self.seed, zlib.crc32(repr(key).encode())])
-            stage = None if state.stage is None else graph.index[state.stage]
-            found = graph.remaining(stage, state.visits, state.pending, self.draws, rng)
-            self._draws[key] = found
+            found = self._draws[key] = self._draw(self.compiled(state.app_class), state, key)
         return found
+
+    def _draw(self, graph: CompiledGraph, state: GraphState, key: tuple) -> RemainingDraws:
+        """The draws of `state` (canonical `key`), from a generator seeded by the key alone."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(repr(key).encode())])
+        stage = None if state.stage is None else graph.index[state.stage]
+        return graph.remaining(stage, state.visits, state.pending, self.draws, rng)
 
     def total_demand(self, app_class: str) -> np.ndarray:
         """Draws of a whole run's backend-seconds: the class's size distribution."""
@@ -173,3 +225,22 @@ class DemandEstimator:
             first_need = self.draws_for(self.initial_state(app_class)).first_need_s
             found = self._uses[app_class] = {b: float(np.isfinite(t).mean()) for b, t in first_need.items()}
         return found
+
+
+def _key(graph: CompiledGraph, state: GraphState) -> tuple:
+    visits = tuple(min(v, cap) for v, cap in zip(state.visits, graph.visit_caps, strict=True))
+    return (state.app_class, state.stage, visits, state.pending)
+
+
+def _common_states(graph: CompiledGraph, runs: int, rng: np.random.Generator) -> Iterator[GraphState]:
+    """The states `runs` sampled runs of `graph` pass through, as the scheduler states them: the
+    run before its first stage, then at each stage start (its visits counted, the current one
+    included) with k requests pending, and after each of the k completions."""
+    name = graph.graph.name
+    for _ in range(runs):
+        visits = [0] * graph.end
+        yield GraphState(name, None, tuple(visits), 0)
+        for stage in graph.sample_run(rng).stages:
+            visits[graph.index[stage.stage]] += 1
+            for pending in range(len(stage.requests), -1, -1):
+                yield GraphState(name, stage.stage, tuple(visits), pending)

@@ -63,7 +63,7 @@ their numbers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -214,7 +214,16 @@ class GittinsRankCache:
             return self._ranks[key]
         self.misses += 1
         rank = float(fn())
+        self._store(key, rank)
+        return rank
+
+    def update(self, ranks: Mapping[Hashable, float]) -> None:
+        """Add ranks computed elsewhere (a prepared graph's), as if each had been asked for."""
+        for key, rank in ranks.items():
+            self._store(key, float(rank))
+
+    def _store(self, key: Hashable, rank: float) -> None:
         self._ranks[key] = rank
+        self._ranks.move_to_end(key)
         if len(self._ranks) > self.maxsize:
             self._ranks.popitem(last=False)
-        return rank

@@ -147,6 +147,38 @@ def test_estimator_draws_do_not_depend_on_query_order(costs: CostModel) -> None:
     assert not np.array_equal(other_seed.draws_for(states[0]).work_s, first[forward.key(states[0])])
 
 
+def test_a_prepared_graph_holds_the_draws_and_ranks_a_first_look_up_would_make(
+    costs: CostModel,
+) -> None:
+    graph = CompiledGraph(MIX["react_fever"], costs)
+    prepared_estimator = DemandEstimator(MIX, costs, draws=128, seed=3)
+    prepared = prepared_estimator.prepare(MIX["react_fever"], sample_runs=50)
+    walked = [s for plan in _runs(graph, 20, seed=5) for s in _states_along(graph, plan)]
+    assert {prepared_estimator.key(s) for s in walked} <= set(prepared.draws)
+    assert ("react_fever", None, (0,) * graph.end, 0) in prepared.draws  # before the first stage
+    prepared_estimator.install(prepared)
+    lazy = DemandEstimator(MIX, costs, draws=128, seed=3)
+    misses = prepared_estimator.ranks.misses
+    for state in walked:
+        assert prepared_estimator.draws_for(state) is prepared.draws[prepared_estimator.key(state)]
+        np.testing.assert_array_equal(
+            prepared_estimator.draws_for(state).work_s, lazy.draws_for(state).work_s
+        )
+        assert prepared_estimator.gittins(state) == lazy.gittins(state)
+    assert prepared_estimator.ranks.misses == misses  # every rank was installed, none computed
+
+
+def test_preparing_changes_nothing_until_installed(costs: CostModel) -> None:
+    estimator = DemandEstimator(MIX, costs, draws=128, seed=3)
+    state = GraphState("react_fever", None, (0,) * estimator.compiled("react_fever").end, 0)
+    before = estimator.draws_for(state)
+    changed = MIX["react_fever"].model_copy(update={"entry": dict(MIX["react_fever"].entry)})
+    prepared = estimator.prepare(changed, sample_runs=5)
+    assert estimator.draws_for(state) is before
+    assert estimator.compiled("react_fever") is not prepared.compiled
+    assert estimator.prepare(changed).draws == {}  # no sampled runs: compiled only
+
+
 def test_visits_beyond_the_cap_share_one_key(demand: DemandEstimator) -> None:
     cap = demand.compiled("react_alfw").visit_caps[0]
     observed_max = int(MIX["react_alfw"].stages["thought"].visits.values.max())

@@ -74,6 +74,9 @@ def test_a_class_is_refitted_once_per_new_window(ray_cluster, tmp_path) -> None:
             _observe(parts, run, [("thought", "llm", "thought"), ("thought", "llm", END)])
         assert await refitter.refit("react_alfw")
         assert parts.store.latest_snapshot("react_alfw", "refit") is not None
+        misses = parts.demand.ranks.misses
+        parts.demand.gittins(parts.demand.initial_state("react_alfw"))
+        assert parts.demand.ranks.misses == misses  # the refitted graph came prepared
         assert not await refitter.refit("react_alfw")  # nothing new in the window
         _observe(parts, run, [("thought", "llm", END)])
         assert await refitter.refit("react_alfw")
@@ -88,7 +91,7 @@ def test_an_open_class_grows_the_stages_it_named_and_its_live_runs_are_restated(
         parts = build_parts(tmp_path, refit_min_samples=MIN_SAMPLES)
         prior = open_class_prior("chat", "ask", "tools", StageKind.TOOL)
         parts.store.save_pdgraph(prior, source="open-prior")
-        parts.driver.use_graph(prior)
+        parts.driver.use_graph(parts.demand.prepare(prior))
         waiting = _live(parts, "waiting", "chat", {"ask": 1})
         before = len(waiting.record.state.visits)
         for index in range(MIN_SAMPLES):
