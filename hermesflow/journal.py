@@ -16,6 +16,12 @@ matters is one transaction here first:
 * `advance` records the finished step's observation and moves the run to its next step or
   finishes it — guarded by the step number, so it happens once.
 
+Results that land together are stored in one transaction (`batch`, a group commit): the
+scheduler stores every result that arrived since its last pass, then dispatches what they made
+ready. Nothing they caused is visible outside the scheduler before that commit (the next calls
+are dispatched and a waiting client answered after it), so a crash before it loses only results
+whose calls are run again, never a step stored twice.
+
 After a crash, `live_runs` gives each unfinished run with its state, its current step's calls
 and any earlier call not done yet (an open run's steps overlap): DONE calls keep their results,
 the others are queued again. Every transaction also appends the scheduling decisions it carries
@@ -166,6 +172,7 @@ class RunJournal:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._deferred: list[tuple[int, float, DecisionRow]] = []
+        self._batch: Connection | None = None
         self.busy_s = 0.0
         """Seconds spent in journal transactions (the durable share of scheduler overhead)."""
 
@@ -200,14 +207,31 @@ class RunJournal:
             return run, True
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make every write inside one transaction (module docstring: the group commit); an
+        error inside rolls all of them back. Nested batches join the outer one."""
+        if self._batch is not None:
+            yield
+            return
+        with self._transaction() as connection:
+            self._batch = connection
+            try:
+                yield
+            finally:
+                self._batch = None
+
+    @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        """A transaction that first writes the deferred dispatch marks (see `dispatch`)."""
+        """A transaction that first writes the deferred dispatch marks (see `dispatch`); inside
+        a `batch`, the batch's."""
         deferred, self._deferred = self._deferred, []
+        if self._batch is not None:
+            _mark_running(self._batch, deferred)
+            yield self._batch
+            return
         start = time.perf_counter()
         with self.store.engine.begin() as connection:
-            if deferred:
-                connection.execute(_MARK_RUNNING, [{"call_id": call_id, "at_s": at_s} for call_id, at_s, _ in deferred])
-                _insert_decisions(connection, [d for _, _, d in deferred])
+            _mark_running(connection, deferred)
             yield connection
         self.busy_s += time.perf_counter() - start
 
@@ -379,6 +403,12 @@ def _insert_decisions(connection: Connection, rows: list[DecisionRow], run_id: i
                 for r in rows
             ],
         )
+
+
+def _mark_running(connection: Connection, deferred: list[tuple[int, float, DecisionRow]]) -> None:
+    if deferred:
+        connection.execute(_MARK_RUNNING, [{"call_id": call_id, "at_s": at_s} for call_id, at_s, _ in deferred])
+        _insert_decisions(connection, [d for _, _, d in deferred])
 
 
 def _insert_calls(connection: Connection, run_id: int, step: NewStep, at_s: float) -> list[StoredCall]:

@@ -179,6 +179,8 @@ class HermesScheduler:
         self.loop.spawn(self.refitter.run())
         while True:
             await self.loop.woken()
+            self.loop.timed(self.driver.complete_landed)
+            self.loop.settle()
             self.loop.timed(self._schedule)
             self.loop.timed(self.monitor.publish_queues)
 

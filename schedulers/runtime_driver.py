@@ -3,15 +3,17 @@
 `RunDriver` tells the `SchedulingEngine` what happened to runs — one became live, a step's
 calls were stored, a call returned or its backend died — and applies the engine's dispatch
 decisions: each dispatched call is journalled, run on its `BackendSlot`, and its result stored.
-A program run's last result of a step advances the run through its `AppProgram`
-(`RunJournal.advance`: observation, completion and next step in one transaction); an open run's
-result answers the step's waiter and keeps its observation until the next step names the
-successor (`runtime_open.py`).
+Results are stored in the actor's next pass, all that landed since the last one in one journal
+transaction (`complete_landed`: a group commit), before the pass dispatches what they made
+ready. A program run's last result of a step advances the run through its `AppProgram`
+(`RunJournal.advance`: observation, completion and next step); an open run's result answers the
+step's waiter and keeps its observation until the next step names the successor
+(`runtime_open.py`).
 
 It owns the live-run registry's entries (`LiveRuns`: `new_live` adds, `_end` removes) and is
 what the actor's collaborators change runs through, typed as `RunControl`. Every entry point
-that runs on a result (`_execute`) is counted as the scheduler's overhead (`ActorLoop.timed`);
-the others are counted by their callers.
+that runs on a result (`complete_landed`, `_lost`) is counted as the scheduler's overhead
+(`ActorLoop.timed`); the others are counted by their callers.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class RunDriver:
         self.costs = costs
         self.completed_calls = 0
         """Calls whose result was stored: the denominator of the overhead per step."""
+        self._landed: list[tuple[LiveRun, StoredCall, CallResult]] = []
 
     # -- runs become live, steps begin ----------------------------------------------------------
 
@@ -228,7 +231,28 @@ class RunDriver:
             return
         except Exception as error:  # noqa: BLE001 - a failing call is a result the program sees
             result = slot.failure(error)
-        self.loop.timed(self._complete, live, stored, result)
+        self._landed.append((live, stored, result))
+        self.loop.wake()
+
+    @property
+    def results_waiting(self) -> int:
+        """Results that landed and are not stored yet (the actor's next pass stores them)."""
+        return len(self._landed)
+
+    def complete_landed(self) -> None:
+        """Account and store every result that landed since the last pass, in one journal
+        transaction (module docstring). If storing fails, none of them is stored: the error is
+        logged and counted as a failed task, as it would fail the one call's task unbatched."""
+        landed, self._landed = self._landed, []
+        if not landed:
+            return
+        try:
+            with self.journal.batch():
+                for live, stored, result in landed:
+                    self._complete(live, stored, result)
+        except Exception:  # noqa: BLE001 - the actor's loop must go on for the other runs
+            self.loop.task_failures += 1
+            log.exception("storing %d results failed", len(landed))
 
     def _lost(
         self, slot: BackendSlot, live: LiveRun, stored: StoredCall, died: BackendDied
@@ -261,7 +285,6 @@ class RunDriver:
         step's last call of a program run, stored in the same transaction) or store it alone."""
         now = time.time()
         completion = self.engine.complete(stored.id, self._work_s(stored.backend, result))
-        self.loop.wake()
         if completion is None:
             return  # the run ended meanwhile (failed)
         decision = DecisionRow(

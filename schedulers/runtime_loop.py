@@ -56,6 +56,11 @@ class ActorLoop:
         await self._wake.wait()
         self._wake.clear()
 
+    def settle(self) -> None:
+        """Take the wakes asked for so far in this pass: the pass schedules after them anyway
+        (storing a batch of results wakes the dispatcher once per result)."""
+        self._wake.clear()
+
     def timed(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run a piece of the scheduler's own work, counting it as its overhead."""
         return self.work.timed(fn, *args, **kwargs)

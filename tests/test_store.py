@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -266,3 +267,28 @@ def test_live_runs_bring_back_unfinished_calls_of_earlier_steps(store: Store) ->
         (current.id, CallPhase.QUEUED),
     ]
 
+
+
+def test_a_batch_stores_results_in_one_transaction_or_none(store: Store) -> None:
+    journal, run_id = _journal_run(store)
+    first, second, third = journal.start_step(
+        run_id, {"step": 0}, NewStep(0, "extract", "tools", [{"kind": "tool"}] * 3), 1.0
+    )
+    commits = []
+    event.listen(store.engine, "commit", commits.append)
+    decision = DecisionRow(2.0, DecisionKind.COMPLETE)
+    with journal.batch():
+        assert journal.complete(first.id, {"text": "1"}, 2.0, decision)
+        assert journal.complete(second.id, {"text": "2"}, 2.0, decision)
+        assert not journal.complete(first.id, {"text": "again"}, 2.0, decision)  # a duplicate
+    assert len(commits) == 1
+    with pytest.raises(RuntimeError), journal.batch():
+        assert journal.complete(third.id, {"text": "3"}, 3.0, decision)
+        raise RuntimeError("the scheduler failed before the batch's commit")
+    assert len(commits) == 1
+    stored = {c.id: (c.phase, c.result) for c in journal.calls(run_id)}
+    assert stored == {
+        first.id: (CallPhase.DONE, {"text": "1"}),
+        second.id: (CallPhase.DONE, {"text": "2"}),
+        third.id: (CallPhase.QUEUED, None),
+    }

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 pytest.importorskip("ray")
 
@@ -17,7 +18,7 @@ from hermesflow.pdgraph.distributions import Empirical
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
 from hermesflow.schedulers.errors import ApplicationFinished, SubmissionError
 from hermesflow.schedulers.runtime_open import OpenRuns
-from hermesflow.store import DecisionKind, RunPhase
+from hermesflow.store import CallPhase, DecisionKind, RunPhase
 
 NAP = {"kind": "tool", "tool": "sleep", "args": {"seconds": 0.01}}
 
@@ -140,5 +141,36 @@ def test_an_open_run_is_closed_once_idle_but_never_under_a_running_step(
         assert [(o.stage, o.next_stage) for o in parts.store.observations("chat", 10)] == [
             ("ask", END)
         ]
+
+    asyncio.run(scenario())
+
+
+def test_results_that_land_together_are_stored_in_one_transaction(ray_cluster, tmp_path) -> None:
+    async def scenario() -> None:
+        parts = build_parts(tmp_path)
+        runs = _open_runs(parts)
+        try:
+            await _step(parts, runs, "warm-up", "ask")  # the tool pool is warm from here on
+            futures = [
+                runs.open_step(key, "chat", "ask", NAP, "tools", None, False, False)[0]
+                for key in ("app-1", "app-2")
+            ]
+            for dispatch in parts.engine.schedule().dispatch:
+                parts.driver.start_call(dispatch)
+            async with asyncio.timeout(30):
+                while parts.driver.results_waiting < 2:
+                    await asyncio.sleep(0.01)
+            assert not any(future.done() for future in futures)  # answered after the commit
+            commits = []
+            event.listen(parts.store.engine, "commit", commits.append)
+            parts.driver.complete_landed()
+            assert len(commits) == 1 and parts.driver.results_waiting == 0
+            await asyncio.sleep(0)
+            assert all(future.done() for future in futures)
+        finally:
+            parts.release_all()
+        for key in ("app-1", "app-2"):
+            [call] = parts.journal.calls(parts.journal.run(key).id)
+            assert call.phase is CallPhase.DONE and call.result is not None
 
     asyncio.run(scenario())

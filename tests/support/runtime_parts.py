@@ -4,8 +4,9 @@ Each collaborator test builds the one collaborator it tests from these: a SQLite
 test's folder, the journal over it, a `DemandEstimator` over the shipped Hermes classes (stored
 as their priors, as the actor stores its classes), a `SchedulingEngine` with the runtime's
 policy, backend slots (real Ray actors once warmed), the live runs, the actor's loop and the
-`RunDriver`. `dispatch_until` stands in for the actor's dispatcher: the same engine pass
-(`HermesScheduler._schedule`) until a condition holds. Build them inside a running event loop.
+`RunDriver`. `dispatch_until` stands in for the actor's dispatcher: the same pass (storing the
+results that landed, then `HermesScheduler._schedule`) until a condition holds. Build them
+inside a running event loop.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Parts:
         while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not done after {timeout_s} s of dispatching")
+            self.driver.complete_landed()
             output = self.engine.schedule()
             prewarm.apply(output)
             for dispatch in output.dispatch:
