@@ -1,10 +1,10 @@
-"""What a client of open applications names and reports, as the store, the scheduler and the
-HTTP API all read it.
+"""What a client of open applications names and reports, and the states and decision kinds it
+reads back, as the store, the scheduler and the HTTP API all read them.
 
 The scheduler validates a reported task outcome and decides when a named step has ended; the
-store keeps both; the HTTP API takes and answers them. These records therefore live below the
-scheduler, not among the HTTP API's models (`hermesflow.api.models`), which sit above it and
-import from here.
+store keeps both, and the scheduler's decisions; the HTTP API takes and answers them. These
+records therefore live below the scheduler, not among the HTTP API's models
+(`hermesflow.api.models`), which sit above it and import from here.
 
 Names a client creates (application ids, step ids, class, stage and backend names) have fixed
 length limits: they are keys of the store's tables and of Airflow's ids. Pydantic only — no
@@ -60,6 +60,28 @@ class AppViewPhase(StrEnum):
 
 TERMINAL_APP_PHASES = frozenset({AppViewPhase.FINISHED, AppViewPhase.FAILED})
 """Phases an application never leaves: a client stops waiting once it sees one."""
+
+
+class DecisionKind(StrEnum):
+    """What a scheduling decision (or an event the scheduler was told of) is. One vocabulary for
+    the engine's log (`schedulers/engine.py`), the journal's `decisions` table and the events
+    API (`AppEvent.kind`); the values are what the table stores and what clients read."""
+
+    ADMIT = "admit"
+    STEP = "step"
+    QUEUE = "queue"
+    DISPATCH = "dispatch"
+    COMPLETE = "complete"
+    RETRY = "retry"
+    GIVE_UP = "give-up"
+    WARM = "warm"
+    WARMED = "warmed"
+    WARM_FAILED = "warm-failed"
+    RELEASE = "release"
+    LOST = "lost"
+    FINISH = "finish"
+    FAIL = "fail"
+    RECOVER = "recover"
 
 
 class TaskState(StrEnum):

@@ -1,22 +1,24 @@
 """The tables of the Hermesflow database and the rows read back from them.
 
 The schema apart from `store.py` (which opens the database and holds the queries), so the
-tables and their state enums can be read in one place. Tables are created by
-`Store` with `create_all`: a new table reaches an existing database by itself, a new column of
-an existing table would need a migration — so features add tables rather than columns.
+tables and their state enums can be read in one place (the decisions' `DecisionKind` and the
+tasks' `TaskState` are in `hermesflow.client_records`, since clients read them too, without
+SQLAlchemy). Tables are created by `Store` with `create_all`: a new table reaches an existing
+database by itself, a new column of an existing table would need a migration — so features add
+tables rather than columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum, auto
+from enum import IntEnum, auto
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from hermesflow.client_records import TaskState
+from hermesflow.client_records import DecisionKind, TaskState
 
 
 class RunPhase(IntEnum):
@@ -191,28 +193,6 @@ class RunRow:
     state: dict[str, Any] | None = None
     result: Any = None
     error: str | None = None
-
-
-class DecisionKind(StrEnum):
-    """What a scheduling decision (or an event the scheduler was told of) is. One vocabulary for
-    the engine's log (`schedulers/engine.py`), the journal's `decisions` table and the events
-    API; the values are what the table stores."""
-
-    ADMIT = "admit"
-    STEP = "step"
-    QUEUE = "queue"
-    DISPATCH = "dispatch"
-    COMPLETE = "complete"
-    RETRY = "retry"
-    GIVE_UP = "give-up"
-    WARM = "warm"
-    WARMED = "warmed"
-    WARM_FAILED = "warm-failed"
-    RELEASE = "release"
-    LOST = "lost"
-    FINISH = "finish"
-    FAIL = "fail"
-    RECOVER = "recover"
 
 
 TERMINAL_DECISIONS = frozenset({DecisionKind.FINISH, DecisionKind.FAIL})

@@ -42,6 +42,7 @@ import ray
 from pydantic import ValidationError
 
 from hermesflow.apps.program import AppProgram
+from hermesflow.backends.calls import CallResult
 from hermesflow.client_records import AppViewPhase
 from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.demand import COMMON_STATE_RUNS, DemandEstimator
@@ -68,6 +69,18 @@ from hermesflow.schedulers.runtime_state import (
 )
 from hermesflow.schedulers.runtime_steps import NamedSteps
 from hermesflow.store import DecisionKind, DecisionRow, Store
+from hermesflow.views import (
+    ActHistory,
+    ActorStats,
+    AppEvent,
+    AppView,
+    BackendView,
+    ClassDeclaration,
+    ClassSummary,
+    LiveAppView,
+    StepEvent,
+    StepView,
+)
 
 
 class HermesScheduler:
@@ -243,7 +256,7 @@ class HermesScheduler:
         inputs: dict[str, Any],
         key: str | None = None,
         labels: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> AppView:
         """Admit a program run; the same `key` again returns the same run."""
         await self._ready.wait()
         if key is not None and (live := self.live.by_key(key)) is not None:
@@ -265,7 +278,7 @@ class HermesScheduler:
             self.driver.admit, app_class, program, validated, transition, key, labels
         )
 
-    async def app(self, key: str) -> dict[str, Any]:
+    async def app(self, key: str) -> AppView:
         await self._ready.wait()
         live = self.live.by_key(key)
         if live is not None:
@@ -275,7 +288,7 @@ class HermesScheduler:
             raise UnknownApplication(f"no application {key!r}; submit it first")
         return view_stored(stored)
 
-    async def wait(self, key: str, timeout_s: float | None = None) -> dict[str, Any]:
+    async def wait(self, key: str, timeout_s: float | None = None) -> AppView:
         """The application's view once it has ended (or when `timeout_s` passes)."""
         await self._ready.wait()
         live = self.live.by_key(key)
@@ -286,14 +299,14 @@ class HermesScheduler:
                 pass
         return await self.app(key)
 
-    async def events(self, key: str, after: int = 0) -> list[dict[str, Any]]:
+    async def events(self, key: str, after: int = 0) -> list[AppEvent]:
         await self._ready.wait()
         stored = await asyncio.to_thread(self.journal.run, key)
         if stored is None:
             raise UnknownApplication(f"no application {key!r}; submit it first")
         events = await asyncio.to_thread(self.journal.events, stored.id, after)
         return [
-            {"id": e.id, "at_s": e.at_s, "kind": e.kind, "backend": e.backend, "detail": e.detail}
+            AppEvent(id=e.id, at_s=e.at_s, kind=e.kind, backend=e.backend, detail=e.detail)
             for e in events
         ]
 
@@ -308,8 +321,8 @@ class HermesScheduler:
         backend: str | None = None,
         labels: dict[str, Any] | None = None,
         reopen: bool = False,
-    ) -> dict[str, Any]:
-        """Run one step of an open application and return its result (JSON). With `reopen`,
+    ) -> CallResult:
+        """Run one step of an open application and return its result. With `reopen`,
         `key` names a client session: once its application has ended, the step starts the
         session's next application (`key#2`, `key#3`, ...) instead of being refused.
 
@@ -320,7 +333,7 @@ class HermesScheduler:
         future, _ = self.open_runs.open_step(
             key, app_class, stage, call, backend, labels, reopen, False, request
         )
-        return (await future).model_dump(mode="json")
+        return await future
 
     @ray.method(max_task_retries=0)
     async def stream_step(
@@ -332,8 +345,8 @@ class HermesScheduler:
         backend: str | None = None,
         labels: dict[str, Any] | None = None,
         reopen: bool = False,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Like `submit_step`, yielding `{"delta": text}` items, then `{"result": ...}`. Ray
+    ) -> AsyncIterator[StepEvent]:
+        """Like `submit_step`, yielding a `StepDelta` per piece of text, then a `StepEnd`. Ray
         must not retry it on the restarted actor after a crash: its client gets an error
         instead of a spliced answer (`runtime_open.py`)."""
         await self._ready.wait()
@@ -352,13 +365,13 @@ class HermesScheduler:
         call: dict[str, Any],
         backend: str | None = None,
         labels: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[StepView, bool]:
         """Submit step `step_id` of open application `key` without waiting for it. Returns the
         step's view and whether it was queued now (False: the step existed, nothing new runs)."""
         await self._ready.wait()
         return self.named_steps.put_step(key, step_id, app_class, stage, call, backend, labels)
 
-    async def step(self, key: str, step_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+    async def step(self, key: str, step_id: str, wait_s: float = 0.0) -> StepView:
         """Step `step_id` of application `key` as stored; with `wait_s`, once it is done or
         failed, or after `wait_s` seconds."""
         await self._ready.wait()
@@ -371,41 +384,41 @@ class HermesScheduler:
 
     async def finish_app(
         self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
-    ) -> dict[str, Any]:
+    ) -> AppView:
         """End an open application, `finished` or `failed` (`OpenRuns.finish_app`)."""
         await self._ready.wait()
         return self.open_runs.finish_app(key, state, error)
 
-    async def declare_graph(self, name: str, graph: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def declare_graph(
+        self, name: str, graph: dict[str, Any]
+    ) -> tuple[ClassDeclaration, bool]:
         """Declare the PDGraph of open class `name` (`OpenRuns.declare_graph`)."""
         await self._ready.wait()
         return self.open_runs.declare_graph(name, graph)
 
     # -- what the scheduler shows of itself (`SchedulerMonitor`) ---------------------------------
 
-    async def graph(self, app_class: str) -> dict[str, Any]:
-        return self.demand.compiled(app_class).graph.model_dump(mode="json")
+    async def graph(self, app_class: str) -> PDGraph:
+        return self.demand.compiled(app_class).graph
 
-    async def live_apps(
-        self, app_class: str | None = None, limit: int = 200
-    ) -> list[dict[str, Any]]:
+    async def live_apps(self, app_class: str | None = None, limit: int = 200) -> list[LiveAppView]:
         await self._ready.wait()
         return self.monitor.live_apps(app_class, limit)
 
-    async def class_summaries(self) -> list[dict[str, Any]]:
+    async def class_summaries(self) -> list[ClassSummary]:
         await self._ready.wait()
         return await self.monitor.class_summaries()
 
     async def act_history(
         self, window_s: float = 86400.0, buckets: int = 24, app_class: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ActHistory:
         await self._ready.wait()
         return await self.monitor.act_history(window_s, buckets, app_class)
 
-    async def backends(self) -> list[dict[str, Any]]:
+    async def backends(self) -> list[BackendView]:
         return self.monitor.backends()
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> ActorStats:
         return self.monitor.stats()
 
     # -- processes -------------------------------------------------------------------------------

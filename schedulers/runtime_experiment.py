@@ -43,6 +43,7 @@ from hermesflow.schedulers.runtime_results import (
 )
 from hermesflow.schedulers.workload import poisson_arrivals
 from hermesflow.store import Store
+from hermesflow.views import BackendViewPhase
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,7 @@ def run_experiment(
         for app in apps:
             time.sleep(max(0.0, start + app.at_s - time.time()))
             try:
-                submitted.append(ray.get(handle.submit.remote(app.app_class, app.inputs))["app_id"])
+                submitted.append(ray.get(handle.submit.remote(app.app_class, app.inputs)).app_id)
             except (SubmissionError, RayError) as error:
                 submitted.append(not_admitted(app.app_class, _message(error)))
         keys = [k for k in submitted if isinstance(k, str)]
@@ -184,7 +185,7 @@ def run_experiment(
         waited_s = time.time() - waited_from
         makespan = time.time() - start
         stats = ray.get(handle.stats.remote())
-        warmups = {b["name"]: b["warmup_s"] for b in ray.get(handle.backends.remote())}
+        warmups = {b.name: b.warmup_s for b in ray.get(handle.backends.remote())}
     finally:
         ray.get(handle.shutdown.remote())
         ray.kill(handle, no_restart=True)
@@ -193,8 +194,8 @@ def run_experiment(
     outcomes = [k if isinstance(k, AppOutcome) else outcome_of(runs[k], waited_s) for k in submitted]
     span_s = apps[-1].at_s if apps else 0.0
     return RuntimeResult(
-        stats["policy"], stats["planner"], outcomes, stats["overhead_ms_per_step"],
-        stats["overhead_wall_ms_per_step"], stats["journal_ms_per_step"], stats["completed_calls"],
+        stats.policy, stats.planner, outcomes, stats.overhead_ms_per_step,
+        stats.overhead_wall_ms_per_step, stats.journal_ms_per_step, stats.completed_calls,
         makespan, warmups, db_url, _engine_load(config, db_url, span_s, start, start + makespan),
     )
 
@@ -238,10 +239,10 @@ def _message(error: Exception) -> str:
 def _wait_warm(handle: Any, names: Sequence[str], timeout_s: float) -> None:
     deadline = time.time() + timeout_s
     while True:
-        phases = {b["name"]: b for b in ray.get(handle.backends.remote())}
-        if all(phases[n]["phase"] == "warm" for n in names):
+        views = {b.name: b for b in ray.get(handle.backends.remote())}
+        if all(views[n].phase is BackendViewPhase.WARM for n in names):
             return
-        errors = [f"{n}: {phases[n]['last_error']}" for n in names if phases[n]["last_error"]]
+        errors = [f"{n}: {views[n].last_error}" for n in names if views[n].last_error]
         if errors or time.time() > deadline:
             raise ExperimentError(
                 f"the pinned backends did not warm up, so no application was submitted: {errors or names}"

@@ -34,12 +34,25 @@ from hermesflow.journal import RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.schedulers.engine import SchedulingEngine
 from hermesflow.schedulers.errors import SubmissionError
-from hermesflow.schedulers.interface import AppPhase, Policy, RequestRecord
+from hermesflow.schedulers.interface import Policy, RequestRecord
 from hermesflow.schedulers.metrics import SchedulerMetrics, ray_dashboard_url
 from hermesflow.schedulers.prewarm import PrewarmPlanner
 from hermesflow.schedulers.runtime_loop import ActorLoop
-from hermesflow.schedulers.runtime_state import LiveRun, LiveRuns, request_of
+from hermesflow.schedulers.runtime_state import LiveRun, LiveRuns, live_phase, request_of
 from hermesflow.store import FinishedAct, RunPhase, Store
+from hermesflow.views import (
+    ActHistory,
+    ActorStats,
+    ActPoint,
+    ActSeries,
+    ActTotal,
+    BackendView,
+    BackendViewPhase,
+    ClassKind,
+    ClassSummary,
+    LiveAppView,
+    RemainingEstimate,
+)
 
 if TYPE_CHECKING:
     from hermesflow.schedulers.runtime_backends import BackendSlot
@@ -90,7 +103,7 @@ class SchedulerMonitor:
 
     # -- live applications ----------------------------------------------------------------------
 
-    def live_apps(self, app_class: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def live_apps(self, app_class: str | None = None, limit: int = 200) -> list[LiveAppView]:
         """The live applications in the order the policy serves them; at most `limit`,
         optionally of one class (positions stay those among all live applications)."""
         if limit < 1:
@@ -131,7 +144,7 @@ class SchedulerMonitor:
         except KeyError:  # a policy with per-application state (vtc) that never saw this run
             return None
 
-    def _remaining(self, live: LiveRun) -> dict[str, float] | None:
+    def _remaining(self, live: LiveRun) -> RemainingEstimate | None:
         """Remaining backend-seconds from the class's PDGraph given the run's current state."""
         state = live.record.state
         if state.app_class not in self.demand.classes:
@@ -140,10 +153,10 @@ class SchedulerMonitor:
         if work.size == 0:
             return None
         low, high = np.quantile(work, [(1 - REMAINING_LEVEL) / 2, (1 + REMAINING_LEVEL) / 2])
-        estimate = {"mean": float(work.mean()), "low": float(low), "high": float(high)}
-        if not all(math.isfinite(v) for v in estimate.values()):
+        mean = float(work.mean())
+        if not all(math.isfinite(v) for v in (mean, low, high)):
             return None
-        return estimate | {"level": REMAINING_LEVEL}
+        return RemainingEstimate(mean=mean, low=float(low), high=float(high), level=REMAINING_LEVEL)
 
     def _live_view(
         self,
@@ -152,29 +165,29 @@ class SchedulerMonitor:
         rank: float | None,
         position: int,
         now: float,
-    ) -> dict[str, Any]:
+    ) -> LiveAppView:
         record = live.record
         running = sum(1 for c in self._pending_calls(live) if self.engine.is_running(c.id))
-        return {
-            "app_id": live.key,
-            "app_class": record.app_class,
-            "phase": "running" if record.phase is AppPhase.RUNNING else "admitted",
-            "stage": live.plan.stage if live.plan is not None else None,
-            "backend": live.plan.backend if live.plan is not None else None,
-            "submitted_at": record.arrival_s,
-            "elapsed_s": max(now - record.arrival_s, 0.0),
-            "attained_s": record.attained_s,
-            "policy": self.policy.name,
-            "rank": rank if rank is not None and math.isfinite(rank) else None,
-            "position": position,
-            "remaining_s": self._remaining(live),
-            "queued_calls": len(queued),
-            "running_calls": running,
-        }
+        return LiveAppView(
+            app_id=live.key,
+            app_class=record.app_class,
+            phase=live_phase(live),
+            stage=live.plan.stage if live.plan is not None else None,
+            backend=live.plan.backend if live.plan is not None else None,
+            submitted_at=record.arrival_s,
+            elapsed_s=max(now - record.arrival_s, 0.0),
+            attained_s=record.attained_s,
+            policy=self.policy.name,
+            rank=rank if rank is not None and math.isfinite(rank) else None,
+            position=position,
+            remaining_s=self._remaining(live),
+            queued_calls=len(queued),
+            running_calls=running,
+        )
 
     # -- classes and history --------------------------------------------------------------------
 
-    async def class_summaries(self) -> list[dict[str, Any]]:
+    async def class_summaries(self) -> list[ClassSummary]:
         """Every class the scheduler ranks, with its graph's stored version and run counts."""
         snapshots = await asyncio.to_thread(self.store.class_snapshots)
         finished = await asyncio.to_thread(self.store.run_counts, RunPhase.FINISHED)
@@ -183,20 +196,20 @@ class SchedulerMonitor:
         for name in sorted(self.demand.classes):
             version, source = snapshots.get(name, (None, None))
             summaries.append(
-                {
-                    "name": name,
-                    "kind": "program" if name in self.program_classes else "open",
-                    "version": version,
-                    "source": source,
-                    "live_apps": live[name],
-                    "finished_runs": finished.get(name, 0),
-                }
+                ClassSummary(
+                    name=name,
+                    kind=ClassKind.PROGRAM if name in self.program_classes else ClassKind.OPEN,
+                    version=version,
+                    source=source,
+                    live_apps=live[name],
+                    finished_runs=finished.get(name, 0),
+                )
             )
         return summaries
 
     async def act_history(
         self, window_s: float = 86400.0, buckets: int = 24, app_class: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ActHistory:
         """Completion times of the runs that finished in the last `window_s` seconds, per
         policy, in `buckets` equal time buckets (see `act_history`)."""
         if window_s <= 0 or buckets < 1:
@@ -209,47 +222,47 @@ class SchedulerMonitor:
 
     # -- backends and counters ------------------------------------------------------------------
 
-    def backends(self) -> list[dict[str, Any]]:
+    def backends(self) -> list[BackendView]:
         """Each backend: its state in the engine, and what its slot knows of its actor."""
         views = []
         for name, slot in self.slots.items():
             state = self.engine.backends[name]
             views.append(
-                {
-                    "name": name,
-                    "type": slot.spec.type,
-                    "phase": state.phase.name.lower(),
-                    "pinned": name in self.pinned,
-                    "warmup_s": state.warmup_s,
-                    "capacity": state.capacity,
-                    "in_flight": state.in_flight,
-                    "queued": len(self.engine.queues[name]),
-                    "last_error": slot.last_error,
-                    "warm_since": None if math.isinf(state.warm_since_s) else state.warm_since_s,
-                    "warmups": slot.warmups,
-                    "last_warmup_s": slot.last_warmup_s,
-                }
+                BackendView(
+                    name=name,
+                    type=slot.spec.type,
+                    phase=BackendViewPhase(state.phase.name.lower()),
+                    pinned=name in self.pinned,
+                    warmup_s=state.warmup_s,
+                    capacity=state.capacity,
+                    in_flight=state.in_flight,
+                    queued=len(self.engine.queues[name]),
+                    last_error=slot.last_error,
+                    warm_since=None if math.isinf(state.warm_since_s) else state.warm_since_s,
+                    warmups=slot.warmups,
+                    last_warmup_s=slot.last_warmup_s,
+                )
             )
         return views
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ActorStats:
         """Counters for benchmarks: the scheduler's own time per completed call — CPU time
         (`overhead_ms_per_step`), wall time, and the wall time of journal transactions — and
         where the cluster's Ray dashboard is."""
         completed, work = self.completed_calls(), self.loop.work
-        return {
-            "policy": self.policy.name,
-            "planner": self.planner.name,
-            "live_apps": len(self.live),
-            "completed_calls": completed,
-            "busy_s": work.wall_s,
-            "overhead_ms_per_step": 1e3 * work.cpu_s / max(completed, 1),
-            "overhead_wall_ms_per_step": 1e3 * work.wall_s / max(completed, 1),
-            "journal_ms_per_step": 1e3 * self.journal.busy_s / max(completed, 1),
-            "classes": list(self.demand.classes),
-            "task_failures": self.loop.task_failures,
-            "ray_dashboard_url": ray_dashboard_url(),
-        }
+        return ActorStats(
+            policy=self.policy.name,
+            planner=self.planner.name,
+            live_apps=len(self.live),
+            completed_calls=completed,
+            busy_s=work.wall_s,
+            overhead_ms_per_step=1e3 * work.cpu_s / max(completed, 1),
+            overhead_wall_ms_per_step=1e3 * work.wall_s / max(completed, 1),
+            journal_ms_per_step=1e3 * self.journal.busy_s / max(completed, 1),
+            classes=list(self.demand.classes),
+            task_failures=self.loop.task_failures,
+            ray_dashboard_url=ray_dashboard_url(),
+        )
 
     # -- Ray metrics ----------------------------------------------------------------------------
 
@@ -265,8 +278,8 @@ class SchedulerMonitor:
 
 def act_history(
     rows: Iterable[FinishedAct], now: float, window_s: float, buckets: int
-) -> dict[str, Any]:
-    """The `ActHistory` document of `rows` (finished runs) over [now - window_s, now]: bucket i
+) -> ActHistory:
+    """The `ActHistory` of `rows` (finished runs) over [now - window_s, now]: bucket i
     covers [start_i, start_i + bucket_s) with start_i = now - window_s + i * bucket_s (the last
     one also `now` itself); each policy's series has every bucket, empty ones with `runs: 0`.
     Rows outside the window are ignored."""
@@ -282,15 +295,18 @@ def act_history(
     series, totals = [], []
     for policy, per_bucket in sorted(acts.items()):
         points = [
-            {"start": start + i * bucket_s, **_summary(values)}
+            ActPoint(start=start + i * bucket_s, **_summary(values))
             for i, values in enumerate(per_bucket)
         ]
-        series.append({"policy": policy, "points": points})
-        totals.append({"policy": policy, **_summary([a for values in per_bucket for a in values])})
-    return {"window_s": window_s, "bucket_s": bucket_s, "series": series, "totals": totals}
+        series.append(ActSeries(policy=policy, points=points))
+        every = [act for values in per_bucket for act in values]
+        totals.append(ActTotal(policy=policy, **_summary(every)))
+    return ActHistory(window_s=window_s, bucket_s=bucket_s, series=series, totals=totals)
 
 
 def _summary(acts: Sequence[float]) -> dict[str, Any]:
+    """The fields `ActPoint` and `ActTotal` share: how many runs, their mean and 95th
+    percentile (None without runs)."""
     if not acts:
         return {"runs": 0, "mean_s": None, "p95_s": None}
     return {

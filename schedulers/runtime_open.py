@@ -48,7 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from hermesflow.apps.program import StepPlan
 from hermesflow.backends.call_checks import LLM_BACKEND_TYPES, check_call
-from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
+from hermesflow.backends.calls import Call, CallRefused, LLMCall
 from hermesflow.client_records import TERMINAL_APP_PHASES, AppViewPhase
 from hermesflow.journal import ClientStepRow, RunJournal, StoredCall
 from hermesflow.pdgraph.demand import DemandEstimator
@@ -72,6 +72,7 @@ from hermesflow.schedulers.runtime_state import (
     view_stored,
 )
 from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunRow, Store
+from hermesflow.views import AppView, ClassDeclaration, StepDelta, StepEnd, StepEvent
 
 if TYPE_CHECKING:
     from hermesflow.schedulers.runtime_backends import BackendSlot
@@ -164,10 +165,10 @@ class OpenRuns:
         if live is not None and (waiter := live.waiters.get(step.call.id)) is not None:
             return waiter
         answer, view = _waiter(), view_step(key, run, step)
-        if view["result"] is None:
-            answer.set_exception(RunFailed(view["error"]))
+        if view.result is None:
+            answer.set_exception(RunFailed(view.error))
         else:
-            answer.set_result(CallResult.model_validate(view["result"]))
+            answer.set_result(view.result)
         return answer
 
     def parse_step(self, stage: str, call: dict[str, Any], backend: str | None) -> tuple[Call, str]:
@@ -276,7 +277,7 @@ class OpenRuns:
 
     # -- graphs ---------------------------------------------------------------------------------
 
-    def declare_graph(self, name: str, graph: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def declare_graph(self, name: str, graph: dict[str, Any]) -> tuple[ClassDeclaration, bool]:
         """Declare the PDGraph of open class `name` (e.g. an Airflow DAG's compiled graph): its
         runs are ranked over it from now on, and the background refit learns from there. The
         same structure as the class's last declaration again changes nothing, so the learned
@@ -310,19 +311,19 @@ class OpenRuns:
                 "backend to the scheduler's configuration"
             )
 
-    def _declare(self, graph: PDGraph) -> tuple[dict[str, Any], bool]:
+    def _declare(self, graph: PDGraph) -> tuple[ClassDeclaration, bool]:
         last = self.store.latest_snapshot(graph.name, DECLARED_SOURCE)
         if last is not None and structure_of(last[1]) == structure_of(graph):
-            return {"name": graph.name, "version": last[0], "changed": False}, False
+            return ClassDeclaration(name=graph.name, version=last[0], changed=False), False
         version = self.store.save_pdgraph(graph, source=DECLARED_SOURCE)
         self.runs.use_graph(self.demand.prepare(graph))
-        return {"name": graph.name, "version": version, "changed": True}, last is None
+        return ClassDeclaration(name=graph.name, version=version, changed=True), last is None
 
     # -- the end of a run -----------------------------------------------------------------------
 
     def finish_app(
         self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
-    ) -> dict[str, Any]:
+    ) -> AppView:
         """End an open application. `finished`: its client has no more steps (refused while a
         step runs). `failed`: its client failed (an Airflow DAG run did); it ends at once,
         stored FAILED with `error`, and its steps still in flight fail with it."""
@@ -392,19 +393,19 @@ class OpenRuns:
         self.runs.begin_step(live, plan, pending)
 
 
-async def relay(future: asyncio.Future, sink: asyncio.Queue) -> AsyncIterator[dict[str, Any]]:
-    """A streamed step's items: `{"delta": text}` as the backend sends them, then
-    `{"result": ...}` once the step is done."""
+async def relay(future: asyncio.Future, sink: asyncio.Queue) -> AsyncIterator[StepEvent]:
+    """A streamed step's events: a `StepDelta` for each piece of text as the backend sends it,
+    then a `StepEnd` with the result once the step is done."""
     while True:
         getter = asyncio.ensure_future(sink.get())
         done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
         if getter in done:
-            yield {"delta": getter.result()}
+            yield StepDelta(delta=getter.result())
             continue
         getter.cancel()
         while not sink.empty():
-            yield {"delta": sink.get_nowait()}
-        yield {"result": future.result().model_dump(mode="json")}
+            yield StepDelta(delta=sink.get_nowait())
+        yield StepEnd(result=future.result())
         return
 
 

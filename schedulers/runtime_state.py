@@ -3,7 +3,8 @@
 No Ray here: `LiveRun` is plain state the actor keeps per live application, `RunState` the part
 of it the journal stores with the run (what a restarted scheduler resumes from), `LiveRuns` the
 registry of them that the actor's driver and its collaborators share (`runtime_driver.py`,
-`runtime_open.py`, ...); the views are the JSON the control API and the Airflow provider read.
+`runtime_open.py`, ...); the views (`hermesflow.views` models) are what the actor answers its
+clients with: the control API and the Airflow provider read them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hermesflow.journal import ClientStepRow, NewStep, StoredCall
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.schedulers.interface import AppPhase, AppRecord, RequestRecord
 from hermesflow.store import CallPhase, RunPhase, RunRow
+from hermesflow.views import AppView, LiveAppPhase, StepView
 
 _OPTIONAL_PARTS = ("plan", "program")
 """The parts of a `RunState` that only some runs have, left out of the stored JSON without."""
@@ -180,45 +182,43 @@ def load_program(app_class: str, path: str) -> AppProgram:
     )
 
 
-def view_live(live: LiveRun) -> dict[str, Any]:
+def live_phase(live: LiveRun) -> LiveAppPhase:
+    """Where a live run is, as a client reads it: running once a step of it has started."""
+    return AppViewPhase.RUNNING if live.record.phase is AppPhase.RUNNING else AppViewPhase.ADMITTED
+
+
+def view_live(live: LiveRun) -> AppView:
     """What a client sees of a live run."""
-    return {
-        "app_id": live.key,
-        "app_class": live.record.app_class,
-        "phase": AppViewPhase.RUNNING
-        if live.record.phase is AppPhase.RUNNING
-        else AppViewPhase.ADMITTED,
-        "submitted_at": live.record.arrival_s,
-        "finished_at": None,
-        "act_s": None,
-        "cold_start_s": live.state.cold_s,
-        "attained_s": live.record.attained_s,
-        "stage": live.plan.stage if live.plan else None,
-        "step": live.state.step,
-        "result": None,
-        "error": None,
-    }
+    return AppView(
+        app_id=live.key,
+        app_class=live.record.app_class,
+        phase=live_phase(live),
+        submitted_at=live.record.arrival_s,
+        cold_start_s=live.state.cold_s,
+        attained_s=live.record.attained_s,
+        stage=live.plan.stage if live.plan else None,
+        step=live.state.step,
+    )
 
 
-def view_stored(run: RunRow) -> dict[str, Any]:
+def view_stored(run: RunRow) -> AppView:
     """What a client sees of a stored (ended or not yet loaded) run."""
-    return {
-        "app_id": run.key,
-        "app_class": run.app_class,
-        "phase": AppViewPhase(run.phase.name.lower()),
-        "submitted_at": run.submitted_s,
-        "finished_at": run.finished_s,
-        "act_s": run.act_s,
-        "cold_start_s": run.cold_start_s,
-        "attained_s": run.attained_s,
-        "stage": None,
-        "step": (run.state or {}).get("step"),
-        "result": run.result,
-        "error": run.error,
-    }
+    return AppView(
+        app_id=run.key,
+        app_class=run.app_class,
+        phase=AppViewPhase(run.phase.name.lower()),
+        submitted_at=run.submitted_s,
+        finished_at=run.finished_s,
+        act_s=run.act_s,
+        cold_start_s=run.cold_start_s,
+        attained_s=run.attained_s,
+        step=(run.state or {}).get("step"),
+        result=run.result,
+        error=run.error,
+    )
 
 
-def view_step(key: str, run: RunRow, step: ClientStepRow) -> dict[str, Any]:
+def view_step(key: str, run: RunRow, step: ClientStepRow) -> StepView:
     """What a client sees of one of its named steps, from the store: a call that ended with an
     error failed, and so did a call its application ended without."""
     call, result, error = step.call, None, None
@@ -230,15 +230,15 @@ def view_step(key: str, run: RunRow, step: ClientStepRow) -> dict[str, Any]:
         state, error = StepState.FAILED, run.error or f"application {key!r} ended before this step ran"
     else:
         state = StepState.RUNNING if call.phase is CallPhase.RUNNING else StepState.QUEUED
-    return {
-        "app_id": key,
-        "step_id": step.step_id,
-        "stage": call.stage,
-        "state": state,
-        "attempt": step.attempt,
-        "result": None if result is None else result.model_dump(mode="json"),
-        "error": error,
-    }
+    return StepView(
+        app_id=key,
+        step_id=step.step_id,
+        stage=call.stage,
+        state=state,
+        attempt=step.attempt,
+        result=result,
+        error=error,
+    )
 
 
 def new_step(

@@ -27,13 +27,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from hermesflow.backends.calls import Call
-from hermesflow.client_records import TERMINAL_STEP_STATES, StepState, TaskOutcome
+from hermesflow.client_records import StepState, TaskOutcome
 from hermesflow.journal import ClientStepRow, RunJournal
 from hermesflow.schedulers.errors import SubmissionError, UnknownApplication, UnknownStep
 from hermesflow.schedulers.runtime_loop import ActorLoop
 from hermesflow.schedulers.runtime_open import OpenRuns
 from hermesflow.schedulers.runtime_state import LiveRuns, view_step
 from hermesflow.store import RunRow, Store, TaskOutcomeRow
+from hermesflow.views import StepView
 
 
 class NamedSteps:
@@ -62,7 +63,7 @@ class NamedSteps:
         call: dict[str, Any],
         backend: str | None = None,
         labels: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[StepView, bool]:
         """Submit step `step_id` of open application `key` without waiting for it. Returns the
         step's view and whether it was queued now (False: the step existed, nothing new runs)."""
         parsed, backend = self.open_runs.parse_step(stage, call, backend)
@@ -79,24 +80,24 @@ class NamedSteps:
         call: Call,
         backend: str,
         labels: dict[str, Any] | None,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[StepView, bool]:
         # one synchronous piece: a concurrent submission of the same name cannot interleave
         attempt = 1
         found = self.journal.client_step(key, step_id)
         if found is not None and found[1] is not None:
             view = view_step(key, *found)
-            if view["state"] is not StepState.FAILED:
+            if view.state is not StepState.FAILED:
                 return view, False
             attempt = found[1].attempt + 1
         self.open_runs.admit(key, app_class, stage, call, backend, labels, False, step_id, attempt)
         return view_step(key, *self.journal.client_step(key, step_id)), True
 
-    async def step(self, key: str, step_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+    async def step(self, key: str, step_id: str, wait_s: float = 0.0) -> StepView:
         """Step `step_id` of application `key` as stored; with `wait_s`, once it is done or
         failed, or after `wait_s` seconds."""
         run, found = await self._find_step(key, step_id)
         view = view_step(key, run, found)
-        if wait_s <= 0 or view["state"] in TERMINAL_STEP_STATES:
+        if wait_s <= 0 or view.ended:
             return view
         live = self.live.by_key(key)
         waiter = None if live is None else live.waiters.get(found.call.id)

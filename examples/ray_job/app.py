@@ -17,6 +17,7 @@ import uuid
 
 import ray
 
+from hermesflow.client_records import AppViewPhase
 from hermesflow.schedulers.runtime import get_scheduler
 
 RUNS: list[tuple[str, dict]] = [
@@ -40,6 +41,8 @@ RUNS: list[tuple[str, dict]] = [
     ),
 ]
 """(class, inputs): small runs of the reference suite, two LLM calls at most each."""
+VIEW_FIELDS = {"app_id", "app_class", "phase", "act_s", "result", "error"}
+"""What is printed of each run's `AppView` (the scheduler answers with the model)."""
 
 
 def main() -> int:
@@ -52,7 +55,7 @@ def main() -> int:
     scheduler = get_scheduler(args.scheduler)
     batch = uuid.uuid4().hex[:8]
     keys = [
-        ray.get(scheduler.submit.remote(app_class, inputs, key=f"job-{batch}-{i}"))["app_id"]
+        ray.get(scheduler.submit.remote(app_class, inputs, key=f"job-{batch}-{i}")).app_id
         for i, (app_class, inputs) in enumerate(RUNS)
     ]
     print(f"submitted {len(keys)} applications: {', '.join(keys)}", flush=True)
@@ -62,13 +65,8 @@ def main() -> int:
         ray.get(scheduler.wait.remote(key, max(deadline - time.monotonic(), 0.1))) for key in keys
     ]
     for view in views:
-        print(
-            json.dumps(
-                {k: view[k] for k in ("app_id", "app_class", "phase", "act_s", "result", "error")}
-            ),
-            flush=True,
-        )
-    finished = sum(v["phase"] == "finished" for v in views)
+        print(json.dumps(view.model_dump(mode="json", include=VIEW_FIELDS)), flush=True)
+    finished = sum(view.phase is AppViewPhase.FINISHED for view in views)
     print(f"{finished}/{len(views)} applications finished", flush=True)
     return 0 if finished == len(views) else 1
 

@@ -21,6 +21,7 @@ from programs import program as tighten
 from dags.map_reduce_program import program as map_reduce
 from hermesflow.apps.semantic import SemanticProgram
 from hermesflow.apps.suite import suite_backends
+from hermesflow.client_records import AppViewPhase
 from hermesflow.schedulers.runtime import start_scheduler
 from hermesflow.schedulers.runtime_config import RuntimeConfig
 
@@ -90,7 +91,7 @@ def main() -> int:
             except TimeoutError as error:
                 print(json.dumps({"app_id": run.app_id, "error": str(error)}), flush=True)
                 continue
-            if view.phase == "finished":
+            if view.phase is AppViewPhase.FINISHED:
                 finished.append(run.app_id)
             print(view.model_dump_json(include=VIEW_FIELDS), flush=True)
         if runs[0].app_id in finished:

@@ -2,16 +2,17 @@
 errors.
 
 Every route goes through `SchedulerProxy`, whose methods mirror the scheduler's public surface
-(`hermesflow.schedulers.scheduler_api.SchedulerApi`) with the same names and parameters, take
-the API's models where the actor takes JSON, and validate the actor's answers into them. It is
-the one place that turns the scheduler's answers into HTTP: a `SubmissionError` (the scheduler
-refusing a submission; Ray delivers it wrapped in a `RayTaskError`, the original is its
-`cause`) becomes 422 — or 404 when the call names an application or step that does not exist,
-or 409 when it sends a step to an application that has ended; any other Ray error (a dead or
-restarting scheduler actor) becomes 503; a run that failed (`RunFailed`, whose message the
-scheduler writes for clients) becomes 502, and so does any other error, told as its type and
-an incident id: its text (a remote traceback with paths, pids and actor ids) goes to the API's
-log only.
+(`hermesflow.schedulers.scheduler_api.SchedulerApi`) with the same names, parameters and
+answers, and take the API's models where the actor takes JSON. The actor answers with the API's
+models already (`hermesflow.views`), built and validated in the scheduler, so they are returned
+as they arrive, not validated a second time. It is the one place that turns the scheduler's
+errors into HTTP: a `SubmissionError` (the scheduler refusing a submission; Ray delivers it
+wrapped in a `RayTaskError`, the original is its `cause`) becomes 422 — or 404 when the call
+names an application or step that does not exist, or 409 when it sends a step to an
+application that has ended; any other Ray error (a dead or restarting scheduler actor) becomes
+503; a run that failed (`RunFailed`, whose message the scheduler writes for clients) becomes
+502, and so does any other error, told as its type and an incident id: its text (a remote
+traceback with paths, pids and actor ids) goes to the API's log only.
 """
 
 from __future__ import annotations
@@ -23,23 +24,24 @@ from typing import Any
 from ray.exceptions import RayError, RayTaskError
 
 from hermesflow.api.errors import ApiError
-from hermesflow.api.models.control import (
-    AppEvent,
-    AppView,
-    BackendView,
-    ClassDeclaration,
-    SchedulerStats,
-    StepDelta,
-    StepEnd,
-    StepEvent,
-    StepView,
-)
-from hermesflow.api.models.monitor import ActHistory, ClassSummary, LiveAppView
 from hermesflow.backends.calls import Call, CallResult
 from hermesflow.client_records import AppViewPhase, TaskOutcome
 from hermesflow.incidents import original, report
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.schedulers.errors import ApplicationFinished, RunFailed, SubmissionError
+from hermesflow.views import (
+    ActHistory,
+    ActorStats,
+    AppEvent,
+    AppView,
+    BackendView,
+    ClassDeclaration,
+    ClassSummary,
+    LiveAppView,
+    StepEnd,
+    StepEvent,
+    StepView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +88,9 @@ def _json(call: Call) -> JSON:
     return call.model_dump(mode="json")
 
 
-def _step_event(item: JSON) -> StepEvent:
-    return StepDelta.model_validate(item) if "delta" in item else StepEnd.model_validate(item)
-
-
 class SchedulerProxy:
-    """The scheduler actor's public methods (`SchedulerApi`), awaited, answered as the API's
-    models, with errors mapped by `to_api_error` (module docstring). A parameter the routes
+    """The scheduler actor's public methods (`SchedulerApi`), awaited, with errors mapped by
+    `to_api_error` (module docstring). A parameter the routes
     always pass has no default here: the scheduler's own default is its business."""
 
     def __init__(self, handle: Any) -> None:
@@ -114,19 +112,16 @@ class SchedulerProxy:
         key: str | None = None,
         labels: JSON | None = None,
     ) -> AppView:
-        answer = await self._call(self.handle.submit, app_class, inputs, key, labels)
-        return AppView.model_validate(answer)
+        return await self._call(self.handle.submit, app_class, inputs, key, labels)
 
     async def app(self, key: str) -> AppView:
-        return AppView.model_validate(await self._call(self.handle.app, key, missing_app=True))
+        return await self._call(self.handle.app, key, missing_app=True)
 
     async def wait(self, key: str, timeout_s: float | None) -> AppView:
-        answer = await self._call(self.handle.wait, key, timeout_s, missing_app=True)
-        return AppView.model_validate(answer)
+        return await self._call(self.handle.wait, key, timeout_s, missing_app=True)
 
     async def events(self, key: str, after: int) -> list[AppEvent]:
-        answer = await self._call(self.handle.events, key, after, missing_app=True)
-        return [AppEvent.model_validate(event) for event in answer]
+        return await self._call(self.handle.events, key, after, missing_app=True)
 
     # -- open applications ----------------------------------------------------------------------
 
@@ -140,10 +135,9 @@ class SchedulerProxy:
         labels: JSON | None = None,
         reopen: bool = False,
     ) -> CallResult:
-        answer = await self._call(
+        return await self._call(
             self.handle.submit_step, key, app_class, stage, _json(call), backend, labels, reopen
         )
-        return CallResult.model_validate(answer)
 
     async def stream_step(
         self,
@@ -181,7 +175,7 @@ class SchedulerProxy:
     async def _next(generator: Any) -> StepEvent | None:
         try:
             ref = await generator.__anext__()
-            return _step_event(await ref)
+            return await ref
         except StopAsyncIteration:
             return None
         except RayError as error:
@@ -197,13 +191,12 @@ class SchedulerProxy:
         backend: str | None = None,
         labels: JSON | None = None,
     ) -> tuple[StepView, bool]:
-        view, created = await self._call(
+        return await self._call(
             self.handle.put_step, key, step_id, app_class, stage, _json(call), backend, labels
         )
-        return StepView.model_validate(view), created
 
     async def step(self, key: str, step_id: str, wait_s: float) -> StepView:
-        return StepView.model_validate(await self._call(self.handle.step, key, step_id, wait_s))
+        return await self._call(self.handle.step, key, step_id, wait_s)
 
     async def record_task(self, key: str, outcome: TaskOutcome) -> bool:
         """Whether the outcome was new (False: it had been recorded before)."""
@@ -213,35 +206,31 @@ class SchedulerProxy:
     async def finish_app(
         self, key: str, state: AppViewPhase = AppViewPhase.FINISHED, error: str | None = None
     ) -> AppView:
-        return AppView.model_validate(await self._call(self.handle.finish_app, key, state, error))
+        return await self._call(self.handle.finish_app, key, state, error)
 
     # -- classes --------------------------------------------------------------------------------
 
     async def graph(self, app_class: str) -> PDGraph:
-        return PDGraph.model_validate(await self._call(self.handle.graph, app_class))
+        return await self._call(self.handle.graph, app_class)
 
     async def declare_graph(self, name: str, graph: PDGraph) -> tuple[ClassDeclaration, bool]:
-        declaration, first = await self._call(
-            self.handle.declare_graph, name, graph.model_dump(mode="json")
-        )
-        return ClassDeclaration.model_validate(declaration), first
+        return await self._call(self.handle.declare_graph, name, graph.model_dump(mode="json"))
 
     # -- backends and monitoring ----------------------------------------------------------------
 
     async def backends(self) -> list[BackendView]:
-        return [BackendView.model_validate(b) for b in await self._call(self.handle.backends)]
+        return await self._call(self.handle.backends)
 
-    async def stats(self) -> SchedulerStats:
-        return SchedulerStats.model_validate(await self._call(self.handle.stats))
+    async def stats(self) -> ActorStats:
+        """The scheduler's counters; the route's response model (`SchedulerStats`) publishes
+        those it declares (`ActorStats`)."""
+        return await self._call(self.handle.stats)
 
     async def live_apps(self, app_class: str | None, limit: int) -> list[LiveAppView]:
-        answer = await self._call(self.handle.live_apps, app_class, limit)
-        return [LiveAppView.model_validate(app) for app in answer]
+        return await self._call(self.handle.live_apps, app_class, limit)
 
     async def class_summaries(self) -> list[ClassSummary]:
-        answer = await self._call(self.handle.class_summaries)
-        return [ClassSummary.model_validate(summary) for summary in answer]
+        return await self._call(self.handle.class_summaries)
 
     async def act_history(self, window_s: float, buckets: int, app_class: str | None) -> ActHistory:
-        answer = await self._call(self.handle.act_history, window_s, buckets, app_class)
-        return ActHistory.model_validate(answer)
+        return await self._call(self.handle.act_history, window_s, buckets, app_class)

@@ -33,7 +33,8 @@ class SchedulerClient(Protocol):
 
 
 class ActorClient:
-    """The scheduler actor (`hermesflow.schedulers.runtime.get_scheduler()`), for in-cluster code."""
+    """The scheduler actor (`hermesflow.schedulers.runtime.get_scheduler()`), for in-cluster code;
+    it answers with `AppView`s itself."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -41,14 +42,12 @@ class ActorClient:
     def submit(self, app_class: str, inputs: dict[str, Any], app_id: str | None) -> AppView:
         import ray  # only in-cluster callers have (and need) Ray
 
-        return AppView.model_validate(
-            ray.get(self.handle.submit.remote(app_class, inputs, key=app_id))
-        )
+        return ray.get(self.handle.submit.remote(app_class, inputs, key=app_id))
 
     def wait(self, app_id: str, timeout_s: float) -> AppView:
         import ray
 
-        return AppView.model_validate(ray.get(self.handle.wait.remote(app_id, timeout_s)))
+        return ray.get(self.handle.wait.remote(app_id, timeout_s))
 
 
 class HttpClient:

@@ -14,6 +14,7 @@ ray = pytest.importorskip("ray")
 from hermesflow.apps.code_gen import CodeGenInputs, CodeGenTestLoop  # noqa: E402
 from hermesflow.apps.suite import program_paths, suite_backends  # noqa: E402
 from hermesflow.apps.suite_steps import CODE_BACKEND  # noqa: E402
+from hermesflow.client_records import AppViewPhase  # noqa: E402
 from hermesflow.pdgraph.model import LLM_BACKEND  # noqa: E402
 from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
@@ -49,11 +50,11 @@ def test_a_code_gen_application_completes_with_its_tests_run_in_the_sandbox(
     )
     handle = start_scheduler(config, name=f"code-gen-{uuid.uuid4().hex[:8]}")
     try:
-        app_id = ray.get(handle.submit.remote(app_class, inputs.model_dump(mode="json")))["app_id"]
+        app_id = ray.get(handle.submit.remote(app_class, inputs.model_dump(mode="json"))).app_id
         view = ray.get(handle.wait.remote(app_id, APP_TIMEOUT_S))
     finally:
         ray.get(handle.shutdown.remote())
         ray.kill(handle, no_restart=True)
-    assert view["phase"] == "finished", view
-    assert view["result"]["tries"] == 1
-    assert view["result"]["passed"] is True, view["result"]["feedback"]
+    assert view.phase is AppViewPhase.FINISHED, view
+    assert view.result["tries"] == 1
+    assert view.result["passed"] is True, view.result["feedback"]

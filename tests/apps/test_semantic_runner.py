@@ -391,12 +391,12 @@ def test_map_reduce_runs_on_the_ray_runtime_and_its_class_is_learned(served: Ser
     assert 0 < observations[1].output_tokens[0] <= 96
 
     deadline = time.monotonic() + 30
-    while (graph := ray.get(served.scheduler.graph.remote(map_reduce.app_class)))["stages"][
-        "summarize"
-    ]["fanout"]["samples"] != [2.0]:
+    while (
+        graph := ray.get(served.scheduler.graph.remote(map_reduce.app_class))
+    ).stages["summarize"].fanout.samples != (2.0,):
         assert time.monotonic() < deadline, f"the class was never refitted from the run: {graph}"
         time.sleep(0.5)
-    assert set(graph["stages"]) == {"summarize", "combine"} and graph["entry"] == {"summarize": 1.0}
+    assert set(graph.stages) == {"summarize", "combine"} and graph.entry == {"summarize": 1.0}
 
 
 def test_map_reduce_runs_through_the_http_api(

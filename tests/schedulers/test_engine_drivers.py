@@ -30,6 +30,7 @@ import ray  # noqa: E402
 from support.runtime_programs import SleepChain  # noqa: E402
 
 from hermesflow.backends.base import BackendSpec  # noqa: E402
+from hermesflow.client_records import AppViewPhase  # noqa: E402
 from hermesflow.pdgraph.costs import CostModel  # noqa: E402
 from hermesflow.pdgraph.demand import DemandEstimator  # noqa: E402
 from hermesflow.pdgraph.sampler import PlannedRequest, PlannedStage, RunPlan  # noqa: E402
@@ -134,7 +135,7 @@ def test_the_simulator_and_the_ray_actor_decide_the_same_trace_alike(ray_cluster
         keys = []
         for _ in range(APPS):
             inputs = {"steps": STEPS, "seconds": CALL_S}
-            keys.append(ray.get(handle.submit.remote("sleep_chain", inputs))["app_id"])
+            keys.append(ray.get(handle.submit.remote("sleep_chain", inputs)).app_id)
             time.sleep(GAP_S)
 
         # the first call's completion is stored at once, and the second call starts with it
@@ -142,7 +143,7 @@ def test_the_simulator_and_the_ray_actor_decide_the_same_trace_alike(ray_cluster
         time.sleep(CALL_S / 2)
         os.kill(ray.get(handle.backend_pid.remote(BACKEND)), signal.SIGKILL)
         views = [ray.get(handle.wait.remote(key, 60)) for key in keys]
-        assert [v["phase"] for v in views] == ["finished"] * APPS
+        assert [v.phase for v in views] == [AppViewPhase.FINISHED] * APPS
         _wait(lambda: any(r.kind == "release" for r in store.decisions()), 30, "the release")
         assert _journaled(store.decisions()) == expected
     finally:

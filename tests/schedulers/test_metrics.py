@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ray = pytest.importorskip("ray")
 
 from hermesflow.backends.base import BackendSpec  # noqa: E402
+from hermesflow.client_records import StepState  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
 from hermesflow.schedulers.metrics import ray_dashboard_url  # noqa: E402
@@ -96,8 +97,8 @@ def _put(handle: Any, key: str, seconds: float) -> None:
 
 
 def _running(handle: Any, key: str) -> bool:
-    views = {v["app_id"]: v for v in ray.get(handle.live_apps.remote(APP_CLASS))}
-    return views.get(key, {}).get("running_calls") == 1
+    views = {v.app_id: v for v in ray.get(handle.live_apps.remote(APP_CLASS))}
+    return key in views and views[key].running_calls == 1
 
 
 def test_queue_rank_live_and_completion_metrics_reach_the_prometheus_export(metered) -> None:
@@ -111,7 +112,7 @@ def test_queue_rank_live_and_completion_metrics_reach_the_prometheus_export(mete
         time.sleep(0.05)
     _put(handle, first, 0.1)
     _put(handle, second, 0.1)
-    ranks = [v["rank"] for v in ray.get(handle.live_apps.remote(APP_CLASS)) if v["queued_calls"]]
+    ranks = [v.rank for v in ray.get(handle.live_apps.remote(APP_CLASS)) if v.queued_calls]
     assert len(ranks) == 2
 
     busy = _until(
@@ -126,7 +127,7 @@ def test_queue_rank_live_and_completion_metrics_reach_the_prometheus_export(mete
     assert busy[("ray_hermesflow_warmup_seconds_count", backend)] == 1
 
     for key in (blocker, first, second):
-        assert ray.get(handle.step.remote(key, "work", 30.0))["state"] == "done"
+        assert ray.get(handle.step.remote(key, "work", 30.0)).state is StepState.DONE
         ray.get(handle.finish_app.remote(key))
     finished = _label(app_class=APP_CLASS, policy="gittins")
     idle = _until(

@@ -12,6 +12,7 @@ pytest.importorskip("ray")
 
 from support.runtime_parts import Parts, build_parts
 
+from hermesflow.client_records import StepState
 from hermesflow.schedulers.errors import UnknownApplication, UnknownStep
 from hermesflow.schedulers.runtime_steps import NamedSteps
 
@@ -29,7 +30,7 @@ def test_a_named_step_runs_once_however_often_it_is_put(ray_cluster, tmp_path) -
         steps = _named_steps(parts)
         first, queued = steps.put_step("dag-run", "task-a", "dag", "a", NAP, "tools")
         again, queued_again = steps.put_step("dag-run", "task-a", "dag", "a", NAP, "tools")
-        assert (first["state"], queued) == ("queued", True)
+        assert (first.state, queued) == (StepState.QUEUED, True)
         assert (again, queued_again) == (first, False)
         live = parts.live.by_key("dag-run")
         try:
@@ -37,7 +38,7 @@ def test_a_named_step_runs_once_however_often_it_is_put(ray_cluster, tmp_path) -
         finally:
             parts.release_all()
         done = await steps.step("dag-run", "task-a", wait_s=1.0)
-        assert (done["state"], done["attempt"], done["error"]) == ("done", 1, None)
+        assert (done.state, done.attempt, done.error) == (StepState.DONE, 1, None)
         run = parts.journal.run("dag-run")
         assert len(parts.journal.calls(run.id)) == 1
         assert steps.put_step("dag-run", "task-a", "dag", "a", NAP, "tools") == (done, False)

@@ -14,11 +14,13 @@ pytest.importorskip("ray")
 
 from support.runtime_parts import Parts, build_parts
 
+from hermesflow.client_records import AppViewPhase
 from hermesflow.pdgraph.distributions import Empirical
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
 from hermesflow.schedulers.errors import ApplicationFinished, SubmissionError
 from hermesflow.schedulers.runtime_open import OpenRuns
 from hermesflow.store import CallPhase, DecisionKind, RunPhase
+from hermesflow.views import ClassDeclaration
 
 NAP = {"kind": "tool", "tool": "sleep", "args": {"seconds": 0.01}}
 
@@ -47,7 +49,7 @@ def test_each_step_is_observed_with_the_stage_the_next_one_names(ray_cluster, tm
             view = runs.finish_app("app-1")
         finally:
             parts.release_all()
-        assert view["phase"] == "finished"
+        assert view.phase is AppViewPhase.FINISHED
         observed = parts.store.observations("chat", 10)
         assert [(o.stage, o.next_stage, o.step) for o in observed] == [
             ("ask", "answer", 0),
@@ -108,12 +110,12 @@ def test_the_same_declaration_again_keeps_the_graph_and_a_changed_one_replaces_i
         first, is_first = runs.declare_graph("dag", graph(("a", "b")))
         again, is_first_again = runs.declare_graph("dag", graph(("a", "b")))
         changed, _ = runs.declare_graph("dag", graph(("a", "b", "c")))
-        assert (first["changed"], is_first) == (True, True)
+        assert (first.changed, is_first) == (True, True)
         assert (again, is_first_again) == (
-            {"name": "dag", "version": first["version"], "changed": False},
+            ClassDeclaration(name="dag", version=first.version, changed=False),
             False,
         )
-        assert changed["changed"] and changed["version"] > first["version"]
+        assert changed.changed and changed.version > first.version
         assert set(parts.demand.compiled("dag").graph.stages) == {"a", "b", "c"}
         with pytest.raises(SubmissionError, match="names must match"):
             runs.declare_graph("other", graph(("a",)))

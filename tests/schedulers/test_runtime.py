@@ -21,6 +21,7 @@ from support.serving import serving, wait_warm  # noqa: E402
 
 from hermesflow.apps.map_reduce import MapReduceSummarizer  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
+from hermesflow.client_records import AppViewPhase, StepState  # noqa: E402
 from hermesflow.journal import RunJournal, StoredCall  # noqa: E402
 from hermesflow.pdgraph.distributions import Empirical  # noqa: E402
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind  # noqa: E402
@@ -30,6 +31,7 @@ from hermesflow.schedulers.runtime import start_scheduler  # noqa: E402
 from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
 from hermesflow.schedulers.runtime_state import load_program  # noqa: E402
 from hermesflow.store import CallPhase, Store  # noqa: E402
+from hermesflow.views import AppView, ClassDeclaration  # noqa: E402
 
 T = TypeVar("T")
 TOOLS = BackendSpec(name="tools", type="python-tools", options={"workers": 4}, expected_warmup_s=2.0)
@@ -58,10 +60,10 @@ def scheduler(ray_cluster, tmp_path):
 
 def _submit(handle, steps: int, seconds: float, key: str | None = None, fanout: int = 1) -> str:
     inputs = {"steps": steps, "seconds": seconds, "fanout": fanout}
-    return ray.get(handle.submit.remote("sleep_chain", inputs, key))["app_id"]
+    return ray.get(handle.submit.remote("sleep_chain", inputs, key)).app_id
 
 
-def _wait_all(handle, keys, timeout_s: float = 60.0) -> list[dict]:
+def _wait_all(handle, keys, timeout_s: float = 60.0) -> list[AppView]:
     deadline = time.time() + timeout_s
     views = []
     for key in keys:
@@ -73,9 +75,9 @@ def test_runs_complete_with_their_results_observations_and_decisions(scheduler):
     handle, db_url, _ = scheduler
     keys = [_submit(handle, steps=3, seconds=0.05, fanout=2) for _ in range(4)]
     views = _wait_all(handle, keys)
-    assert [v["phase"] for v in views] == ["finished"] * 4
-    assert all(v["result"] == {"steps": 3, "calls": 2} for v in views)
-    assert all(v["act_s"] > 0 and v["attained_s"] > 0 for v in views)
+    assert [v.phase for v in views] == [AppViewPhase.FINISHED] * 4
+    assert all(v.result == {"steps": 3, "calls": 2} for v in views)
+    assert all(v.act_s > 0 and v.attained_s > 0 for v in views)
     store = Store(db_url)
     journal = RunJournal(store)
     run = journal.run(keys[0])
@@ -94,8 +96,8 @@ def test_same_key_is_one_run(scheduler):
     handle, _, _ = scheduler
     first = ray.get(handle.submit.remote("sleep_chain", {"steps": 1, "seconds": 0.0}, "same-key"))
     again = ray.get(handle.submit.remote("sleep_chain", {"steps": 5, "seconds": 0.0}, "same-key"))
-    assert first["app_id"] == again["app_id"] == "same-key"
-    assert ray.get(handle.wait.remote("same-key", 30))["result"]["steps"] == 1
+    assert first.app_id == again.app_id == "same-key"
+    assert ray.get(handle.wait.remote("same-key", 30)).result["steps"] == 1
 
 
 @pytest.mark.parametrize(
@@ -117,9 +119,9 @@ def test_open_application_steps_run_as_one_application(scheduler):
     call = {"kind": "tool", "tool": "calculator", "args": {"expression": "6*7"}}
     first = ray.get(handle.submit_step.remote("open-1", "notebook", "calc", call, "tools"))
     second = ray.get(handle.submit_step.remote("open-1", "notebook", "calc", call, "tools"))
-    assert first["value"] == second["value"] == 42
+    assert first.value == second.value == 42
     view = ray.get(handle.finish_app.remote("open-1"))
-    assert view["phase"] == "finished"
+    assert view.phase is AppViewPhase.FINISHED
     observations = Store(db_url).observations("notebook", limit=10)
     assert [o.next_stage for o in observations] == ["calc", "__end__"]
     with pytest.raises(SubmissionError, match="has finished"):
@@ -133,9 +135,9 @@ def test_a_session_key_reopens_as_its_next_application(scheduler):
     ray.get(handle.finish_app.remote("session"))
     ray.get(handle.submit_step.remote("session", "notebook", "calc", call, "tools", None, True))
     ray.get(handle.submit_step.remote("session", "notebook", "calc", call, "tools", None, True))
-    assert ray.get(handle.app.remote("session"))["phase"] == "finished"
-    assert ray.get(handle.app.remote("session#2"))["phase"] == "running"
-    assert ray.get(handle.app.remote("session#2"))["step"] == 1
+    assert ray.get(handle.app.remote("session")).phase is AppViewPhase.FINISHED
+    assert ray.get(handle.app.remote("session#2")).phase is AppViewPhase.RUNNING
+    assert ray.get(handle.app.remote("session#2")).step == 1
 
 
 def test_an_open_class_grows_a_stage_per_new_name_while_its_runs_go_on(scheduler):
@@ -144,15 +146,15 @@ def test_an_open_class_grows_a_stage_per_new_name_while_its_runs_go_on(scheduler
     for stage in ("plan", "act") * 4:
         ray.get(handle.submit_step.remote("grower", "growing", stage, call, "tools"))
     deadline = time.time() + 30
-    while "act" not in ray.get(handle.graph.remote("growing"))["stages"]:
+    while "act" not in ray.get(handle.graph.remote("growing")).stages:
         assert time.time() < deadline, "the open class never learned its second stage"
         time.sleep(0.5)
     # the live run is restated in the grown graph and keeps being served
-    assert ray.get(handle.submit_step.remote("grower", "growing", "act", call, "tools"))["value"] == 6
-    assert ray.get(handle.submit_step.remote("other", "growing", "plan", call, "tools"))["value"] == 6
-    assert set(ray.get(handle.graph.remote("growing"))["stages"]["act"]["next"]) <= {"plan", "act", "__end__"}
+    assert ray.get(handle.submit_step.remote("grower", "growing", "act", call, "tools")).value == 6
+    assert ray.get(handle.submit_step.remote("other", "growing", "plan", call, "tools")).value == 6
+    assert set(ray.get(handle.graph.remote("growing")).stages["act"].next) <= {"plan", "act", "__end__"}
     time.sleep(2.5)  # the planner timer has looked at the live runs since the graph grew
-    assert ray.get(handle.stats.remote())["task_failures"] == 0
+    assert ray.get(handle.stats.remote()).task_failures == 0
 
 
 def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(scheduler):
@@ -161,8 +163,8 @@ def test_killed_scheduler_restarts_and_every_run_completes_exactly_once(schedule
     time.sleep(1.5)  # some steps done, some running, some queued
     ray.kill(handle, no_restart=False)
     views = _wait_all(handle, keys, timeout_s=90)
-    assert [v["phase"] for v in views] == ["finished"] * 6
-    assert all(v["result"]["steps"] == 4 for v in views)
+    assert [v.phase for v in views] == [AppViewPhase.FINISHED] * 6
+    assert all(v.result["steps"] == 4 for v in views)
     journal = RunJournal(Store(db_url))
     for key in keys:
         run = journal.run(key)
@@ -282,7 +284,7 @@ def test_killed_scheduler_process_runs_program_runs_and_session_requests_exactly
         # the cut stream's request too: it runs in the restarted scheduler, unheard
         _until(lambda: _sessions_done(journal), "a session's request never ran after the restart")
         assert ray.get(handle.pid.remote()) != pid
-    assert [v["phase"] for v in views] == ["finished"] * 3
+    assert [v.phase for v in views] == [AppViewPhase.FINISHED] * 3
     for key in programs:
         run = journal.run(key)
         calls = [(c.step, c.phase) for c in journal.calls(run.id)]
@@ -321,8 +323,8 @@ def test_recovered_runs_regain_their_per_application_policy_state(ray_cluster, t
         time.sleep(1.0)  # some steps done, some queued
         ray.kill(handle, no_restart=False)
         views = _wait_all(handle, keys, timeout_s=90)
-        assert [v["phase"] for v in views] == ["finished"] * 3
-        assert ray.get(handle.stats.remote())["task_failures"] == 0
+        assert [v.phase for v in views] == [AppViewPhase.FINISHED] * 3
+        assert ray.get(handle.stats.remote()).task_failures == 0
     finally:
         ray.get(handle.shutdown.remote())
         ray.kill(handle, no_restart=True)
@@ -338,7 +340,7 @@ def test_backend_that_dies_mid_step_is_restarted_and_the_step_retried_once(sched
     time.sleep(0.5)
     os.kill(pid, signal.SIGKILL)
     view = ray.get(handle.wait.remote(key, 60))
-    assert view["phase"] == "finished" and view["result"] == {"steps": 1, "calls": 1}
+    assert view.phase is AppViewPhase.FINISHED and view.result == {"steps": 1, "calls": 1}
     journal = RunJournal(Store(db_url))
     run = journal.run(key)
     [call] = journal.calls(run.id)
@@ -398,10 +400,10 @@ def _declare_etl(handle) -> None:
         stages={"extract": _tool_stage({"transform": 1.0}), "transform": _tool_stage({END: 1.0})},
     )
     declaration, first = ray.get(handle.declare_graph.remote("etl", graph.model_dump(mode="json")))
-    assert first and declaration == {"name": "etl", "version": 1, "changed": True}
+    assert first and declaration == ClassDeclaration(name="etl", version=1, changed=True)
 
 
-def _refitted(handle, db_url: str, learned: Callable[[dict], bool]) -> dict:
+def _refitted(handle, db_url: str, learned: Callable[[PDGraph], bool]) -> PDGraph:
     """The class's graph once a background refit has replaced the declared one and `learned`
     holds of it: a refit that ran between two runs saw only the first (the refit is eventual,
     on its own timer)."""
@@ -412,7 +414,7 @@ def _refitted(handle, db_url: str, learned: Callable[[dict], bool]) -> dict:
             break
         assert time.time() < deadline, f"no refit learned the runs; the class's graph: {graph}"
         time.sleep(0.5)
-    assert ray.get(handle.stats.remote())["task_failures"] == 0
+    assert ray.get(handle.stats.remote()).task_failures == 0
     return graph
 
 
@@ -427,11 +429,11 @@ def test_a_declared_class_is_refitted_from_steps_that_loop_on_a_stage(scheduler)
         key = f"etl:run-{run}"
         for stage in ("extract", "transform", "transform", "transform"):
             result = ray.get(handle.submit_step.remote(key, "etl", stage, CALCULATE, "tools"))
-            assert result["value"] == 6
+            assert result.value == 6
         ray.get(handle.finish_app.remote(key))
-    learned = _refitted(handle, db_url, lambda graph: "transform" in graph["stages"]["transform"]["next"])
-    assert learned["stages"]["transform"]["next"] == pytest.approx({"transform": 2 / 3, END: 1 / 3})
-    assert learned["stages"]["extract"]["next"] == {"transform": 1.0}  # 3 runs: below min_samples
+    learned = _refitted(handle, db_url, lambda graph: "transform" in graph.stages["transform"].next)
+    assert learned.stages["transform"].next == pytest.approx({"transform": 2 / 3, END: 1 / 3})
+    assert learned.stages["extract"].next == {"transform": 1.0}  # 3 runs: below min_samples
     assert Store(db_url).latest_snapshot("etl", "declared")[0] == 1
     assert Store(db_url).latest_snapshot("etl", "open-prior") is None  # no vague prior, ever
 
@@ -446,10 +448,10 @@ def test_a_declared_class_is_refitted_from_overlapping_steps_of_a_stage(schedule
         names = [f"transform[{index}]" for index in range(3)]
         for name in names:
             ray.get(handle.put_step.remote(key, name, "etl", "transform", CALCULATE, "tools"))
-        assert [ray.get(handle.step.remote(key, n, 30))["state"] for n in names] == ["done"] * 3
+        assert [ray.get(handle.step.remote(key, n, 30)).state for n in names] == [StepState.DONE] * 3
         ray.get(handle.finish_app.remote(key))
-    learned = _refitted(handle, db_url, lambda graph: graph["stages"]["transform"]["visits"] is not None)
+    learned = _refitted(handle, db_url, lambda graph: graph.stages["transform"].visits is not None)
     # whether a map index ends before the next one arrives is timing: it reads as a loop or not
-    assert END in learned["stages"]["transform"]["next"]
-    assert set(learned["stages"]["transform"]["next"]) <= {"transform", END}
-    assert learned["stages"]["transform"]["visits"]["samples"] == [3.0, 3.0]
+    assert END in learned.stages["transform"].next
+    assert set(learned.stages["transform"].next) <= {"transform", END}
+    assert learned.stages["transform"].visits.samples == (3.0, 3.0)

@@ -12,10 +12,20 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hermesflow.client_records import AppViewPhase, StepState
 from hermesflow.pdgraph.distributions import Empirical
 from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
 from hermesflow.schedulers.runtime_monitor import UNKNOWN_POLICY, act_history
 from hermesflow.store import FinishedAct, RunPhase, Store
+from hermesflow.views import (
+    ActHistory,
+    ActPoint,
+    BackendViewPhase,
+    ClassKind,
+    ClassSummary,
+    LiveAppView,
+    StepView,
+)
 
 SHORT_S = (0.1, 0.2, 0.3)
 LONG_S = (40.0, 50.0, 60.0)
@@ -47,27 +57,23 @@ def test_act_history_buckets_each_policy_over_the_window() -> None:
         FinishedAct(None, now - 150, 1.0),
     ]
     history = act_history(rows, now, window_s=600.0, buckets=6)
-    assert (history["window_s"], history["bucket_s"]) == (600.0, 100.0)
-    assert [s["policy"] for s in history["series"]] == ["fcfs", "gittins", UNKNOWN_POLICY]
-    gittins = history["series"][1]["points"]
-    assert [p["start"] for p in gittins] == [now - 600 + 100 * i for i in range(6)]
-    assert [p["runs"] for p in gittins] == [1, 0, 0, 0, 0, 2]
-    assert gittins[1] == {"start": now - 500, "runs": 0, "mean_s": None, "p95_s": None}
-    assert gittins[5]["mean_s"] == 5.0 and gittins[5]["p95_s"] == pytest.approx(5.9)
-    totals = {t["policy"]: t for t in history["totals"]}
-    assert totals["gittins"] == {
-        "policy": "gittins",
-        "runs": 3,
-        "mean_s": 4.0,
-        "p95_s": pytest.approx(float(np.percentile([2.0, 4.0, 6.0], 95))),
-    }
-    assert totals["fcfs"]["runs"] == 1 and totals["fcfs"]["mean_s"] == 9.0
-    assert totals[UNKNOWN_POLICY]["runs"] == 1
+    assert (history.window_s, history.bucket_s) == (600.0, 100.0)
+    assert [s.policy for s in history.series] == ["fcfs", "gittins", UNKNOWN_POLICY]
+    gittins = history.series[1].points
+    assert [p.start for p in gittins] == [now - 600 + 100 * i for i in range(6)]
+    assert [p.runs for p in gittins] == [1, 0, 0, 0, 0, 2]
+    assert gittins[1] == ActPoint(start=now - 500, runs=0, mean_s=None, p95_s=None)
+    assert gittins[5].mean_s == 5.0 and gittins[5].p95_s == pytest.approx(5.9)
+    totals = {t.policy: t for t in history.totals}
+    assert (totals["gittins"].runs, totals["gittins"].mean_s) == (3, 4.0)
+    assert totals["gittins"].p95_s == pytest.approx(float(np.percentile([2.0, 4.0, 6.0], 95)))
+    assert totals["fcfs"].runs == 1 and totals["fcfs"].mean_s == 9.0
+    assert totals[UNKNOWN_POLICY].runs == 1
 
 
 def test_act_history_of_no_runs_is_empty() -> None:
     history = act_history([], 0.0, window_s=60.0, buckets=3)
-    assert history == {"window_s": 60.0, "bucket_s": 20.0, "series": [], "totals": []}
+    assert history == ActHistory(window_s=60.0, bucket_s=20.0, series=[], totals=[])
 
 
 # -- store queries (SQLite and PostgreSQL) -------------------------------------------------------
@@ -145,19 +151,19 @@ def _put(handle, key: str, app_class: str, seconds: float, step_id: str = "work"
     ray.get(handle.put_step.remote(key, step_id, app_class, "work", _nap(seconds), "tools"))
 
 
-def _done(handle, key: str, step_id: str = "work") -> dict[str, Any]:
+def _done(handle, key: str, step_id: str = "work") -> StepView:
     step = ray.get(handle.step.remote(key, step_id, 30.0))
-    assert step["state"] == "done", step
+    assert step.state is StepState.DONE, step
     return step
 
 
-def _views(handle, **query) -> dict[str, dict[str, Any]]:
-    return {view["app_id"]: view for view in ray.get(handle.live_apps.remote(**query))}
+def _views(handle, **query) -> dict[str, LiveAppView]:
+    return {view.app_id: view for view in ray.get(handle.live_apps.remote(**query))}
 
 
 def _until_running(handle, key: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while _views(handle).get(key, {}).get("running_calls") != 1:
+    while (view := _views(handle).get(key)) is None or view.running_calls != 1:
         assert time.monotonic() < deadline, f"{key} never started running"
         time.sleep(0.05)
 
@@ -176,22 +182,22 @@ def test_live_apps_are_in_the_policy_order_with_the_keys_the_queue_dispatches_by
     _put(handle, short, "short", 0.1)
     ordered = ray.get(handle.live_apps.remote())
     asked_s = time.time()
-    assert [v["position"] for v in ordered] == list(range(1, len(ordered) + 1))
-    views = {v["app_id"]: v for v in ordered}
-    assert views[short]["position"] < views[long]["position"]
-    assert views[short]["rank"] < views[long]["rank"]
-    assert all(v["policy"] == "gittins" and v["phase"] == "running" for v in views.values())
-    assert (views[short]["queued_calls"], views[short]["running_calls"]) == (1, 0)
-    assert (views[blocker]["queued_calls"], views[blocker]["running_calls"]) == (0, 1)
-    assert (views[long]["stage"], views[long]["backend"]) == ("work", "tools")
+    assert [v.position for v in ordered] == list(range(1, len(ordered) + 1))
+    views = {v.app_id: v for v in ordered}
+    assert views[short].position < views[long].position
+    assert views[short].rank < views[long].rank
+    assert all(v.policy == "gittins" and v.phase is AppViewPhase.RUNNING for v in views.values())
+    assert (views[short].queued_calls, views[short].running_calls) == (1, 0)
+    assert (views[blocker].queued_calls, views[blocker].running_calls) == (0, 1)
+    assert (views[long].stage, views[long].backend) == ("work", "tools")
     for key, (least, most) in ((short, (0.1, 0.3)), (long, (40.0, 60.0))):
-        remaining = views[key]["remaining_s"]
-        assert least <= remaining["low"] <= remaining["mean"] <= remaining["high"] <= most
-        assert remaining["level"] == 0.8
+        remaining = views[key].remaining_s
+        assert least <= remaining.low <= remaining.mean <= remaining.high <= most
+        assert remaining.level == 0.8
     # elapsed since admission, read between this test's put and its read of the views
-    assert 0.0 < views[long]["elapsed_s"] <= asked_s - queued_s
-    assert views[blocker]["elapsed_s"] > views[long]["elapsed_s"]  # same clock, admitted earlier
-    assert views[long]["attained_s"] == 0.0
+    assert 0.0 < views[long].elapsed_s <= asked_s - queued_s
+    assert views[blocker].elapsed_s > views[long].elapsed_s  # same clock, admitted earlier
+    assert views[long].attained_s == 0.0
 
     for key in (blocker, long, short):
         _done(handle, key)
@@ -202,7 +208,7 @@ def test_live_apps_are_in_the_policy_order_with_the_keys_the_queue_dispatches_by
         dispatched[key] = event
     assert dispatched[short].at_s < dispatched[long].at_s  # served in the listed order
     for key in (long, short):  # the rank shown is the key the dispatch used
-        assert dispatched[key].detail["rank"] == views[key]["rank"]
+        assert dispatched[key].detail["rank"] == views[key].rank
     for key in (blocker, long, short):
         ray.get(handle.finish_app.remote(key))
 
@@ -216,10 +222,10 @@ def test_filtering_by_class_keeps_positions_among_all_live_apps(monitored) -> No
     _put(handle, short, "short", 0.1)
     everything = _views(handle)
     only_long = ray.get(handle.live_apps.remote("long"))
-    assert [v["app_id"] for v in only_long] == [long]
-    assert only_long[0]["position"] == everything[long]["position"]
+    assert [v.app_id for v in only_long] == [long]
+    assert only_long[0].position == everything[long].position
     first = ray.get(handle.live_apps.remote(None, 1))
-    assert len(first) == 1 and first[0]["position"] == 1
+    assert len(first) == 1 and first[0].position == 1
     for key in (blocker, long, short):
         _done(handle, key)
         ray.get(handle.finish_app.remote(key))
@@ -234,17 +240,12 @@ def test_class_summaries_count_live_and_finished_runs(monitored) -> None:
         _put(handle, key, name, 0.05)
         _done(handle, key)
     ray.get(handle.finish_app.remote(ended))
-    summaries = {s["name"]: s for s in ray.get(handle.class_summaries.remote())}
-    assert summaries[name] == {
-        "name": name,
-        "kind": "open",
-        "version": 1,
-        "source": "declared",
-        "live_apps": 1,
-        "finished_runs": 1,
-    }
+    summaries = {s.name: s for s in ray.get(handle.class_summaries.remote())}
+    assert summaries[name] == ClassSummary(
+        name=name, kind=ClassKind.OPEN, version=1, source="declared", live_apps=1, finished_runs=1
+    )
     program = summaries["sleep_chain"]
-    assert (program["kind"], program["version"], program["source"]) == ("program", 1, "prior")
+    assert (program.kind, program.version, program.source) == (ClassKind.PROGRAM, 1, "prior")
     assert list(summaries) == sorted(summaries)
     ray.get(handle.finish_app.remote(live))
 
@@ -261,20 +262,20 @@ def test_act_history_of_the_runs_that_finished(monitored) -> None:
     history = ray.get(handle.act_history.remote(3600.0, 6, name))
     journal = RunJournal(Store(db_url))
     acts = [journal.run(key).act_s for key in keys]
-    assert history["bucket_s"] == 600.0
-    (series,) = history["series"]
-    assert series["policy"] == "gittins" and [p["runs"] for p in series["points"]] == [0] * 5 + [3]
-    (total,) = history["totals"]
-    assert total["runs"] == 3
-    assert total["mean_s"] == pytest.approx(np.mean(acts))
-    assert total["p95_s"] == pytest.approx(np.percentile(acts, 95))
-    assert ray.get(handle.act_history.remote(3600.0, 6, "no_such_class"))["series"] == []
+    assert history.bucket_s == 600.0
+    (series,) = history.series
+    assert series.policy == "gittins" and [p.runs for p in series.points] == [0] * 5 + [3]
+    (total,) = history.totals
+    assert total.runs == 3
+    assert total.mean_s == pytest.approx(np.mean(acts))
+    assert total.p95_s == pytest.approx(np.percentile(acts, 95))
+    assert ray.get(handle.act_history.remote(3600.0, 6, "no_such_class")).series == []
 
 
 def test_backends_report_their_warm_ups(monitored) -> None:
     handle, _ = monitored
     (tools,) = ray.get(handle.backends.remote())
-    assert tools["phase"] == "warm" and tools["warmups"] == 1
-    assert 0 < tools["last_warmup_s"] < 60 and tools["warm_since"] <= time.time()
+    assert tools.phase is BackendViewPhase.WARM and tools.warmups == 1
+    assert 0 < tools.last_warmup_s < 60 and tools.warm_since <= time.time()
     stats = ray.get(handle.stats.remote())
-    assert stats["ray_dashboard_url"] is None  # the test cluster runs no dashboard
+    assert stats.ray_dashboard_url is None  # the test cluster runs no dashboard

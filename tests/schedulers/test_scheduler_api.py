@@ -1,10 +1,12 @@
 """The scheduler's declared public surface (`SchedulerApi`) is what the actor implements and
-what the HTTP API's proxy offers: the same methods with the same parameters, so a renamed or
-added parameter on one side fails here instead of in a remote call."""
+what the HTTP API's proxy offers: the same methods with the same parameters and the same answer
+types (the API's models), so a renamed or added parameter, or an answer that changed type, on
+one side fails here instead of in a remote call or a route."""
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 
 import pytest
@@ -30,6 +32,11 @@ def _parameters(method: Callable) -> list[inspect.Parameter]:
     return [p for p in parameters if p.name != RAY_TRACING_PARAMETER]
 
 
+def _answer(method: Callable) -> object:
+    """The method's declared return type, its string annotation resolved."""
+    return typing.get_type_hints(method)["return"]
+
+
 def _kind(method: Callable) -> str:
     if inspect.isasyncgenfunction(method):
         return "async generator"
@@ -48,6 +55,7 @@ def test_the_actor_implements_each_method_as_declared(name: str) -> None:
     assert [(p.name, p.kind, p.default) for p in _parameters(actual)] == expected
     # the actor's stream is an async generator; the declaration says what calling it returns
     assert _kind(actual) == ("async generator" if name == "stream_step" else "coroutine")
+    assert _answer(actual) == _answer(declared)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -64,3 +72,11 @@ def test_the_proxy_mirrors_each_method(name: str) -> None:
         assert mine.default is inspect.Parameter.empty or mine.default == theirs.default, mine
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extra), extra
     assert inspect.iscoroutinefunction(proxied)
+    assert _answer(proxied) == _answer(declared)
+
+
+def test_answers_are_models_not_json() -> None:
+    """Every answer is typed by a model (or a flag beside one), none by a bare JSON document."""
+    for name in METHODS:
+        answer = _answer(getattr(SchedulerApi, name))
+        assert "dict" not in str(answer) and answer is not typing.Any, (name, answer)
