@@ -47,6 +47,7 @@ from hermesflow.schedulers.runtime_state import (
     view_stored,
 )
 from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunPhase, RunRow
+from hermesflow.views import AppView
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class RunDriver:
         transition: Transition,
         key: str | None,
         labels: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+    ) -> AppView:
         """Admit a program run whose inputs and first transition are validated: journal it and
         its first step, and queue that step; the view of the run under `key` if it exists."""
         now = time.time()
@@ -250,7 +251,7 @@ class RunDriver:
             with self.journal.batch():
                 for live, stored, result in landed:
                     self._complete(live, stored, result)
-        except Exception:  # noqa: BLE001 - the actor's loop must go on for the other runs
+        except Exception:  # the actor's loop must go on for the other runs
             self.loop.task_failures += 1
             log.exception("storing %d results failed", len(landed))
 
