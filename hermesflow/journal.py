@@ -213,23 +213,31 @@ class RunJournal:
         if self._batch is not None:
             yield
             return
-        with self._transaction() as connection:
+        with self.store.engine.connect() as connection:
+            transaction = connection.begin()
             self._batch = connection
             try:
                 yield
+            except BaseException:
+                transaction.rollback()
+                raise
             finally:
                 self._batch = None
+            start = time.perf_counter()
+            transaction.commit()
+            self.busy_s += time.perf_counter() - start
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """A transaction that first writes the deferred dispatch marks (see `dispatch`); inside
         a `batch`, the batch's."""
         deferred, self._deferred = self._deferred, []
-        if self._batch is not None:
+        start = time.perf_counter()
+        if self._batch is not None:  # `busy_s` counts the statements here, the commit in `batch`
             _mark_running(self._batch, deferred)
             yield self._batch
+            self.busy_s += time.perf_counter() - start
             return
-        start = time.perf_counter()
         with self.store.engine.begin() as connection:
             _mark_running(connection, deferred)
             yield connection
