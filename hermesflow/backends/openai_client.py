@@ -9,6 +9,11 @@ token per text chunk, which is what servers stream, and zero input tokens.
 
 The server does its own batching; `capacity` only bounds how many requests this backend keeps in
 flight (and its connection pool), so the scheduler's order applies beyond it.
+
+A request the server refuses as invalid (HTTP 400 or 422) is the caller's to fix, so it raises
+`CallRefused` with the server's message (`ContextLengthExceeded` for OpenAI's
+`context_length_exceeded` and vLLM's "maximum context length"): the HTTP API answers it with a
+4xx, as the CPU model's own refusals. Any other failure is the backend's (`ServerError`, a 502).
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from hermesflow.backends.base import Backend, DeltaSink
-from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
+from hermesflow.backends.llm_text import ContextLengthExceeded
 
 _ERROR_BODY_CHARS = 500
 """How much of an error response to quote in an exception."""
+
+_INVALID_REQUEST = (httpx.codes.BAD_REQUEST, httpx.codes.UNPROCESSABLE_ENTITY)
+"""Statuses by which a server says the request itself is wrong (the caller's to fix)."""
 
 
 class ServerError(RuntimeError):
@@ -128,7 +137,10 @@ class OpenAIClientBackend(Backend):
         async with self._client.stream("POST", path, json=payload) as response:
             if response.status_code != httpx.codes.OK:
                 body = (await response.aread()).decode(errors="replace")
-                raise ServerError(self._refusal(f"POST /{path}", response.status_code, body))
+                what = self._refusal(f"POST /{path}", response.status_code, body)
+                if response.status_code in _INVALID_REQUEST:
+                    raise _invalid_call(what, body)
+                raise ServerError(what)
             async for chunk in _events(response):
                 self._absorb(stream, chunk, on_delta)
         finished = time.perf_counter()
@@ -202,6 +214,19 @@ class OpenAIClientBackend(Backend):
             f"backend {self.name!r}: {what} at {self.base_url} answered HTTP {status}{hint}: "
             f"{body[:_ERROR_BODY_CHARS]}"
         )
+
+
+def _invalid_call(what: str, body: str) -> CallRefused:
+    """The refusal of a request the server found invalid: a context overflow when the server's
+    error says so, else the call as sent."""
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    code = error.get("code") if isinstance(error, dict) else None
+    if code == "context_length_exceeded" or "maximum context length" in body:
+        return ContextLengthExceeded(what)
+    return CallRefused(what)
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

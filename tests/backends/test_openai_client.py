@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from hermesflow.backends.base import BackendSpec, make_backend
-from hermesflow.backends.calls import CallResult, LLMCall, ToolCall
+from hermesflow.backends.calls import CallErrorCode, CallRefused, CallResult, LLMCall, ToolCall
+from hermesflow.backends.llm_text import ContextLengthExceeded
 from hermesflow.backends.openai_client import OpenAIClientBackend, ServerError, _events
 from hermesflow.backends.transformers_llm import TransformersLLM
 
@@ -42,6 +43,8 @@ MAX_TOKENS_LIMIT = 512
 """The server refuses larger `max_tokens` with HTTP 400, as servers do past their context."""
 
 STARTUP_TIMEOUT_S = 30.0
+MAX_PROMPT_CHARS = 20_000
+"""A longer prompt is refused as OpenAI refuses one past the model's context."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +106,13 @@ def openai_app(llm: TransformersLLM, llm_loop: LoopThread) -> FastAPI:
             return _error(404, f"model {body.get('model')!r} does not exist")
         if body.get("max_tokens", 16) > MAX_TOKENS_LIMIT:
             return _error(400, f"max_tokens must be at most {MAX_TOKENS_LIMIT}")
+        if len(json.dumps(body.get("messages") or body.get("prompt"))) > MAX_PROMPT_CHARS:
+            error = {
+                "message": "This model's maximum context length is 8192 tokens",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+            return JSONResponse({"error": error}, 400)
         stop = body.get("stop") or []
         try:
             call = LLMCall(
@@ -382,8 +392,12 @@ def test_a_wrong_key_or_model_fails_load_clearly(server_url: str) -> None:
 def test_server_refusals_are_raised_with_their_message(
     async_runner: asyncio.Runner, client: OpenAIClientBackend
 ) -> None:
-    with pytest.raises(ServerError, match=f"HTTP 400: .*at most {MAX_TOKENS_LIMIT}"):
+    with pytest.raises(CallRefused, match=f"HTTP 400: .*at most {MAX_TOKENS_LIMIT}") as refused:
         async_runner.run(client.run(LLMCall(prompt="hi", max_tokens=MAX_TOKENS_LIMIT + 1)))
+    assert refused.value.code is CallErrorCode.INVALID_CALL  # the caller's to fix: a 4xx
+    with pytest.raises(ContextLengthExceeded, match="maximum context length") as overflow:
+        async_runner.run(client.run(LLMCall(prompt="word " * MAX_PROMPT_CHARS)))
+    assert overflow.value.result().error_code is CallErrorCode.CONTEXT_LENGTH_EXCEEDED
     with pytest.raises(ServerError, match=r"failed mid-stream.*no tokens"):
         async_runner.run(client.run(LLMCall(prompt="")))
 
