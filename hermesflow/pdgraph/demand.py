@@ -94,6 +94,9 @@ class DemandEstimator:
         self._cache_size = cache_size
         self._compiled: dict[str, CompiledGraph] = {}
         self._draws: dict[tuple, RemainingDraws] = {}
+        self._by_state: dict[GraphState, RemainingDraws] = {}
+        """The same draws by the state as asked: a planner asks of every live state each pass,
+        and looking a state up is cheaper than canonicalising it."""
         self._uses: dict[str, dict[str, float]] = {}
         self.ranks = GittinsRankCache(maxsize=cache_size)
         for graph in graphs.values():
@@ -127,6 +130,7 @@ class DemandEstimator:
         self._compiled[name] = prepared.compiled
         self._draws = {k: v for k, v in self._draws.items() if k[0] != name}
         self._draws.update(prepared.draws)
+        self._by_state = {s: v for s, v in self._by_state.items() if s.app_class != name}
         self._uses.pop(name, None)
         self.ranks = GittinsRankCache(maxsize=self._cache_size)
         self.ranks.update(prepared.ranks)
@@ -154,12 +158,18 @@ class DemandEstimator:
         return _key(self.compiled(state.app_class), state)
 
     def draws_for(self, state: GraphState) -> RemainingDraws:
+        found = self._by_state.get(state)
+        if found is not None:
+            return found
         key = self.key(state)
         found = self._draws.get(key)
         if found is None:
             if len(self._draws) >= self._cache_size:
                 self._draws.clear()
             found = self._draws[key] = self._draw(self.compiled(state.app_class), state, key)
+        if len(self._by_state) >= self._cache_size:
+            self._by_state.clear()
+        self._by_state[state] = found
         return found
 
     def _draw(self, graph: CompiledGraph, state: GraphState, key: tuple) -> RemainingDraws:
@@ -208,12 +218,12 @@ class DemandEstimator:
             if times is None:
                 out[backend] = 0.0
                 continue
-            start = int(np.searchsorted(times, elapsed_s, side="right")) if elapsed_s > 0 else 0
+            start = int(times.searchsorted(elapsed_s, side="right")) if elapsed_s > 0 else 0
             later = times.size - start
             if later == 0:
                 out[backend] = 1.0  # every draw needs it by now: the stage is overdue or uses it itself
                 continue
-            out[backend] = float(np.searchsorted(times, elapsed_s + horizon_s, side="right") - start) / later
+            out[backend] = float(times.searchsorted(elapsed_s + horizon_s, side="right") - start) / later
         return out
 
     def backend_use_probabilities(self, app_class: str) -> Mapping[str, float]:

@@ -177,6 +177,8 @@ def test_preparing_changes_nothing_until_installed(costs: CostModel) -> None:
     assert estimator.draws_for(state) is before
     assert estimator.compiled("react_fever") is not prepared.compiled
     assert estimator.prepare(changed).draws == {}  # no sampled runs: compiled only
+    estimator.install(prepared)  # the state was asked before: the new graph's draws answer now
+    assert estimator.draws_for(state) is prepared.draws[estimator.key(state)]
 
 
 def test_visits_beyond_the_cap_share_one_key(demand: DemandEstimator) -> None:
