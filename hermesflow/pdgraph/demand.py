@@ -99,6 +99,7 @@ class DemandEstimator:
         and looking a state up is cheaper than canonicalising it."""
         self._uses: dict[str, dict[str, float]] = {}
         self.ranks = GittinsRankCache(maxsize=cache_size)
+        """Ranks keyed ("state", *state key) or ("attained", class, ...): index 1 is the class."""
         for graph in graphs.values():
             self.replace_graph(graph)
 
@@ -132,7 +133,7 @@ class DemandEstimator:
         self._draws.update(prepared.draws)
         self._by_state = {s: v for s, v in self._by_state.items() if s.app_class != name}
         self._uses.pop(name, None)
-        self.ranks = GittinsRankCache(maxsize=self._cache_size)
+        self.ranks.discard(lambda key: key[1] == name)  # ("state" | "attained", class, ...)
         self.ranks.update(prepared.ranks)
 
     def compiled(self, app_class: str) -> CompiledGraph:

@@ -217,6 +217,11 @@ class GittinsRankCache:
         self._store(key, rank)
         return rank
 
+    def discard(self, stale: Callable[[Hashable], bool]) -> None:
+        """Forget the ranks whose key `stale` picks (a refitted class's), keeping the rest."""
+        for key in [key for key in self._ranks if stale(key)]:
+            del self._ranks[key]
+
     def update(self, ranks: Mapping[Hashable, float]) -> None:
         """Add ranks computed elsewhere (a prepared graph's), as if each had been asked for."""
         for key, rank in ranks.items():

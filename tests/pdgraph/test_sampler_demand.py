@@ -166,6 +166,9 @@ def test_a_prepared_graph_holds_the_draws_and_ranks_a_first_look_up_would_make(
         )
         assert prepared_estimator.gittins(state) == lazy.gittins(state)
     assert prepared_estimator.ranks.misses == misses  # every rank was installed, none computed
+    prepared_estimator.install(prepared_estimator.prepare(MIX["factool_code"], sample_runs=5))
+    prepared_estimator.gittins(walked[0])  # another class's refit keeps this class's ranks
+    assert prepared_estimator.ranks.misses == misses
 
 
 def test_preparing_changes_nothing_until_installed(costs: CostModel) -> None:
