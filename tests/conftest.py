@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +92,7 @@ def postgres_url() -> Iterator[str]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
         started = subprocess.run(
             _as_server_user([*pg_ctl, "-o", options, "-l", str(log), "-w", "start"]),
+            check=False,
             capture_output=True,
             text=True,
         )
@@ -158,3 +162,69 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray: a separate `ray start --head` cluster for the example jobs (`ray job submit` needs a
+# cluster with a dashboard; the session's `ray_cluster` has none).
+# ---------------------------------------------------------------------------------------------
+
+RAY_HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+RAY_HEAD_START_TIMEOUT_S = 120.0
+RAY_HEAD_STOP_GRACE_S = 60.0
+RAY_HEAD_POLL_S = 0.5
+
+
+def _wait_for_head(url: str, head: subprocess.Popen[str]) -> None:
+    """Until the head's dashboard answers `url`; fail at once if `ray start` exits."""
+    import httpx
+
+    deadline = time.monotonic() + RAY_HEAD_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"`ray start --head` exited with {head.returncode}: {head.stderr.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(RAY_HEAD_POLL_S)
+    pytest.fail(f"{url} did not answer within {RAY_HEAD_START_TIMEOUT_S:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[tuple[str, str, dict[str, str], Path]]:
+    """(GCS address, job API URL, environment, temp dir) of a head on loopback with its own temp
+    dir (not pytest's: concurrent pytest sessions prune each other's old base temp dirs).
+
+    One head for the session: starting one costs about 8 s on 2 cores, and the example jobs'
+    tests only submit to it (each names its own store file in the temp dir and its own actors).
+    It is stopped with SIGTERM to its `ray start --block` process, never `ray stop`, which
+    would kill every Ray process of the user, the session's test cluster included."""
+    temp_dir = tempfile.mkdtemp(prefix="hf-rayjob-")  # short: Ray's socket paths must fit 107 bytes
+    gcs_port, dashboard_port = _free_port(), _free_port()  # ephemeral: outside Ray's worker ports
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_HEAD_ENV)
+    command = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+        "--port", str(gcs_port),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
+        "--dashboard-agent-listen-port", str(_free_port()),
+        "--ray-client-server-port", str(_free_port()),
+        "--num-cpus", "4", "--object-store-memory", str(256 * 2**20),
+        "--temp-dir", temp_dir, "--disable-usage-stats",
+    ]  # fmt: skip
+    head = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        _wait_for_head(f"{dashboard}/api/version", head)
+        yield f"127.0.0.1:{gcs_port}", dashboard, env, Path(temp_dir)
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=RAY_HEAD_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """`examples/semantic_job` end to end, as its README runs it: `ray job submit` of `app.py` to a
-`ray start --head` cluster of its own on loopback, with `dags/` shipped as a `py_modules` entry.
-The job starts its own scheduler, so no `hermesflow serve` is needed."""
+`ray start --head` cluster on loopback (the root conftest's `ray_head`, shared with the Ray job
+example's test), with `dags/` shipped as a `py_modules` entry. The job starts its own scheduler,
+so no `hermesflow serve` is needed."""
 
 from __future__ import annotations
 
@@ -9,21 +10,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_ray_job_example import BIN, ROOT, ray_head  # noqa: F401 - the fixture is used by name
+from test_ray_job_example import BIN, ROOT
 
 pytestmark = pytest.mark.slow
 
 EXAMPLE = ROOT / "examples" / "semantic_job"
+DB_FILE = "semantic-job.db"
+"""Its store, in the head's temp dir: a name of its own, as the Ray job example's test shares the head."""
 
 
 def test_semantic_programs_run_in_a_ray_job(
-    ray_head: tuple[str, str, dict[str, str], Path],  # noqa: F811 - the imported fixture
+    ray_head: tuple[str, str, dict[str, str], Path],
 ) -> None:
     _, dashboard, env, temp_dir = ray_head
     runtime_env = json.dumps({"py_modules": [str(ROOT / "dags")]})
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--working-dir", str(EXAMPLE), "--runtime-env-json", runtime_env,
-         "--", str(BIN / "python"), "app.py", "--db-url", f"sqlite:///{temp_dir / 'hermes.db'}"],
+         "--", str(BIN / "python"), "app.py", "--db-url", f"sqlite:///{temp_dir / DB_FILE}"],
         env={**env, "RAY_API_SERVER_ADDRESS": dashboard}, check=False, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     assert job.returncode == 0, f"{job.stdout}\n{job.stderr}"
