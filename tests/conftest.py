@@ -228,3 +228,39 @@ def ray_head() -> Iterator[tuple[str, str, dict[str, str], Path]]:
         except subprocess.TimeoutExpired:
             head.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hermesflow: one gateway that is never ready, for the modules that read its refusals.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def unready_gateway(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a gateway (token `support.serving.UNREADY_TOKEN`) in front of a light
+    scheduler: the tool pool (not pinned), the test program `sleep_chain`, and a pinned backend
+    `broken` whose tool does not import, so it warms, fails and warms again for ever and
+    `/readyz` stays 503. Shared by `test_client` and `test_gateway_lifecycle` (a scheduler and
+    gateway start costs seconds); what the tests run on it has keys of its own."""
+    from support.serving import UNREADY_TOKEN, serving
+
+    from hermesflow.backends.base import BackendSpec
+    from hermesflow.schedulers.runtime_config import RuntimeConfig
+
+    never_warm = BackendSpec(
+        name="broken",
+        type="python-tools",
+        options={"tools": {"missing": "no_such_module_anywhere:tool"}},
+        expected_warmup_s=1.0,
+    )
+    config = RuntimeConfig(
+        db_url=f"sqlite:///{tmp_path_factory.mktemp('unready') / 'hermes.db'}",
+        backends=[
+            BackendSpec(name="tools", type="python-tools", expected_warmup_s=2.0),
+            never_warm,
+        ],
+        programs={"sleep_chain": "runtime_programs:SleepChain"},
+        warm_at_start=("broken",),
+    )
+    with serving(config, UNREADY_TOKEN, "unready") as served:
+        yield served.url

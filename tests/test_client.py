@@ -19,41 +19,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
+from support.serving import UNREADY_TOKEN
 
 from deploy.processes import free_port
 from hermesflow import client
 from hermesflow.api.models.control import AppSubmission, StepSubmission
 from hermesflow.api.models.lifecycle import ReadinessStatus
-from hermesflow.backends.base import BackendSpec
 from hermesflow.backends.calls import ToolCall
 from hermesflow.client import ApiClient, ApiEndpoint, HermesApiError, InvalidAddress
 
-TOKEN = f"client-{uuid.uuid4().hex}"
-TOOLS = BackendSpec(name="tools", type="python-tools", expected_warmup_s=2.0)
-NEVER_WARM = BackendSpec(
-    name="broken",
-    type="python-tools",
-    options={"tools": {"missing": "no_such_module_anywhere:tool"}},
-    expected_warmup_s=1.0,
-)
-"""Pinned warm but its tool does not import: the gateway is never ready."""
+TOKEN = UNREADY_TOKEN
 
 
-@pytest.fixture(scope="module")
-def url(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a gateway with a token in front of a light scheduler (module docstring)."""
-    from support.serving import serving
-
-    from hermesflow.schedulers.runtime_config import RuntimeConfig
-
-    config = RuntimeConfig(
-        db_url=f"sqlite:///{tmp_path_factory.mktemp('client') / 'hermes.db'}",
-        backends=[TOOLS, NEVER_WARM],
-        programs={"sleep_chain": "runtime_programs:SleepChain"},
-        warm_at_start=("broken",),
-    )
-    with serving(config, TOKEN, "client") as served:
-        yield served.url
+@pytest.fixture
+def url(unready_gateway: str) -> str:
+    """The URL of the session's never-ready gateway (module docstring; root conftest)."""
+    return unready_gateway
 
 
 @pytest.fixture

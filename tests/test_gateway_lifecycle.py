@@ -1,6 +1,6 @@
 """Readiness and drain of the gateway, on the session's Ray cluster: light schedulers (the tool
-pool and the test program `sleep_chain`; one with a pinned backend that can never warm), real
-gateway actors, real HTTP."""
+pool and the test program `sleep_chain`; the session's `unready_gateway`, whose pinned backend can
+never warm), real gateway actors, real HTTP."""
 
 from __future__ import annotations
 
@@ -17,23 +17,16 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from support.serving import Serving, serving  # noqa: E402
+from support.serving import UNREADY_TOKEN, Serving, serving
 
-from hermesflow.api.deployment import start_gateway, stop_gateway  # noqa: E402
-from hermesflow.api.models.lifecycle import DrainReport  # noqa: E402
-from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.schedulers.runtime_config import RuntimeConfig  # noqa: E402
+from hermesflow.api.deployment import start_gateway, stop_gateway
+from hermesflow.api.models.lifecycle import DrainReport
+from hermesflow.backends.base import BackendSpec
+from hermesflow.schedulers.runtime_config import RuntimeConfig
 
 TOKEN = f"lifecycle-{uuid.uuid4().hex}"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TOOLS = BackendSpec(name="tools", type="python-tools", expected_warmup_s=2.0)
-NEVER_WARM = BackendSpec(
-    name="broken",
-    type="python-tools",
-    options={"tools": {"missing": "no_such_module_anywhere:tool"}},
-    expected_warmup_s=1.0,
-)
-"""A pinned backend whose warm-up always fails (its tool does not import)."""
 PROGRAMS = {"sleep_chain": "runtime_programs:SleepChain"}
 
 
@@ -61,22 +54,20 @@ def _readiness(url: str) -> httpx.Response:
 # -- readiness -------------------------------------------------------------------------------------
 
 
-def test_readyz_is_503_naming_a_pinned_backend_that_is_not_warm(
-    ray_cluster: None, tmp_path: Path
-) -> None:
-    config = _config(tmp_path, TOOLS, NEVER_WARM, warm=("broken",))
-    with serving(config, TOKEN, "unready") as unready:
-        for _ in range(3):  # while it warms, fails, and warms again
-            answer = _readiness(unready.url)
-            assert answer.status_code == 503, answer.text
-            body = answer.json()
-            assert body["status"] == "warming"
-            assert [b["name"] for b in body["pending"]] == ["broken"]
-            assert "broken" in body["message"]
-            time.sleep(1.0)
-        assert httpx.get(f"{unready.url}/healthz", timeout=30).status_code == 200
-        backends = httpx.get(f"{unready.url}/v1/backends", headers=AUTH, timeout=30).json()
-        assert {b["name"]: b["pinned"] for b in backends} == {"tools": False, "broken": True}
+def test_readyz_is_503_naming_a_pinned_backend_that_is_not_warm(unready_gateway: str) -> None:
+    """The session's gateway whose pinned backend `broken` never warms (root conftest)."""
+    for _ in range(3):  # while it warms, fails, and warms again
+        answer = _readiness(unready_gateway)
+        assert answer.status_code == 503, answer.text
+        body = answer.json()
+        assert body["status"] == "warming"
+        assert [b["name"] for b in body["pending"]] == ["broken"]
+        assert "broken" in body["message"]
+        time.sleep(1.0)
+    assert httpx.get(f"{unready_gateway}/healthz", timeout=30).status_code == 200
+    unready_auth = {"Authorization": f"Bearer {UNREADY_TOKEN}"}
+    backends = httpx.get(f"{unready_gateway}/v1/backends", headers=unready_auth, timeout=30).json()
+    assert {b["name"]: b["pinned"] for b in backends} == {"tools": False, "broken": True}
 
 
 def test_readyz_is_200_once_the_pinned_backends_are_warm(served: Serving) -> None:

@@ -64,3 +64,7 @@ def wait_warm(url: str, token: str | None, backends: Iterable[str], timeout_s: f
                 return
             time.sleep(0.5)
     pytest.fail(f"backends not warm after {timeout_s:.0f} s: {phases}")
+
+
+UNREADY_TOKEN = f"unready-{uuid.uuid4().hex}"
+"""The token of the session's never-ready gateway (the root conftest's `unready_gateway`)."""
