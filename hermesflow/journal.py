@@ -175,6 +175,9 @@ class RunJournal:
         self._batch: Connection | None = None
         self.busy_s = 0.0
         """Seconds spent in journal transactions (the durable share of scheduler overhead)."""
+        self._stored_classes: set[str] = set()
+        """Classes an admission found stored: classes are never deleted, so each is looked up
+        once rather than on every admission."""
 
     def admit(
         self,
@@ -192,7 +195,9 @@ class RunJournal:
             existing = connection.execute(_RUN_BY_KEY, {"key": key}).first()
             if existing is not None:
                 return row_copy(RunRow, existing), False
-            require_class(connection, app_class)
+            if app_class not in self._stored_classes:
+                require_class(connection, app_class)
+                self._stored_classes.add(app_class)
             values = {
                 "key": key, "app_class": app_class, "policy": policy, "phase": RunPhase.ADMITTED,
                 "submitted_s": submitted_s, "inputs": inputs, "labels": labels, "state": state,

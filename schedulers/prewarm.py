@@ -89,14 +89,21 @@ class PrewarmPlanner(ABC):
         backends: Mapping[str, BackendStatus],
         arrival_rates: Mapping[str, float],
     ) -> PrewarmDecision:
-        """Called on every event that changes demand for a backend and on a timer."""
+        """Called on every event that changes demand for a backend and on a timer.
+
+        Only the backends that rules 1-2 leave undecided are offered to `wanted`: a busy or
+        pinned backend is kept whatever the planner thinks of it, so asking about it would
+        only cost time (a timer plan asks of every live application)."""
         keep = [name for name, b in backends.items() if not b.idle]
         keep += [name for name in self.pinned if name in backends]
+        kept = set(keep)
+        undecided = {name: b for name, b in backends.items() if name not in kept}
         budget = math.inf if self.max_warm is None else self.max_warm
-        for name in self.wanted(now, apps, backends, arrival_rates):
-            if len(dict.fromkeys(keep)) >= budget:
-                break
-            keep.append(name)
+        if undecided and len(kept) < budget:
+            for name in self.wanted(now, apps, undecided, arrival_rates):
+                if len(dict.fromkeys(keep)) >= budget:
+                    break
+                keep.append(name)
         chosen = set(keep)
         return PrewarmDecision(
             warm=tuple(n for n in dict.fromkeys(keep) if backends[n].phase is BackendPhase.COLD),
@@ -122,7 +129,8 @@ class PrewarmPlanner(ABC):
         backends: Mapping[str, BackendStatus],
         arrival_rates: Mapping[str, float],
     ) -> list[str]:
-        """Backends this planner wants warm beyond current demand, most wanted first."""
+        """Backends of `backends` (those not already kept for their work or pinned) this
+        planner wants warm, most wanted first."""
 
 
 class LoadOnDemand(PrewarmPlanner):

@@ -97,7 +97,9 @@ class RunDriver:
         labels: dict[str, Any] | None,
     ) -> AppView:
         """Admit a program run whose inputs and first transition are validated: journal it and
-        its first step, and queue that step; the view of the run under `key` if it exists."""
+        its first step in one transaction (a run is never stored without its current step's
+        calls, and a commit is saved), and queue that step; the view of the run under `key` if
+        it exists."""
         now = time.time()
         key = key or uuid.uuid4().hex
         first = transition.next
@@ -107,16 +109,18 @@ class RunDriver:
             state.visits = {first.stage: 1}
         stored = state.stored()
         admit = DecisionRow(now, DecisionKind.ADMIT, detail={"class": app_class, "key": key})
-        run, created = self.journal.admit(
-            key, app_class, self.policy, now, inputs.model_dump(mode="json"), labels, stored, admit
-        )
+        with self.journal.batch():
+            run, created = self.journal.admit(
+                key, app_class, self.policy, now, inputs.model_dump(mode="json"), labels, stored, admit
+            )
+            if created and isinstance(first, StepPlan):
+                calls = self.journal.start_step(run.id, stored, new_step(0, first), now)
         if not created:
             return view_stored(run)
         live = self.new_live(run, program, inputs, state)
         if isinstance(first, Finished):
             self._end(live, RunEnd(RunPhase.FINISHED, first.result), None, None, 0)
         else:
-            calls = self.journal.start_step(run.id, stored, new_step(0, first), now)
             self.begin_step(live, first, calls)
         return view_live(live)
 

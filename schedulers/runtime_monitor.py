@@ -100,6 +100,8 @@ class SchedulerMonitor:
         self.metrics = metrics
         self.loop = loop
         self.completed_calls = completed_calls
+        self._published: dict[str, tuple[int, tuple[int, int] | None]] = {}
+        """Each queue's length and head (request, application version) when last published."""
 
     # -- live applications ----------------------------------------------------------------------
 
@@ -267,10 +269,15 @@ class SchedulerMonitor:
     # -- Ray metrics ----------------------------------------------------------------------------
 
     def publish_queues(self) -> None:
-        """Each backend queue's length and head key, to the Ray metrics (unchanged values are
-        not written again)."""
+        """Each backend queue's length and head key, to the Ray metrics. A queue whose length
+        and head (its request and application version, which its key is a function of) are as
+        last published is skipped: most passes are the planner's timer, which moves no queue."""
         for name, queue in self.engine.queues.items():
             head = queue.peek()
+            seen = (len(queue), None if head is None else (head.request_id, head.app.version))
+            if self._published.get(name) == seen:
+                continue
+            self._published[name] = seen
             self.metrics.queue(
                 name, len(queue), None if head is None else float(self.policy.key(head))
             )

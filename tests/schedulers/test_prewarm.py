@@ -68,6 +68,33 @@ def test_pinned_backends_stay_warm(demand: DemandEstimator, name: str) -> None:
     assert decision.warm == ("llm",)
 
 
+class _AskedPlanner(PDGraphPrewarm):
+    """The real planner, noting which backends each plan asks it about."""
+
+    asked: list[set[str]]
+
+    def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
+        self.asked.append(set(backends))
+        return super().wanted(now, apps, backends, arrival_rates)
+
+
+def test_a_plan_asks_only_about_backends_that_are_neither_busy_nor_pinned(
+    demand: DemandEstimator,
+) -> None:
+    """Busy and pinned backends stay warm whatever the planner wants, so a timer plan does not
+    spend a need estimate per live application on them; with none left it asks nothing."""
+    planner = _AskedPlanner(demand, pinned=("llm",))
+    planner.asked = []
+    backends = _backends(
+        _status("llm", WARM), _status("busy", WARM, busy=1), _status(CODE, COLD), _status("idle", WARM)
+    )
+    decision = planner.plan(0.0, [], backends, {})
+    assert planner.asked == [{CODE, "idle"}]
+    assert decision.release == ("idle",) and decision.warm == ()
+    planner.plan(0.0, [], _backends(_status("llm", WARM), _status("busy", WARM, queued=2)), {})
+    assert planner.asked == [{CODE, "idle"}]
+
+
 @pytest.mark.parametrize("name", list(PLANNERS))
 def test_demand_is_never_refused_by_the_budget(demand: DemandEstimator, name: str) -> None:
     planner = make_planner(name, demand, max_warm=1)
