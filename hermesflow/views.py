@@ -30,7 +30,8 @@ from hermesflow.client_records import (
 
 
 class AppView(BaseModel):
-    """One application run as the scheduler sees it (live) or the store recorded it (ended)."""
+    """One application run as the scheduler sees it (live) or the store recorded it (ended).
+    `app_id` is the client's name of the run (its key), never the store's number for it."""
 
     app_id: str
     app_class: str

@@ -55,7 +55,9 @@ class AppRecord:
     `stage_running_since_s` is when the current stage's first request started running (None
     while all of them wait), the origin of "how long has this stage run". `attained_s` counts the backend-seconds of its finished requests; `version` increases on every
     change that can change its key, so queues can drop stale entries. `true_remaining_s` is set
-    only by the simulator and read only by the clairvoyant SRPT policy.
+    only by the simulator and read only by the clairvoyant SRPT policy. `app_id` is the
+    engine's number for the application: the Ray runtime uses the journal's run id
+    (`LiveRun.run_id`); it is not the client's `app_id` of the HTTP API, which is the run's key.
     """
 
     app_id: int

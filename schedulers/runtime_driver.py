@@ -156,7 +156,7 @@ class RunDriver:
             request_of(live, stored) for stored in calls if stored.phase is not CallPhase.DONE
         ]
         stage, visits = self._graph_position(live)
-        self.engine.begin_stage(live.record.app_id, stage, visits, queued)
+        self.engine.begin_stage(live.run_id, stage, visits, queued)
         if not queued and live.program is not None:
             self._advance(live)
             return
@@ -200,7 +200,7 @@ class RunDriver:
         self.demand.install(prepared)
         for live in self.live:
             if live.record.app_class == prepared.graph.name:
-                self.engine.restate(live.record.app_id, *self._graph_position(live))
+                self.engine.restate(live.run_id, *self._graph_position(live))
 
     # -- dispatch and results -------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class RunDriver:
                 now,
                 DecisionKind.DISPATCH,
                 stored.backend,
-                live.record.app_id,
+                live.run_id,
                 {"step": stored.step, "call": stored.call_index, "rank": dispatch.rank},
             ),
         )
@@ -279,7 +279,7 @@ class RunDriver:
                 now,
                 DecisionKind.RETRY,
                 stored.backend,
-                live.record.app_id,
+                live.run_id,
                 {"call": stored.call_index, "reason": str(died)},
             ),
         )
@@ -296,7 +296,7 @@ class RunDriver:
             now,
             DecisionKind.COMPLETE,
             stored.backend,
-            live.record.app_id,
+            live.run_id,
             {"step": stored.step, "call": stored.call_index, "seconds": result.seconds},
         )
         completed = CompletedCall(stored.id, result.model_dump(mode="json"), decision)
@@ -327,7 +327,7 @@ class RunDriver:
         live.pending_observations.append(
             self._observation(live, plan, call.step, END, [result], [call], now)
         )
-        live.state.cold_s = self.engine.apps[live.record.app_id].cold_s
+        live.state.cold_s = self.engine.apps[live.run_id].cold_s
         future = live.waiters.pop(stored.id, None)
         live.sinks.pop(stored.id, None)
         if future is not None and not future.done():
@@ -350,7 +350,7 @@ class RunDriver:
     ) -> StageObservation:
         return StageObservation(
             app_class=live.record.app_class,
-            run_id=live.record.app_id,
+            run_id=live.run_id,
             stage=plan.stage,
             step=step,
             visit=max(live.state.visits.get(plan.stage, 1), 1),
@@ -373,7 +373,7 @@ class RunDriver:
         now = time.time()
         plan = live.plan
         results = [live.results[i] for i in range(len(plan.calls))]
-        live.state.cold_s = self.engine.apps[live.record.app_id].cold_s
+        live.state.cold_s = self.engine.apps[live.run_id].cold_s
         try:
             transition = live.program.advance(live.inputs, live.state.program, plan, results)
             following = transition.next
@@ -412,7 +412,7 @@ class RunDriver:
         state.plan = following
         state.visits[following.stage] = state.visits.get(following.stage, 0) + 1
         calls = self.journal.advance(
-            live.record.app_id,
+            live.run_id,
             finished_step,
             observation,
             state.stored(),
@@ -455,13 +455,13 @@ class RunDriver:
         """Store the run's end (with its last observation and call), then take it out of the
         engine and wake whoever waits on it."""
         now = time.time()
-        app = self.engine.apps[live.record.app_id]
+        app = self.engine.apps[live.run_id]
         end = RunEnd(
             end.phase, end.result, end.error, app.cold_s + app.stage_cold_s, live.record.attained_s
         )
         kind = DecisionKind.FINISH if end.phase is RunPhase.FINISHED else DecisionKind.FAIL
         self.journal.advance(
-            live.record.app_id,
+            live.run_id,
             finished_step,
             observation,
             (state or live.state).stored(),
@@ -471,7 +471,7 @@ class RunDriver:
             [DecisionRow(now, kind, detail={"error": end.error} if end.error else None)],
             completion,
         )
-        ended = self.engine.finish(live.record.app_id)
+        ended = self.engine.finish(live.run_id)
         act_s = ended.act_s if end.phase is RunPhase.FINISHED else None
         self.metrics.app_ended(live.record.app_class, self.policy, act_s)
         self.live.remove(live)

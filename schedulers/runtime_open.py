@@ -251,7 +251,7 @@ class OpenRuns:
         state.visits[stage] = state.visits.get(stage, 0) + 1
         plan = StepPlan(stage=stage, backend=backend, calls=[call])
         step = new_step(state.step, plan, client_step or request, attempt)
-        calls = self.journal.start_step(live.record.app_id, state.stored(), step, now)
+        calls = self.journal.start_step(live.run_id, state.stored(), step, now)
         future = live.waiters[calls[0].id] = _waiter()
         sink: asyncio.Queue | None = asyncio.Queue() if stream else None
         if sink is not None:
@@ -360,7 +360,7 @@ class OpenRuns:
                 dataclasses.replace(o, next_stage=next_stage) for o in live.pending_observations
             ]
             live.pending_observations.clear()
-            self.journal.record_observations(live.record.app_id, finished)
+            self.journal.record_observations(live.run_id, finished)
 
     def _end(self, live: LiveRun) -> None:
         self._record_observations(live, END)

@@ -80,7 +80,7 @@ class PrewarmApplier:
         """A backend that cannot warm fails the runs waiting for it rather than hang them."""
         error = self.slots[name].last_error
         for app in self.engine.warm_failed(name, generation):
-            live = self.live.by_id(app.app_id)
+            live = self.live.by_run_id(app.app_id)
             if live is not None:
                 self.runs.fail(live, f"backend {name!r} could not be warmed: {error}")
         self.loop.wake()

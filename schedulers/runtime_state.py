@@ -99,6 +99,12 @@ class LiveRun:
     pending_observations: list[StageObservation] = field(default_factory=list)
     last_activity_s: float = field(default_factory=time.time)
 
+    @property
+    def run_id(self) -> int:
+        """The journal's id of the run, which the engine names it by (`AppRecord.app_id`).
+        Clients name it by `key`, which the API calls `app_id`."""
+        return self.record.app_id
+
 
 class LiveRuns:
     """The live runs, by run id (what the engine names) and by key (what clients name). A run
@@ -109,21 +115,21 @@ class LiveRuns:
         self._by_key: dict[str, LiveRun] = {}
 
     def add(self, live: LiveRun) -> None:
-        self._by_id[live.record.app_id] = live
+        self._by_id[live.run_id] = live
         self._by_key[live.key] = live
 
     def remove(self, live: LiveRun) -> None:
-        self._by_id.pop(live.record.app_id, None)
+        self._by_id.pop(live.run_id, None)
         self._by_key.pop(live.key, None)
 
-    def by_id(self, app_id: int) -> LiveRun | None:
-        return self._by_id.get(app_id)
+    def by_run_id(self, run_id: int) -> LiveRun | None:
+        return self._by_id.get(run_id)
 
     def by_key(self, key: str) -> LiveRun | None:
         return self._by_key.get(key)
 
-    def __getitem__(self, app_id: int) -> LiveRun:
-        return self._by_id[app_id]
+    def __getitem__(self, run_id: int) -> LiveRun:
+        return self._by_id[run_id]
 
     def __contains__(self, key: str) -> bool:
         return key in self._by_key

@@ -45,7 +45,7 @@ def _observe(parts: Parts, live: LiveRun, path: list[tuple[str, str, str]]) -> N
     observations = [
         StageObservation(
             app_class=live.record.app_class,
-            run_id=live.record.app_id,
+            run_id=live.run_id,
             stage=stage,
             step=step,
             visit=1,
@@ -61,7 +61,7 @@ def _observe(parts: Parts, live: LiveRun, path: list[tuple[str, str, str]]) -> N
         )
         for step, (stage, backend, after) in enumerate(path)
     ]
-    parts.journal.record_observations(live.record.app_id, observations)
+    parts.journal.record_observations(live.run_id, observations)
 
 
 def test_a_class_is_refitted_once_per_new_window(ray_cluster, tmp_path) -> None:
