@@ -236,6 +236,10 @@ class SchedulingEngine:
         self._attempts: dict[int, int] = {}
         self._arrivals: deque[tuple[float, str]] = deque()
         self._plan_wanted = False
+        self._planned_s: float | None = None
+        """When the planner last planned, if nothing it reads has changed since (`_changed`)."""
+        self._quiet_until: float | None = None
+        """Until when the timer may skip plans (`_quiet`), once asked after the last plan."""
 
     # -- applications ---------------------------------------------------------------------------
 
@@ -271,6 +275,7 @@ class SchedulingEngine:
 
     def _begin_stage(self, app_id, stage, visits, requests) -> None:
         now = self.clock()
+        self._changed()
         app = self.apps[app_id]
         record = app.record
         app.pending.update((r.request_id, r) for r in requests)
@@ -289,12 +294,18 @@ class SchedulingEngine:
         self.meter.timed(self._restate, app_id, stage, visits)
 
     def _restate(self, app_id: int, stage: str | None, visits: tuple[int, ...]) -> None:
+        self._changed()
         app = self.apps[app_id]
         record = app.record
         record.state = GraphState(record.app_class, stage, visits, len(app.pending))
         record.version += 1
         for backend in {request.backend for request in app.pending.values()}:
             self.queues[backend].rekey(record)
+
+    def demand_changed(self) -> None:
+        """A class's demand estimates changed (its graph was refitted), which the planner reads
+        even with no application of it live (the expected admissions): plan at the next tick."""
+        self._changed()
 
     def complete(self, request_id: int, work_s: float) -> Completion | None:
         """A dispatched request finished after `work_s` backend-seconds. None for a request the
@@ -437,26 +448,57 @@ class SchedulingEngine:
         decision = PrewarmDecision()
         if now >= self.next_plan_s:
             self.next_plan_s = now + self.config.planner_interval_s
-            decision = self._plan(now)
+            if self._plan_wanted or not self._quiet(now):
+                decision = self._plan(now)
         elif self._plan_wanted:
             decision = self._plan(now)
         return EngineOutput(tuple(self._dispatch(now)), decision.warm, decision.release)
 
+    def timer_due(self, now: float) -> bool:
+        """Whether the planner's timer needs a scheduling pass at `now`. A tick that falls in
+        the planner's quiet time (`_quiet`) is taken here, so a driver on a wall-clock timer
+        makes no pass for it; `schedule()` skips the same ticks itself."""
+        return self.meter.timed(self._timer_due, now)
+
+    def _timer_due(self, now: float) -> bool:
+        if now < self.next_plan_s:
+            return False
+        if self._plan_wanted or not self._quiet(now):
+            return True
+        self.next_plan_s = now + self.config.planner_interval_s
+        return False
+
+    def _quiet(self, now: float) -> bool:
+        """Whether a plan now would decide nothing because nothing the planner reads changed
+        since its last plan, and time alone cannot change its answer before
+        `PrewarmPlanner.quiet_until`. Asked at the first tick after a plan that nothing
+        changed since (of the state that plan left), so a busy engine never pays for it."""
+        if self._planned_s is None:
+            return False
+        if self._quiet_until is None:
+            self._quiet_until = self.planner.quiet_until(
+                self._planned_s,
+                [app.record for app in self.apps.values()],
+                self._statuses(),
+                self._arrival_rates_at,
+            )
+        return now < self._quiet_until
+
     def _plan(self, now: float) -> PrewarmDecision:
         self._plan_wanted = False
-        decision = self.planner.plan(
-            now,
-            [app.record for app in self.apps.values()],
-            {name: b.status(len(self.queues[name])) for name, b in self.backends.items()},
-            self.arrival_rates(now),
-        )
+        apps = [app.record for app in self.apps.values()]
+        decision = self.planner.plan(now, apps, self._statuses(), self.arrival_rates(now))
         for name in decision.release:
             self.backends[name].move_to(BackendPhase.COLD, now)
             self._note(DecisionKind.RELEASE, now, name)
         for name in decision.warm:
             self.backends[name].move_to(BackendPhase.WARMING, now)
             self._note(DecisionKind.WARM, now, name)
+        self._planned_s = now
         return decision
+
+    def _statuses(self) -> dict[str, BackendStatus]:
+        return {name: b.status(len(self.queues[name])) for name, b in self.backends.items()}
 
     def _dispatch(self, now: float) -> list[Dispatch]:
         dispatched = []
@@ -489,10 +531,16 @@ class SchedulingEngine:
         window = self.config.arrival_rate_window_s
         while self._arrivals and self._arrivals[0][0] < now - window:
             self._arrivals.popleft()
-        span = min(window, max(now - self.started_s, 1.0))
+        return self._arrival_rates_at(now)
+
+    def _arrival_rates_at(self, at_s: float) -> dict[str, float]:
+        """The admission rates at `at_s` (now or later) if nothing more is admitted."""
+        window = self.config.arrival_rate_window_s
+        span = min(window, max(at_s - self.started_s, 1.0))
         rates: dict[str, float] = {}
-        for _, app_class in self._arrivals:
-            rates[app_class] = rates.get(app_class, 0.0) + 1.0 / span
+        for arrived_s, app_class in self._arrivals:
+            if arrived_s >= at_s - window:
+                rates[app_class] = rates.get(app_class, 0.0) + 1.0 / span
         return rates
 
     # -- reading --------------------------------------------------------------------------------
@@ -518,6 +566,13 @@ class SchedulingEngine:
             backend.last_used_s = now
         return request
 
+    def _changed(self) -> None:
+        """Something the planner reads changed: its quiet time (`_quiet`) is over."""
+        self._planned_s = self._quiet_until = None
+
     def _note(self, kind: DecisionKind, at_s: float, backend: str = "", app_id: int = -1, request_id: int = -1) -> None:
+        """Log a decision. Every decision changes what the planner reads (an application, a
+        queue or a backend), so it also ends the planner's quiet time."""
+        self._changed()
         if self.log is not None:
             self.log.append(LoggedDecision(kind, at_s, backend, app_id, request_id))

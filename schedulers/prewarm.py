@@ -27,10 +27,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
+
+import numpy as np
 
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.schedulers.interface import AppRecord, BackendPhase
@@ -112,6 +114,21 @@ class PrewarmPlanner(ABC):
             ),
         )
 
+    def quiet_until(
+        self,
+        now: float,
+        apps: Sequence[AppRecord],
+        backends: Mapping[str, BackendStatus],
+        arrival_rates_at: Callable[[float], Mapping[str, float]],
+    ) -> float:
+        """Until when a plan would decide nothing if only time passes: no application,
+        request or backend changes and nothing is admitted. Asked right after a plan's decision
+        is applied; the engine skips its timer's plans before then (and any change ends the
+        quiet), so a skipped plan is one that would have warmed and released nothing.
+        `arrival_rates_at(t)` is the admission rate per class at t with no new admissions.
+        Default: `now`, that is, plan on every tick."""
+        return now
+
     def may_warm_for(self, app: AppRecord, cold: Mapping[str, float]) -> bool:
         """Whether `app`, which has just begun a stage, may on its own make this planner warm
         one of the `cold` backends (name -> warm-up seconds). The engine then plans at once
@@ -140,6 +157,10 @@ class LoadOnDemand(PrewarmPlanner):
     def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
         return []
 
+    def quiet_until(self, now, apps, backends, arrival_rates_at) -> float:
+        """Never by time alone: it reads only what backends are doing."""
+        return math.inf
+
 
 class LRUKeepAlive(PrewarmPlanner):
     """Serverless-style keep-alive: an idle backend stays warm for `ttl_s` after its last use;
@@ -156,6 +177,17 @@ class LRUKeepAlive(PrewarmPlanner):
         recent = [b for b in backends.values() if b.warm_or_warming and now - b.last_used_s <= self.ttl_s]
         return [b.name for b in sorted(recent, key=lambda b: b.last_used_s, reverse=True)]
 
+    def quiet_until(self, now, apps, backends, arrival_rates_at) -> float:
+        """When the first idle warm backend's keep-alive runs out."""
+        return min(
+            (
+                b.last_used_s + self.ttl_s
+                for name, b in backends.items()
+                if b.warm_or_warming and b.idle and name not in self.pinned
+            ),
+            default=math.inf,
+        )
+
 
 class WarmOnQueue(PrewarmPlanner):
     """Prefetch for the waiting queue: warm every backend some live application's class can use,
@@ -169,6 +201,10 @@ class WarmOnQueue(PrewarmPlanner):
         for app in apps:
             users.update(self.demand.compiled(app.app_class).graph.backends)
         return [name for name, _ in users.most_common() if name in backends]
+
+    def quiet_until(self, now, apps, backends, arrival_rates_at) -> float:
+        """Never by time alone: it reads only the live applications' classes."""
+        return math.inf
 
     def may_warm_for(self, app: AppRecord, cold: Mapping[str, float]) -> bool:
         """Yes when the application's class can use a cold backend."""
@@ -197,6 +233,8 @@ class PDGraphPrewarm(PrewarmPlanner):
         self.warm_threshold = warm_threshold
         self.keep_threshold = keep_threshold
         self.slack_s = slack_s
+        self._products: tuple[float, dict[str, tuple[np.ndarray, np.ndarray]]] = (math.nan, {})
+        """When the last plan ran, and its need bounds per backend (`need_probabilities`)."""
 
     def wanted(self, now, apps, backends, arrival_rates) -> list[str]:
         horizons = {name: b.warmup_s + self.slack_s for name, b in backends.items()}
@@ -224,23 +262,79 @@ class PDGraphPrewarm(PrewarmPlanner):
     ) -> dict[str, float]:
         """P_b(h_b) of the module docstring for each backend b of `horizons_s`, one pass over
         the live applications. A backend whose P_b is already above 0.999 is not asked about
-        the rest (no threshold is that high)."""
-        rates = dict.fromkeys(horizons_s, 0.0)  # Lambda_b
-        for app_class, rate in arrival_rates.items():
-            for backend, p in self.demand.backend_use_probabilities(app_class).items():
-                if backend in rates:
-                    rates[backend] += rate * p
+        the rest (no threshold is that high). The same pass keeps, for `quiet_until`, the
+        products over the applications asked of 1 - (the greatest) and 1 - (the least) of each
+        one's need over each of `QUIET_LOOKAHEADS_S` (`DemandEstimator.need_bounds`; the first
+        lookahead, 0, is the need now)."""
+        rates = self._backend_rates(horizons_s, arrival_rates)
         none_needed = {backend: math.exp(-rates[backend] * h) for backend, h in horizons_s.items()}
+        products = {b: (np.ones(_LOOKAHEADS_S.size), np.ones(_LOOKAHEADS_S.size)) for b in horizons_s}
         for app in apps:
             open_horizons = {b: h for b, h in horizons_s.items() if none_needed[b] >= 1e-3}
             if not open_horizons:
                 break
             since = app.stage_running_since_s
-            elapsed = 0.0 if since is None else now - since
-            for backend, p in self.demand.need_probabilities(app.state, elapsed, open_horizons).items():
-                none_needed[backend] *= 1.0 - p
+            if since is None:  # its elapsed time stays 0 until a request of it is dispatched
+                bounds = self.demand.need_bounds(app.state, 0.0, open_horizons, _NOW_ONLY)
+            else:
+                bounds = self.demand.need_bounds(app.state, now - since, open_horizons, _LOOKAHEADS_S)
+            for backend, (low, high) in bounds.items():
+                none_needed[backend] *= 1.0 - low[0]
+                fewest, most = products[backend]
+                products[backend] = (fewest * (1.0 - high), most * (1.0 - low))
+        self._products = (now, products)
         return {backend: 1.0 - none for backend, none in none_needed.items()}
 
+    def _backend_rates(
+        self, horizons_s: Mapping[str, float], arrival_rates: Mapping[str, float]
+    ) -> dict[str, float]:
+        """Lambda_b of the module docstring: expected admissions per second that use b."""
+        rates = dict.fromkeys(horizons_s, 0.0)
+        for app_class, rate in arrival_rates.items():
+            for backend, p in self.demand.backend_use_probabilities(app_class).items():
+                if backend in rates:
+                    rates[backend] += rate * p
+        return rates
+
+    def quiet_until(self, now, apps, backends, arrival_rates_at) -> float:
+        """The longest of `QUIET_LOOKAHEADS_S` over which no idle backend's P_b can cross its
+        threshold: a cold one stay below `warm_threshold`, a warm one above `keep_threshold`.
+        P_b moves with time through each running stage's elapsed time (bounded by
+        `DemandEstimator.need_bounds`, kept by this plan's `need_probabilities`) and the
+        admission rate, which without admissions only falls as admissions leave the window:
+        Lambda_b(now) bounds it above, Lambda_b at the longest lookahead's end below. An application
+        the plan did not ask about a backend (its P_b was above 0.999) only loosens the bounds.
+        Under a budget (`max_warm`) the order of the wanted backends matters too, so then it
+        plans on every tick."""
+        idle = {name: b for name, b in backends.items() if b.idle and name not in self.pinned}
+        if not idle:
+            return math.inf
+        planned_s, products = self._products
+        if self.max_warm is not None or planned_s != now or not idle.keys() <= products.keys():
+            return now
+        horizons = {name: b.warmup_s + self.slack_s for name, b in idle.items()}
+        highest_rates = self._backend_rates(horizons, arrival_rates_at(now))
+        lowest_rates = self._backend_rates(horizons, arrival_rates_at(now + QUIET_LOOKAHEADS_S[-1]))
+        quiet = np.ones(QUIET_LOOKAHEADS_S.size, dtype=bool)
+        for backend, status in idle.items():
+            fewest, most = products[backend]
+            h = horizons[backend]
+            if status.phase is BackendPhase.COLD:  # P_b <= 1 - none_fewest
+                none_fewest = math.exp(-highest_rates[backend] * h) * fewest[1:]
+                quiet &= none_fewest > 1.0 - self.warm_threshold + _MARGIN
+            else:  # P_b >= 1 - none_most
+                none_most = math.exp(-lowest_rates[backend] * h) * most[1:]
+                quiet &= none_most <= 1.0 - self.keep_threshold - _MARGIN
+        held = np.flatnonzero(np.logical_and.accumulate(quiet))
+        return now + float(QUIET_LOOKAHEADS_S[held[-1]]) if held.size else now
+
+
+QUIET_LOOKAHEADS_S = np.array([2.0, 4.0, 8.0, 16.0])
+"""How far ahead `PDGraphPrewarm.quiet_until` looks: a quiet time is one of these (seconds)."""
+_LOOKAHEADS_S = np.concatenate([[0.0], QUIET_LOOKAHEADS_S])
+_NOW_ONLY = np.zeros(1)
+_MARGIN = 1e-9
+"""Keeps a bound off its threshold by more than rounding (a plan compares P_b exactly)."""
 
 PLANNERS: Mapping[str, type[PrewarmPlanner]] = MappingProxyType(
     {cls.name: cls for cls in (LoadOnDemand, LRUKeepAlive, WarmOnQueue, PDGraphPrewarm)}

@@ -208,12 +208,14 @@ class HermesScheduler:
             )
 
     async def _plan_timer(self) -> None:
-        """Wake the engine when its planner is due; flush the journal's deferred dispatch marks
-        and close idle open runs on the same beat."""
+        """Wake the engine when its planner is due, unless the planner is quiet
+        (`SchedulingEngine.timer_due`: then the tick costs no pass); flush the journal's
+        deferred dispatch marks and close idle open runs on the same beat."""
         while True:
             await asyncio.sleep(max(self.engine.next_plan_s - time.time(), 0.01))
-            self.loop.wake()
-            await asyncio.sleep(0)  # the main loop plans now, which moves `next_plan_s` on
+            if self.loop.timed(self.engine.timer_due, time.time()):
+                self.loop.wake()
+                await asyncio.sleep(0)  # the main loop plans now, which moves `next_plan_s` on
             self.loop.timed(self.journal.flush)
             self.open_runs.close_idle()
 

@@ -198,6 +198,7 @@ class RunDriver:
         """Rank the class by a prepared graph from now on: its live runs are restated in the
         new graph, and the engine re-ranks their waiting calls."""
         self.demand.install(prepared)
+        self.engine.demand_changed()
         for live in self.live:
             if live.record.app_class == prepared.graph.name:
                 self.engine.restate(live.run_id, *self._graph_position(live))

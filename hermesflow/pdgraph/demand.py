@@ -227,6 +227,46 @@ class DemandEstimator:
             out[backend] = float(times.searchsorted(elapsed_s + horizon_s, side="right") - start) / later
         return out
 
+    def need_bounds(
+        self,
+        state: GraphState,
+        elapsed_s: float,
+        horizons_s: Mapping[str, float],
+        lookaheads_s: np.ndarray,
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Bounds on `need_probabilities` while the stage runs on: for each backend b, the
+        least and the greatest P(needs b within `horizons_s[b]`) over elapsed times e in
+        [e0, e0 + d], for each d of `lookaheads_s` (arrays in its order), e0 = `elapsed_s`.
+
+        With C(x) the draws needing b by x and S(e) = C(e) for e > 0, 0 at e = 0 (as
+        `need_probabilities` counts), p(e) = (C(e + h) - S(e)) / (N - S(e)); C and S only grow,
+        so with e1 = e0 + d, p(e) >= max(C(e0 + h) - S(e1), 0) / (N - S(e0)) and
+        p(e) <= (C(e1 + h) - S(e0)) / (N - S(e1)), and p = 1 once S reaches N. What lets a
+        planner tell that only time passing cannot change its answer for a while."""
+        first_need = self.draws_for(state).first_need_s
+        ends = elapsed_s + lookaheads_s
+        none = np.zeros(lookaheads_s.size)
+        out = {}
+        for backend, horizon_s in horizons_s.items():
+            times = first_need.get(backend)
+            if times is None:
+                out[backend] = (none, none)
+                continue
+            n = times.size
+            started = int(times.searchsorted(elapsed_s, side="right")) if elapsed_s > 0 else 0
+            started_by_end = np.where(ends > 0, times.searchsorted(ends, side="right"), 0)
+            reached = int(times.searchsorted(elapsed_s + horizon_s, side="right"))
+            reached_by_end = times.searchsorted(ends + horizon_s, side="right")
+            if started == n:
+                ones = np.ones(lookaheads_s.size)
+                out[backend] = (ones, ones)
+                continue
+            low = np.maximum(reached - started_by_end, 0) / (n - started)
+            left = n - started_by_end
+            high = np.where(left > 0, (reached_by_end - started) / np.maximum(left, 1), 1.0)
+            out[backend] = (low, np.minimum(high, 1.0))
+        return out
+
     def backend_use_probabilities(self, app_class: str) -> Mapping[str, float]:
         """P(a new application of the class ever needs b), for each backend b its graph has
         (one dict per class, kept until the class is refitted: the planner weighs expected

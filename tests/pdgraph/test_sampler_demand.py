@@ -277,3 +277,29 @@ def test_gittins_is_at_most_the_mean_remaining(demand: DemandEstimator, app_clas
 def test_unknown_class_names_the_known_ones(demand: DemandEstimator) -> None:
     with pytest.raises(KeyError, match="factool_code"):
         demand.compiled("no_such_class")
+
+
+@pytest.mark.parametrize("elapsed_s", [0.0, 0.5, 3.0, 12.0])
+def test_need_bounds_hold_the_need_probability_over_each_lookahead(
+    demand: DemandEstimator, elapsed_s: float
+) -> None:
+    """Every need probability on a fine grid of later elapsed times lies within the bounds of
+    each lookahead that covers it, the bounds widen with the lookahead, and a lookahead of 0
+    gives the probability itself."""
+    state = GraphState("factool_code", "generate_solutions", (1, 1, 0), 3)
+    horizons = {"code:factool_code": 4.0, "llm": 1.0, "search": 2.0}
+    lookaheads = np.array([0.0, 1.0, 4.0, 16.0])
+    bounds = demand.need_bounds(state, elapsed_s, horizons, lookaheads)
+    for backend, (low, high) in bounds.items():
+        assert np.all(np.diff(low) <= 0) and np.all(np.diff(high) >= 0), backend
+        now = demand.need_probabilities(state, elapsed_s, {backend: horizons[backend]})[backend]
+        assert low[0] == pytest.approx(now) and high[0] == pytest.approx(now), backend
+        for later in elapsed_s + np.linspace(0.0, lookaheads[-1], 161):
+            p = demand.need_probabilities(state, float(later), {backend: horizons[backend]})[backend]
+            covering = lookaheads >= later - elapsed_s - 1e-12
+            assert np.all(low[covering] <= p + 1e-12) and np.all(p <= high[covering] + 1e-12), (backend, later)
+    code_low, code_high = bounds["code:factool_code"]
+    if elapsed_s > float(demand.draws_for(state).first_need_s["code:factool_code"].max()):
+        assert np.all(code_low == 1.0) and np.all(code_high == 1.0)  # overdue: needed for sure
+    else:
+        assert code_low[-1] < code_high[-1]  # the code backend's need really moves with time

@@ -241,3 +241,32 @@ def test_restate_rekeys_the_waiting_requests(demand, clock) -> None:
     engine.restate(1, "generate_solutions", (1, 1, 0))
     record = engine.apps[1].record
     assert record.version == version + 1 and record.state.stage == "generate_solutions" and record.state.pending == 2
+
+
+def test_the_timer_makes_no_pass_while_the_planner_is_quiet(demand, clock) -> None:
+    """lru keeps an idle backend warm for its TTL: after a plan, the timer's ticks before it
+    runs out need no pass (`timer_due` takes them), any change (a queued request here) makes
+    the next tick plan again, and the first tick after the expiry plans and releases."""
+    engine = _engine(
+        demand, clock, _warm("tools"), _warm("other"), planner="lru",
+        planner_options={"ttl_s": 5.0}, planner_interval_s=1.0,
+    )
+    for backend in engine.backends.values():
+        backend.last_used_s = 0.0
+    assert not engine.schedule().release  # the first plan: both were used at 0, kept
+    due = []
+    for now in (1.0, 2.0, 3.0):
+        clock.now = now
+        due.append(engine.timer_due(now))
+    assert due == [False, False, False] and engine.next_plan_s == 4.0
+    _start(engine, demand, 1, "tools")  # a change: the next tick plans
+    clock.now = 4.0
+    assert engine.timer_due(4.0)
+    output = engine.schedule()
+    assert [d.request.app.app_id for d in output.dispatch] == [1] and not output.release
+    clock.now = 5.0
+    assert engine.timer_due(5.0)  # the dispatch changed what the planner reads
+    assert not engine.schedule().release  # "other" was last used at 0: kept up to 5
+    clock.now = 6.0
+    assert engine.timer_due(6.0)  # its keep-alive ran out: the quiet time is over
+    assert engine.schedule().release == ("other",)

@@ -290,3 +290,45 @@ def test_a_stalling_prefill_pauses_the_batch_and_is_not_shared() -> None:
     engine.advance(1.5)
     assert engine.remaining[0] == pytest.approx(1.0 - 0.5 * cost.work_rate_per_request(1))
     assert engine.remaining[1] == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------- quiet planner timer
+
+
+def _counted(planner_class: type, every_tick: bool) -> type:
+    """The real planner class, counting its plans; `every_tick` never declares a quiet time
+    (what the timer did before quiet times), so the engine plans on every tick."""
+
+    class Counted(planner_class):
+        plans = 0
+
+        def plan(self, *args, **kwargs):
+            type(self).plans += 1
+            return super().plan(*args, **kwargs)
+
+        def quiet_until(self, now, apps, backends, arrival_rates_at) -> float:
+            if every_tick:
+                return now
+            return super().quiet_until(now, apps, backends, arrival_rates_at)
+
+    return Counted
+
+
+@pytest.mark.parametrize("planner", ["pdgraph", "lru", "on-demand", "warm-on-queue"])
+def test_the_timer_skips_only_plans_that_would_decide_nothing(
+    demand: DemandEstimator, arrivals: list[Arrival], planner: str
+) -> None:
+    """A planner's quiet time (`quiet_until`) lets the engine skip timer plans; every decision,
+    and when it is made, is the same as planning on every tick, and fewer plans are made."""
+    runs = {}
+    for every_tick in (True, False):
+        planner_class = _counted(type(make_planner(planner, demand)), every_tick)
+        sim = Simulator(
+            demand, make_policy("gittins", demand), planner_class(demand, pinned=("llm",)),
+            arrivals[:40], seed=3, keep_log=True,
+        )
+        result = sim.run()
+        runs[every_tick] = (sim.engine.log, result.summary()["mean_act_s"], planner_class.plans)
+    (log_each, act_each, plans_each), (log_quiet, act_quiet, plans_quiet) = runs[True], runs[False]
+    assert log_quiet == log_each and act_quiet == act_each
+    assert plans_quiet < plans_each
