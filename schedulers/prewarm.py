@@ -99,7 +99,7 @@ class PrewarmPlanner(ABC):
         keep = [name for name, b in backends.items() if not b.idle]
         keep += [name for name in self.pinned if name in backends]
         kept = set(keep)
-        undecided = {name: b for name, b in backends.items() if name not in kept}
+        undecided = self.undecided(backends)
         budget = math.inf if self.max_warm is None else self.max_warm
         if undecided and len(kept) < budget:
             for name in self.wanted(now, apps, undecided, arrival_rates):
@@ -113,6 +113,10 @@ class PrewarmPlanner(ABC):
                 n for n, b in backends.items() if n not in chosen and b.warm_or_warming and b.idle
             ),
         )
+
+    def undecided(self, backends: Mapping[str, BackendStatus]) -> dict[str, BackendStatus]:
+        """The backends rules 1-2 leave to the planner: idle and not pinned."""
+        return {name: b for name, b in backends.items() if b.idle and name not in self.pinned}
 
     def quiet_until(
         self,
@@ -180,11 +184,7 @@ class LRUKeepAlive(PrewarmPlanner):
     def quiet_until(self, now, apps, backends, arrival_rates_at) -> float:
         """When the first idle warm backend's keep-alive runs out."""
         return min(
-            (
-                b.last_used_s + self.ttl_s
-                for name, b in backends.items()
-                if b.warm_or_warming and b.idle and name not in self.pinned
-            ),
+            (b.last_used_s + self.ttl_s for b in self.undecided(backends).values() if b.warm_or_warming),
             default=math.inf,
         )
 
@@ -306,7 +306,7 @@ class PDGraphPrewarm(PrewarmPlanner):
         the plan did not ask about a backend (its P_b was above 0.999) only loosens the bounds.
         Under a budget (`max_warm`) the order of the wanted backends matters too, so then it
         plans on every tick."""
-        idle = {name: b for name, b in backends.items() if b.idle and name not in self.pinned}
+        idle = self.undecided(backends)
         if not idle:
             return math.inf
         planned_s, products = self._products
