@@ -37,8 +37,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Insert, Table, and_, bindparam, exists, insert, select, update
+from sqlalchemy.engine import Dialect
 
+from hermesflow.compiled_sql import CompiledStatement
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.store import (
     CallPhase,
@@ -60,39 +62,84 @@ from hermesflow.store import (
 _LIVE_PHASES = (RunPhase.ADMITTED, RunPhase.RUNNING)
 """Phases of a run that is not over (stored as names, so compared by membership, not order)."""
 
-# The write path's statements, built once. A statement built per call costs SQLAlchemy a fresh
-# cache key (a walk of the whole statement) on every execution; a module-level one is keyed once,
-# which with a plain connection instead of an ORM session halves a completion's CPU.
+# The write path's statements, built once and compiled per dialect by `_Statements` (see
+# `compiled_sql.py`: they run on the DBAPI cursor, which costs a fifth of `Connection.execute`).
 _runs, _calls, _decisions = Run.__table__, StepCall.__table__, Decision.__table__
-_RUN_BY_KEY = select(_runs).where(_runs.c.key == bindparam("key"))
-_RUN_PROGRESS = select(_runs.c.phase, _runs.c.state, _runs.c.submitted_s).where(_runs.c.id == bindparam("run_id"))
-_INSERT_RUN = insert(_runs).returning(_runs.c.id)
-_SET_RUN_STATE = update(_runs).where(_runs.c.id == bindparam("run_id")).values(state=bindparam("state"))
-_START_RUN_STEP = _SET_RUN_STATE.values(phase=RunPhase.RUNNING)
+
+
+def _insert(table: Table, returning: bool = False) -> Insert:
+    """An insert of every column but the id, each from the parameter of its own name."""
+    statement = insert(table).values({c.name: bindparam(c.name) for c in table.columns if not c.primary_key})
+    return statement.returning(table.c.id) if returning else statement
+
+
+_RUN_AT_STEP = and_(
+    _runs.c.id == bindparam("run_id"),
+    _runs.c.phase != RunPhase.FINISHED,
+    _runs.c.phase != RunPhase.FAILED,
+    _runs.c.state["step"].as_integer() == bindparam("finished_step"),
+)
+"""`advance`'s guard: the run is live and still at the step that finished."""
+_CALL_NOT_DONE = exists().where(_calls.c.id == bindparam("call_id"), _calls.c.phase != CallPhase.DONE)
+_SET_RUN_STATE = update(_runs).values(state=bindparam("state"))
 _END_RUN = _SET_RUN_STATE.values(
-    phase=bindparam("phase"), finished_s=bindparam("finished_s"), act_s=bindparam("act_s"),
+    phase=bindparam("phase"), finished_s=bindparam("finished_s"), act_s=bindparam("finished_s") - _runs.c.submitted_s,
     result=bindparam("result"), error=bindparam("error"), cold_start_s=bindparam("cold_start_s"),
     attained_s=bindparam("attained_s"),
 )
-_MARK_RUNNING = (
-    update(_calls)
-    .where(_calls.c.id == bindparam("call_id"))
-    .values(phase=CallPhase.RUNNING, started_s=bindparam("at_s"), attempts=_calls.c.attempts + 1)
-)
-_REQUEUE = (
-    update(_calls)
-    .where(_calls.c.id == bindparam("call_id"), _calls.c.phase != CallPhase.DONE)
-    .values(phase=CallPhase.QUEUED, started_s=None)
-)
-_COMPLETE = (
-    update(_calls)
-    .where(_calls.c.id == bindparam("call_id"), _calls.c.phase != CallPhase.DONE)
-    .values(phase=CallPhase.DONE, result=bindparam("result"), finished_s=bindparam("at_s"))
-)
-_INSERT_CALLS = insert(_calls).returning(_calls.c.id, sort_by_parameter_order=True)
-_INSERT_CLIENT_STEP = insert(ClientStep.__table__)
-_INSERT_DECISIONS = insert(_decisions)
-_INSERT_OBSERVATIONS = insert(StepObservation.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The journal's writes, compiled for one dialect."""
+
+    run_id_by_key: CompiledStatement
+    insert_run: CompiledStatement
+    start_run_step: CompiledStatement
+    advance_run: CompiledStatement
+    advance_run_completing: CompiledStatement
+    end_run: CompiledStatement
+    end_run_completing: CompiledStatement
+    mark_running: CompiledStatement
+    requeue: CompiledStatement
+    complete: CompiledStatement
+    insert_call: CompiledStatement
+    insert_client_step: CompiledStatement
+    insert_decision: CompiledStatement
+    insert_observation: CompiledStatement
+
+    @classmethod
+    def compile(cls, dialect: Dialect) -> _Statements:
+        calls_where = update(_calls).where(_calls.c.id == bindparam("call_id"))
+        statements = {
+            "run_id_by_key": select(_runs.c.id).where(_runs.c.key == bindparam("key")),
+            "insert_run": insert(_runs).values(
+                {name: bindparam(name) for name in _RUN_COLUMNS}
+            ).returning(_runs.c.id),
+            "start_run_step": _SET_RUN_STATE.where(_runs.c.id == bindparam("run_id")).values(phase=RunPhase.RUNNING),
+            "advance_run": _SET_RUN_STATE.where(_RUN_AT_STEP),
+            "advance_run_completing": _SET_RUN_STATE.where(_RUN_AT_STEP, _CALL_NOT_DONE),
+            "end_run": _END_RUN.where(_RUN_AT_STEP),
+            "end_run_completing": _END_RUN.where(_RUN_AT_STEP, _CALL_NOT_DONE),
+            "mark_running": calls_where.values(
+                phase=CallPhase.RUNNING, started_s=bindparam("at_s"), attempts=_calls.c.attempts + 1
+            ),
+            "requeue": calls_where.where(_calls.c.phase != CallPhase.DONE).values(
+                phase=CallPhase.QUEUED, started_s=None
+            ),
+            "complete": calls_where.where(_calls.c.phase != CallPhase.DONE).values(
+                phase=CallPhase.DONE, result=bindparam("result"), finished_s=bindparam("at_s")
+            ),
+            "insert_call": _insert(_calls, returning=True),
+            "insert_client_step": _insert(ClientStep.__table__),
+            "insert_decision": _insert(_decisions),
+            "insert_observation": _insert(StepObservation.__table__),
+        }
+        return cls(**{name: CompiledStatement(statement, dialect) for name, statement in statements.items()})
+
+
+_RUN_COLUMNS = ("key", "app_class", "policy", "phase", "submitted_s", "inputs", "labels", "state")
+"""What an admission stores of a run; the rest is written when it ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +213,67 @@ class RunEnd:
     attained_s: float = 0.0
 
 
+class _Writes:
+    """One transaction's writes: its connection, the compiled statements, and the decisions it
+    carries, which are inserted together (one statement) just before it commits."""
+
+    __slots__ = ("connection", "decisions", "sql")
+
+    def __init__(self, connection: Connection, sql: _Statements) -> None:
+        self.connection = connection
+        self.sql = sql
+        self.decisions: list[dict[str, Any]] = []
+
+    def decide(self, rows: Iterable[DecisionRow], run_id: int | None = None) -> None:
+        """Queue decisions for this transaction; `run_id` fills rows that name no run."""
+        self.decisions.extend(
+            {"at_s": r.at_s, "kind": r.kind, "backend": r.backend, "run_id": r.run_id or run_id, "detail": r.detail}
+            for r in rows
+        )
+
+    def mark_running(self, deferred: list[tuple[int, float, DecisionRow]]) -> None:
+        self.sql.mark_running.run_many(self.connection, ({"call_id": c, "at_s": at_s} for c, at_s, _ in deferred))
+        self.decide(d for _, _, d in deferred)
+
+    def insert_calls(self, run_id: int, step: NewStep, at_s: float) -> list[StoredCall]:
+        stored = []
+        for index, call in enumerate(step.calls):
+            row = {
+                "run_id": run_id, "step": step.step, "call_index": index, "stage": step.stage,
+                "backend": step.backend, "call": call, "phase": CallPhase.QUEUED, "attempts": 0,
+                "queued_s": at_s, "result": None, "started_s": None, "finished_s": None,
+            }
+            call_id = self.sql.insert_call.scalar(self.connection, row)
+            stored.append(
+                StoredCall(call_id, run_id, step.step, index, step.stage, step.backend, call, CallPhase.QUEUED, 0, None, at_s, None)
+            )
+        if step.client_step is not None:
+            self.sql.insert_client_step.run(
+                self.connection, {"run_id": run_id, "step_id": step.client_step, "attempt": step.attempt, "step": step.step}
+            )
+        return stored
+
+    def complete(self, completed: CompletedCall, at_s: float) -> bool:
+        values = {"call_id": completed.call_id, "result": completed.result, "at_s": at_s}
+        if not self.sql.complete.run(self.connection, values):
+            return False
+        self.decide([completed.decision])
+        return True
+
+    def end(self) -> None:
+        """Insert the queued decisions (the transaction's last statement)."""
+        self.sql.insert_decision.run_many(self.connection, self.decisions)
+        self.decisions = []
+
+
 class RunJournal:
     """Journal transactions over a `Store` (module docstring)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._sql = _Statements.compile(store.engine.dialect)
         self._deferred: list[tuple[int, float, DecisionRow]] = []
-        self._batch: Connection | None = None
+        self._batch: _Writes | None = None
         self.busy_s = 0.0
         """Seconds spent in journal transactions (the durable share of scheduler overhead)."""
         self._stored_classes: set[str] = set()
@@ -191,9 +292,10 @@ class RunJournal:
         decision: DecisionRow,
     ) -> tuple[RunRow, bool]:
         """The run under `key`, created now if new; the flag says whether it was created."""
-        with self._transaction() as connection:
-            existing = connection.execute(_RUN_BY_KEY, {"key": key}).first()
-            if existing is not None:
+        with self._transaction() as writes:
+            connection = writes.connection
+            if self._sql.run_id_by_key.scalar(connection, {"key": key}) is not None:
+                existing = connection.execute(select(_runs).where(_runs.c.key == key)).one()
                 return row_copy(RunRow, existing), False
             if app_class not in self._stored_classes:
                 require_class(connection, app_class)
@@ -202,8 +304,8 @@ class RunJournal:
                 "key": key, "app_class": app_class, "policy": policy, "phase": RunPhase.ADMITTED,
                 "submitted_s": submitted_s, "inputs": inputs, "labels": labels, "state": state,
             }
-            run_id = connection.execute(_INSERT_RUN, values).scalar_one()
-            _insert_decisions(connection, [decision], run_id)
+            run_id = self._sql.insert_run.scalar(connection, values)
+            writes.decide([decision], run_id)
             run = RunRow(
                 id=run_id, app_class=app_class, policy=policy, phase=RunPhase.ADMITTED, submitted_s=submitted_s,
                 finished_s=None, act_s=None, cold_start_s=None, attained_s=None, labels=labels, key=key,
@@ -220,42 +322,45 @@ class RunJournal:
             return
         with self.store.engine.connect() as connection:
             transaction = connection.begin()
-            self._batch = connection
+            self._batch = _Writes(connection, self._sql)
             try:
                 yield
+                start = time.perf_counter()
+                self._batch.end()
             except BaseException:
                 transaction.rollback()
                 raise
             finally:
                 self._batch = None
-            start = time.perf_counter()
             transaction.commit()
             self.busy_s += time.perf_counter() - start
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _transaction(self) -> Iterator[_Writes]:
         """A transaction that first writes the deferred dispatch marks (see `dispatch`); inside
         a `batch`, the batch's."""
         deferred, self._deferred = self._deferred, []
         start = time.perf_counter()
-        if self._batch is not None:  # `busy_s` counts the statements here, the commit in `batch`
-            _mark_running(self._batch, deferred)
+        if self._batch is not None:  # `busy_s` counts the statements here, the end in `batch`
+            self._batch.mark_running(deferred)
             yield self._batch
             self.busy_s += time.perf_counter() - start
             return
         with self.store.engine.begin() as connection:
-            _mark_running(connection, deferred)
-            yield connection
+            writes = _Writes(connection, self._sql)
+            writes.mark_running(deferred)
+            yield writes
+            writes.end()
         self.busy_s += time.perf_counter() - start
 
     def start_step(
         self, run_id: int, state: dict[str, Any], step: NewStep, at_s: float, decisions: Iterable[DecisionRow] = ()
     ) -> list[StoredCall]:
         """Store the run's new state and the step's calls (QUEUED); returns the stored calls."""
-        with self._transaction() as connection:
-            connection.execute(_START_RUN_STEP, {"run_id": run_id, "state": state})
-            _insert_decisions(connection, list(decisions), run_id)
-            return _insert_calls(connection, run_id, step, at_s)
+        with self._transaction() as writes:
+            self._sql.start_run_step.run(writes.connection, {"run_id": run_id, "state": state})
+            writes.decide(decisions, run_id)
+            return writes.insert_calls(run_id, step, at_s)
 
     def dispatch(self, call_id: int, at_s: float, decision: DecisionRow) -> None:
         """Mark a call RUNNING and count its attempt — deferred to the next transaction (or
@@ -271,14 +376,14 @@ class RunJournal:
 
     def requeue(self, call_id: int, decision: DecisionRow) -> None:
         """A call whose backend died goes back to QUEUED (its attempt stays counted)."""
-        with self._transaction() as connection:
-            connection.execute(_REQUEUE, {"call_id": call_id})
-            _insert_decisions(connection, [decision])
+        with self._transaction() as writes:
+            self._sql.requeue.run(writes.connection, {"call_id": call_id})
+            writes.decide([decision])
 
     def complete(self, call_id: int, result: dict[str, Any], at_s: float, decision: DecisionRow) -> bool:
         """Store a call's result unless it already has one; False for a duplicate."""
-        with self._transaction() as connection:
-            return _complete(connection, CompletedCall(call_id, result, decision), at_s)
+        with self._transaction() as writes:
+            return writes.complete(CompletedCall(call_id, result, decision), at_s)
 
     def advance(
         self,
@@ -295,31 +400,35 @@ class RunJournal:
         """Record step `finished_step`'s observation and move on: store `next_step`'s calls, or
         end the run. `completed` is the step's last call, stored in the same transaction.
         Returns the new calls, or None when the run had already moved past that step, has
-        ended, or `completed` was a duplicate — then nothing is written."""
-        with self._transaction() as connection:
-            phase, stored_state, submitted_s = connection.execute(_RUN_PROGRESS, {"run_id": run_id}).one()
-            if phase in (RunPhase.FINISHED, RunPhase.FAILED) or (stored_state or {}).get("step") != finished_step:
-                return None
-            if completed is not None and not _complete(connection, completed, at_s):
-                return None  # a duplicate: nothing of it was written; the dispatch marks stay
-            if observation is not None:
-                connection.execute(_INSERT_OBSERVATIONS, [observation_values(observation)])
-            _insert_decisions(connection, list(decisions), run_id)
-            if end is None:
-                connection.execute(_SET_RUN_STATE, {"run_id": run_id, "state": state})
-                return _insert_calls(connection, run_id, next_step, at_s)
-            connection.execute(_END_RUN, {
-                "run_id": run_id, "state": state, "phase": end.phase, "finished_s": at_s,
-                "act_s": at_s - submitted_s, "result": end.result, "error": end.error,
+        ended, or `completed` was a duplicate — then nothing is written.
+
+        The guard is the run's own update, conditional on all three (one statement, no read)."""
+        values: dict[str, Any] = {"run_id": run_id, "finished_step": finished_step, "state": state}
+        if completed is not None:
+            values["call_id"] = completed.call_id
+        if end is None:
+            update_run = self._sql.advance_run_completing if completed else self._sql.advance_run
+        else:
+            update_run = self._sql.end_run_completing if completed else self._sql.end_run
+            values |= {
+                "phase": end.phase, "finished_s": at_s, "result": end.result, "error": end.error,
                 "cold_start_s": end.cold_start_s, "attained_s": end.attained_s,
-            })
-            return []
+            }
+        with self._transaction() as writes:
+            if not update_run.run(writes.connection, values):
+                return None  # nothing of it was written; the dispatch marks stay
+            if completed is not None:
+                writes.complete(completed, at_s)
+            if observation is not None:
+                self._sql.insert_observation.run(writes.connection, observation_values(observation))
+            writes.decide(decisions, run_id)
+            return [] if next_step is None else writes.insert_calls(run_id, next_step, at_s)
 
     def record(self, decisions: Iterable[DecisionRow]) -> None:
         """Store decisions that change no run (warm, release, recover) in one transaction, which
         also writes the deferred dispatch marks."""
-        with self._transaction() as connection:
-            _insert_decisions(connection, list(decisions))
+        with self._transaction() as writes:
+            writes.decide(decisions)
 
     def live_runs(self) -> list[tuple[RunRow, list[StoredCall]]]:
         """Unfinished runs in admission order, each with the calls of its current step."""
@@ -401,57 +510,8 @@ class RunJournal:
             raise ValueError(
                 f"observations of other runs passed for run {run_id}; record each under its own run"
             )
-        rows = [observation_values(o) for o in observations]
-        with self._transaction() as connection:
-            connection.execute(_INSERT_OBSERVATIONS, rows)
-
-
-def _insert_decisions(connection: Connection, rows: list[DecisionRow], run_id: int | None = None) -> None:
-    """Insert decisions in one statement; `run_id` fills rows that name no run."""
-    if rows:
-        connection.execute(
-            _INSERT_DECISIONS,
-            [
-                {"at_s": r.at_s, "kind": r.kind, "backend": r.backend, "run_id": r.run_id or run_id, "detail": r.detail}
-                for r in rows
-            ],
-        )
-
-
-def _mark_running(connection: Connection, deferred: list[tuple[int, float, DecisionRow]]) -> None:
-    if deferred:
-        connection.execute(_MARK_RUNNING, [{"call_id": call_id, "at_s": at_s} for call_id, at_s, _ in deferred])
-        _insert_decisions(connection, [d for _, _, d in deferred])
-
-
-def _insert_calls(connection: Connection, run_id: int, step: NewStep, at_s: float) -> list[StoredCall]:
-    rows = [
-        {
-            "run_id": run_id, "step": step.step, "call_index": index, "stage": step.stage,
-            "backend": step.backend, "call": call, "phase": CallPhase.QUEUED, "attempts": 0,
-            "queued_s": at_s, "result": None, "started_s": None,
-        }
-        for index, call in enumerate(step.calls)
-    ]
-    ids = connection.execute(_INSERT_CALLS, rows).scalars().all()
-    if step.client_step is not None:
-        connection.execute(
-            _INSERT_CLIENT_STEP,
-            [{"run_id": run_id, "step_id": step.client_step, "attempt": step.attempt, "step": step.step}],
-        )
-    return [
-        StoredCall(id_, run_id, step.step, r["call_index"], step.stage, step.backend, r["call"], CallPhase.QUEUED, 0, None, at_s, None)
-        for id_, r in zip(ids, rows, strict=True)
-    ]
-
-
-def _complete(connection: Connection, completed: CompletedCall, at_s: float) -> bool:
-    done = connection.execute(
-        _COMPLETE, {"call_id": completed.call_id, "result": completed.result, "at_s": at_s}
-    ).rowcount
-    if done:
-        _insert_decisions(connection, [completed.decision])
-    return bool(done)
+        with self._transaction() as writes:
+            self._sql.insert_observation.run_many(writes.connection, [observation_values(o) for o in observations])
 
 
 def _stored_call(row: StepCall) -> StoredCall:

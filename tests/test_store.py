@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from hermesflow import store as store_module
 from hermesflow.client_records import TaskState
-from hermesflow.journal import NewStep, RunJournal
+from hermesflow.journal import CompletedCall, NewStep, RunEnd, RunJournal
 from hermesflow.pdgraph.model import END, PDGraph, Stage
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.pdgraph.workload_file import hermes_mix
@@ -292,3 +292,41 @@ def test_a_batch_stores_results_in_one_transaction_or_none(store: Store) -> None
         second.id: (CallPhase.DONE, {"text": "2"}),
         third.id: (CallPhase.QUEUED, None),
     }
+
+
+def test_a_step_advances_once_and_a_duplicate_result_writes_nothing(store: Store) -> None:
+    journal, run_id = _journal_run(store)
+    [call] = journal.start_step(run_id, {"step": 0}, NewStep(0, "extract", "tools", [{"kind": "tool"}]), 1.0)
+    complete = DecisionRow(2.0, DecisionKind.COMPLETE, "tools", run_id)
+    done = CompletedCall(call.id, {"text": "1"}, complete)
+    step = [DecisionRow(2.0, DecisionKind.STEP, "tools")]
+    following = NewStep(1, "load", "tools", [{"kind": "tool"}])
+    [next_call] = journal.advance(run_id, 0, _observation(run_id, 0), {"step": 1}, following, None, 2.0, step, done)
+    assert next_call.step == 1
+    # the same result again, or the same step again: the run is past step 0, nothing is written
+    assert journal.advance(run_id, 0, _observation(run_id, 0), {"step": 1}, following, None, 3.0, step, done) is None
+    assert journal.advance(run_id, 0, None, {"step": 1}, following, None, 3.0) is None
+    duplicate = CompletedCall(call.id, {"text": "late"}, complete)  # the current step, a done call
+    assert journal.advance(run_id, 1, None, {"step": 2}, following, None, 3.0, step, duplicate) is None
+    assert [(c.step, c.phase, c.result) for c in journal.calls(run_id)] == [
+        (0, CallPhase.DONE, {"text": "1"}),
+        (1, CallPhase.QUEUED, None),
+    ]
+    assert len(store.observations("react_fever", 10)) == 1
+    kinds = [e.kind for e in journal.events(run_id)]
+    assert kinds == [DecisionKind.ADMIT, DecisionKind.COMPLETE, DecisionKind.STEP]
+
+
+def test_a_run_ends_once_with_its_act_and_an_ended_run_does_not_advance(store: Store) -> None:
+    journal, run_id = _journal_run(store)  # submitted at 0.0
+    [call] = journal.start_step(run_id, {"step": 0}, NewStep(0, "extract", "tools", [{"kind": "tool"}]), 1.0)
+    done = CompletedCall(call.id, {"text": "1"}, DecisionRow(4.5, DecisionKind.COMPLETE, "tools", run_id))
+    end = RunEnd(RunPhase.FINISHED, {"answer": 42}, None, cold_start_s=0.5, attained_s=3.0)
+    finish = [DecisionRow(4.5, DecisionKind.FINISH)]
+    assert journal.advance(run_id, 0, None, {"step": 0}, None, end, 4.5, finish, done) == []
+    again = RunEnd(RunPhase.FAILED, None, "late", 0.0, 0.0)
+    assert journal.advance(run_id, 0, None, {"step": 0}, None, again, 9.0) is None
+    run = journal.run("etl:run-1")
+    assert (run.phase, run.finished_s, run.act_s, run.result, run.error) == (RunPhase.FINISHED, 4.5, 4.5, {"answer": 42}, None)
+    assert (run.cold_start_s, run.attained_s) == (0.5, 3.0)
+    assert journal.live_runs() == []
