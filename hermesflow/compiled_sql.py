@@ -10,13 +10,15 @@ enums stored by name), so running it is the same SQL with the same values that `
 send — straight to the cursor, inside the connection's own transaction.
 
 Driver errors are raised as SQLAlchemy's (`sqlalchemy.exc.IntegrityError` and the rest), so a
-caller catches one kind of error whichever path wrote. Statements whose SQL depends on the
+caller catches one kind of error whichever path wrote, and one that says the database dropped the
+connection invalidates it, so that its next use reconnects. Statements whose SQL depends on the
 values (expanding `IN` lists) are refused: build those with `Connection.execute`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +43,7 @@ class CompiledStatement:
     """`statement` compiled for `dialect`; `run`, `run_many` and `scalar` execute it on a
     SQLAlchemy connection's cursor, in that connection's transaction."""
 
-    __slots__ = ("_error_base", "_parameters", "_positional", "sql")
+    __slots__ = ("_dialect", "_error_base", "_parameters", "_positional", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -64,36 +66,28 @@ class CompiledStatement:
             for name in names or ()
         )
         self._error_base: type[Exception] = dialect.loaded_dbapi.Error
+        self._dialect = dialect
 
     def run(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """Execute once; returns the number of rows it changed."""
-        cursor = connection.connection.cursor()
-        try:
-            self._execute(cursor.execute, self._bound(values), values)
+        with self._cursor(connection, values) as cursor:
+            cursor.execute(self.sql, self._bound(values))
             return cursor.rowcount
-        finally:
-            cursor.close()
 
     def run_many(self, connection: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         """Execute once per row (the driver's `executemany`)."""
         bound = [self._bound(row) for row in rows]
         if bound:
-            cursor = connection.connection.cursor()
-            try:
-                self._execute(cursor.executemany, bound, bound)
-            finally:
-                cursor.close()
+            with self._cursor(connection, bound) as cursor:
+                cursor.executemany(self.sql, bound)
 
     def scalar(self, connection: Connection, values: Mapping[str, Any]) -> Any:
         """Execute once and return the first column of the first row (e.g. `RETURNING id`), or
         None when there is no row."""
-        cursor = connection.connection.cursor()
-        try:
-            self._execute(cursor.execute, self._bound(values), values)
+        with self._cursor(connection, values) as cursor:
+            cursor.execute(self.sql, self._bound(values))
             row = cursor.fetchone()
             return None if row is None else row[0]
-        finally:
-            cursor.close()
 
     def _bound(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         converted = []
@@ -104,8 +98,22 @@ class CompiledStatement:
             return tuple(converted)
         return {parameter.name: value for parameter, value in zip(self._parameters, converted, strict=True)}
 
-    def _execute(self, execute: Callable[[str, Any], Any], bound: Any, shown: Any) -> None:
+    @contextmanager
+    def _cursor(self, connection: Connection, shown: Any) -> Iterator[Any]:
+        """A cursor of `connection`'s DBAPI connection, closed after use. A driver error is
+        raised as SQLAlchemy's; one that says the database dropped the connection also
+        invalidates `connection`, as `Connection.execute` would, so its next use reconnects."""
+        dbapi_connection = connection.connection
+        cursor = dbapi_connection.cursor()
         try:
-            execute(self.sql, bound)
+            yield cursor
         except self._error_base as error:
-            raise DBAPIError.instance(self.sql, shown, error, self._error_base) from error
+            dropped = self._dialect.is_disconnect(error, dbapi_connection.dbapi_connection, cursor)
+            if dropped:
+                connection.invalidate(error)
+            raise DBAPIError.instance(
+                self.sql, shown, error, self._error_base, connection_invalidated=dropped, dialect=self._dialect
+            ) from error
+        finally:
+            if not connection.invalidated:
+                cursor.close()

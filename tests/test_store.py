@@ -330,3 +330,22 @@ def test_a_run_ends_once_with_its_act_and_an_ended_run_does_not_advance(store: S
     assert (run.phase, run.finished_s, run.act_s, run.result, run.error) == (RunPhase.FINISHED, 4.5, 4.5, {"answer": 42}, None)
     assert (run.cold_start_s, run.attained_s) == (0.5, 3.0)
     assert journal.live_runs() == []
+
+
+def test_the_journal_reconnects_after_the_database_drops_its_connection(store: Store) -> None:
+    """The journal holds one connection for its writes; a statement that finds it dropped
+    invalidates it (the error says so), and the next write reconnects."""
+    journal, run_id = _journal_run(store)
+    [first] = journal.start_step(run_id, {"step": 0}, NewStep(0, "extract", "tools", [{"kind": "tool"}]), 1.0)
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("only a server drops connections")
+    with store.engine.connect() as admin:
+        admin.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(OperationalError) as dropped:
+        journal.start_step(run_id, {"step": 1}, NewStep(1, "load", "tools", [{"kind": "tool"}]), 2.0)
+    assert dropped.value.connection_invalidated
+    [call] = journal.start_step(run_id, {"step": 1}, NewStep(1, "load", "tools", [{"kind": "tool"}]), 2.0)
+    assert [c.id for c in journal.calls(run_id)] == [first.id, call.id]
