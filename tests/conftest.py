@@ -24,11 +24,21 @@ from sqlalchemy.engine import make_url
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "dags"
 _AIRFLOW_HOME_KEY = pytest.StashKey[Path]()
 
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+OMP_WAIT_PASSIVE = "PASSIVE"
+"""Torch's OpenMP threads sleep at a barrier instead of spinning. The LLM backend runs one
+intra-op thread per core; on 2 cores shared with the scheduler, the gateway, Ray and Airflow, a
+spinning thread holds a core its preempted sibling needs, and each of a decode step's hundreds of
+barriers waits out a time slice: a SmolLM2 decode step took ~1.95 s instead of ~0.2 s beside one
+busy process. Set here, before anything imports torch, it reaches every process the tests start
+(Ray workers, `ray start`, `hermesflow serve`, `make up`) through the inherited environment."""
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Airflow reads its configuration when it is first imported, and any test module may be
     the first to import it (`pytest.importorskip("airflow")` at collection), so the variables
-    are set here, before collection starts — a folder's own conftest is loaded too late."""
+    are set here, before collection starts — a folder's own conftest is loaded too late. So is
+    OpenMP's wait policy, read once when torch loads its OpenMP runtime."""
     home = Path(tempfile.mkdtemp(prefix="hermesflow-airflow-"))
     config.stash[_AIRFLOW_HOME_KEY] = home
     os.environ.update(
@@ -39,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "AIRFLOW__CORE__PARALLELISM": "4",
         }
     )
+    os.environ.setdefault(OMP_WAIT_POLICY, OMP_WAIT_PASSIVE)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
