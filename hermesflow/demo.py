@@ -41,6 +41,7 @@ from hermesflow.pdgraph.model import LLM_BACKEND
 from hermesflow.report import write_report
 from hermesflow.schedulers.runtime_config import CPU_MODEL_COST, VLLM_MODEL_COST, RuntimeConfig
 from hermesflow.schedulers.runtime_experiment import (
+    PROBE_ROUNDS,
     EngineProbe,
     PlannedApp,
     plan_arrivals,
@@ -97,10 +98,11 @@ def probe_calls(seed: int, n: int = PROBE_CALLS) -> list[LLMCall]:
     return calls[:n]
 
 
-def measure_engine(seed: int, setup: EngineSetup = CPU_SETUP) -> EngineProbe:
-    """The demo's LLM backend timed on this machine (Ray must be initialised)."""
+def measure_engine(seed: int, setup: EngineSetup = CPU_SETUP, rounds: int = PROBE_ROUNDS) -> EngineProbe:
+    """The demo's LLM backend timed on this machine (Ray must be initialised), the fastest of
+    `rounds` identical rounds kept."""
     ensure_smollm2()  # convert the shipped GGUF once, before anything is timed
-    return probe_engine(setup.llm, setup.prior.engine(LLM_BACKEND), probe_calls(seed))
+    return probe_engine(setup.llm, setup.prior.engine(LLM_BACKEND), probe_calls(seed), rounds)
 
 
 def calibrated_costs(probe: EngineProbe, setup: EngineSetup = CPU_SETUP) -> CostModel:
