@@ -67,19 +67,25 @@ _LIVE_PHASES = (RunPhase.ADMITTED, RunPhase.RUNNING)
 _runs, _calls, _decisions = Run.__table__, StepCall.__table__, Decision.__table__
 
 
-def _insert(table: Table, returning: bool = False) -> Insert:
-    """An insert of every column but the id, each from the parameter of its own name."""
-    statement = insert(table).values({c.name: bindparam(c.name) for c in table.columns if not c.primary_key})
+def _insert(table: Table, columns: Iterable[str] | None = None, returning: bool = False) -> Insert:
+    """An insert of `columns` (default: every column but the id), each from the parameter of
+    its own name."""
+    names = [c.name for c in table.columns if not c.primary_key] if columns is None else columns
+    statement = insert(table).values({name: bindparam(name) for name in names})
     return statement.returning(table.c.id) if returning else statement
+
+
+_RUN_COLUMNS = ("key", "app_class", "policy", "phase", "submitted_s", "inputs", "labels", "state")
+"""What an admission stores of a run; the rest is written when it ends."""
 
 
 _RUN_AT_STEP = and_(
     _runs.c.id == bindparam("run_id"),
-    _runs.c.phase != RunPhase.FINISHED,
-    _runs.c.phase != RunPhase.FAILED,
+    *(_runs.c.phase != phase for phase in RunPhase if phase not in _LIVE_PHASES),
     _runs.c.state["step"].as_integer() == bindparam("finished_step"),
 )
-"""`advance`'s guard: the run is live and still at the step that finished."""
+"""`advance`'s guard: the run is live and still at the step that finished (the ended phases
+excluded one by one: an IN list would be rendered anew at every execution)."""
 _CALL_NOT_DONE = exists().where(_calls.c.id == bindparam("call_id"), _calls.c.phase != CallPhase.DONE)
 _SET_RUN_STATE = update(_runs).values(state=bindparam("state"))
 _END_RUN = _SET_RUN_STATE.values(
@@ -113,9 +119,7 @@ class _Statements:
         calls_where = update(_calls).where(_calls.c.id == bindparam("call_id"))
         statements = {
             "run_id_by_key": select(_runs.c.id).where(_runs.c.key == bindparam("key")),
-            "insert_run": insert(_runs).values(
-                {name: bindparam(name) for name in _RUN_COLUMNS}
-            ).returning(_runs.c.id),
+            "insert_run": _insert(_runs, _RUN_COLUMNS, returning=True),
             "start_run_step": _SET_RUN_STATE.where(_runs.c.id == bindparam("run_id")).values(phase=RunPhase.RUNNING),
             "advance_run": _SET_RUN_STATE.where(_RUN_AT_STEP),
             "advance_run_completing": _SET_RUN_STATE.where(_RUN_AT_STEP, _CALL_NOT_DONE),
@@ -136,10 +140,6 @@ class _Statements:
             "insert_observation": _insert(StepObservation.__table__),
         }
         return cls(**{name: CompiledStatement(statement, dialect) for name, statement in statements.items()})
-
-
-_RUN_COLUMNS = ("key", "app_class", "policy", "phase", "submitted_s", "inputs", "labels", "state")
-"""What an admission stores of a run; the rest is written when it ends."""
 
 
 @dataclass(frozen=True, slots=True)
