@@ -335,10 +335,10 @@ def test_a_run_ends_once_with_its_act_and_an_ended_run_does_not_advance(store: S
 def test_the_journal_reconnects_after_the_database_drops_its_connection(store: Store) -> None:
     """The journal holds one connection for its writes; a statement that finds it dropped
     invalidates it (the error says so), and the next write reconnects."""
-    journal, run_id = _journal_run(store)
-    [first] = journal.start_step(run_id, {"step": 0}, NewStep(0, "extract", "tools", [{"kind": "tool"}]), 1.0)
     if store.engine.dialect.name != "postgresql":
         pytest.skip("only a server drops connections")
+    journal, run_id = _journal_run(store)
+    [first] = journal.start_step(run_id, {"step": 0}, NewStep(0, "extract", "tools", [{"kind": "tool"}]), 1.0)
     with store.engine.connect() as admin:
         admin.exec_driver_sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
