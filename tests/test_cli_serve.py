@@ -494,6 +494,7 @@ def _content(document: Any) -> str:
     return document["choices"][0]["delta"].get("content") or ""
 
 
+@pytest.mark.slow
 def test_ctrl_c_drains_streams_in_flight_then_stops_everything(warming_serve: WarmingServe) -> None:
     """At SIGINT a short stream finishes normally within the grace period, a long one ends with
     an error chunk and `[DONE]` at its end, and new requests get 503 meanwhile."""
@@ -532,6 +533,7 @@ def _first_refusal(url: str, timeout_s: float = 30.0) -> httpx.Response:
     pytest.fail(f"no request was refused within {timeout_s:.0f} s of SIGINT")
 
 
+@pytest.mark.slow
 def test_serve_starts_a_loopback_cluster_of_its_own(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HERMES_HOME"] = str(tmp_path)

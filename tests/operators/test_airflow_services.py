@@ -6,7 +6,10 @@ ranked and dispatched, of a class whose graph is the one the DAG declares.
 
 Parametrized over Airflow's metadata database: SQLite (a file) and a real PostgreSQL server (a
 fresh database on the session's server, through the root conftest's `store_url`).
-"""
+
+Marked `slow` (about 2 minutes: a deployment per database): `make test-slow` runs it. `make test`
+keeps real Airflow through `airflow dags test` (test_example_dags, test_operators) and the
+plugin's api-server (tests/plugins)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from support.airflow_services import AirflowServices
 from hermesflow.operators.dag_graph import dag_pdgraph
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.schedulers.open_apps import structure_of
+
+pytestmark = pytest.mark.slow
 
 DAG_ID = "rag_answer"
 CONF = {"question": "When was smallpox declared eradicated?"}

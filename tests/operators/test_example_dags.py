@@ -27,6 +27,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "summarize_map_reduce": {"doc_id": "water-cycle", "text": None, "max_chunks": 2},
 }
 """Each example DAG with the params of its test run (water-cycle has two chunks)."""
+SLOW_EXAMPLES = ("react_agent", "summarize_map_reduce")
+"""Run by `make test-slow` only: 20-30 s each of real LLM calls; `make test` runs `rag_answer`."""
+DAG_IDS = [
+    pytest.param(dag_id, marks=pytest.mark.slow) if dag_id in SLOW_EXAMPLES else dag_id
+    for dag_id in sorted(EXAMPLES)
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +52,7 @@ def _check_success(result: DagRunResult) -> None:
     assert result.state == "success", result.output[-6000:]
 
 
+@pytest.mark.slow
 def test_map_reduce_summarises_each_chunk_and_combines(run_example: Any, hermes: Hermes) -> None:
     result = run_example("summarize_map_reduce")
     _check_success(result)
@@ -67,6 +74,7 @@ def test_rag_answer_retrieves_then_answers(run_example: Any, hermes: Hermes) -> 
     assert hermes.calls(result.app_id) == [("retrieve", "search"), ("answer", "llm")]
 
 
+@pytest.mark.slow
 def test_react_agent_follows_one_way_per_round(run_example: Any, hermes: Hermes) -> None:
     result = run_example("react_agent")
     _check_success(result)
@@ -84,7 +92,7 @@ def test_react_agent_follows_one_way_per_round(run_example: Any, hermes: Hermes)
     assert len(hermes.dispatches(result.app_id)) == len(served)
 
 
-@pytest.mark.parametrize("dag_id", sorted(EXAMPLES))
+@pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_listener_records_every_task_and_ends_the_application(
     run_example: Any, hermes: Hermes, dag_id: str
 ) -> None:
@@ -103,7 +111,7 @@ def test_listener_records_every_task_and_ends_the_application(
     assert hermes.app(result.app_id)["phase"] == "finished"
 
 
-@pytest.mark.parametrize("dag_id", sorted(EXAMPLES))
+@pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_the_scheduler_ranks_the_runs_over_the_graph_the_dag_declares(
     run_example: Any, hermes: Hermes, dag_id: str
 ) -> None:

@@ -62,7 +62,7 @@ def test_a_program_run_is_one_task_and_its_own_application(
     assert ("program", "tools") not in hermes.calls(checks.app_id)
 
 
-@pytest.mark.parametrize("task_id", ["retried", "program"])
+@pytest.mark.parametrize("task_id", [pytest.param("retried", marks=pytest.mark.slow), "program"])
 def test_running_a_task_of_the_same_dag_run_again_submits_nothing(
     checks: DagRunResult, hermes: Hermes, task_id: str
 ) -> None:

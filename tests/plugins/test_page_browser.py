@@ -199,6 +199,7 @@ def test_the_page_follows_a_live_application(
     context.close()
 
 
+@pytest.mark.slow
 def test_the_page_says_why_it_cannot_show_the_state(
     airflow_api: AirflowApi, hermes: Hermes, browser: Any
 ) -> None:
