@@ -1,0 +1,12 @@
+"""Attention kernels for long context (`hermesflow.kernels`).
+
+Each kernel comes as a PyTorch reference and, where it pays, a Triton kernel, with a dispatcher
+that picks Triton on CUDA and the reference on the CPU. The modules here depend on torch only:
+the LLM backend imports them, never the other way round.
+
+* `sparse_patterns` — the index of a sparse prefill: which keys each query head attends to, in
+  MInference's three patterns (A-shape, vertical-slash, block-sparse).
+* `attention_reference` — exact attention over such an index, the log-sum-exp that merges partial
+  attentions, and the recall of an index (the share of softmax mass it keeps).
+* `sparse_estimate` — the online estimation of an index from the prompt's own queries and keys.
+"""
