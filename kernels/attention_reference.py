@@ -32,15 +32,19 @@ class PartialAttention:
     lse: torch.Tensor
 
 
-def expand_kv(tensor: torch.Tensor, query_heads: int) -> torch.Tensor:
-    """Keys or values repeated so that each query head has its own (grouped-query attention)."""
-    kv_heads = tensor.shape[1]
+def group_size(query_heads: int, kv_heads: int) -> int:
+    """How many query heads share each key/value head (grouped-query attention)."""
     if query_heads % kv_heads:
         raise ValueError(
             f"{query_heads} query heads cannot share {kv_heads} key/value heads evenly; the model's "
             "num_attention_heads must be a multiple of num_key_value_heads"
         )
-    return tensor.repeat_interleave(query_heads // kv_heads, dim=1)
+    return query_heads // kv_heads
+
+
+def expand_kv(tensor: torch.Tensor, query_heads: int) -> torch.Tensor:
+    """Keys or values repeated so that each query head has its own (grouped-query attention)."""
+    return tensor.repeat_interleave(group_size(query_heads, tensor.shape[1]), dim=1)
 
 
 def scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:

@@ -7,7 +7,8 @@
   itself) are always kept.
 * **Block-sparse**: queries and keys are mean-pooled per block of `block` tokens, the pooled
   queries attend to the pooled keys (block-causal), and each query block keeps its top
-  `n_blocks` key blocks; its own block and the first block are always kept.
+  `n_blocks` key blocks; its own block and the first block are always kept, beyond the budget
+  if it is 1.
 """
 
 from __future__ import annotations
@@ -65,12 +66,11 @@ def estimate_block_sparse(
     logits = scores(pooled_q, pooled_k, scale)  # [batch, heads, count, count]
     positions = torch.arange(count, device=q.device)
     later = positions[None, :] > positions[:, None]
-    logits = logits.masked_fill(later, float("-inf"))
-    logits[..., 0] = float("inf")
-    logits.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    always = (positions[None, :] == positions[:, None]) | (positions[None, :] == 0)
+    logits = logits.masked_fill(later, float("-inf")).masked_fill(always, float("inf"))
     chosen = logits.topk(min(n_blocks, count), dim=-1).indices
-    blocks = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, chosen, True) & ~later
-    return BlockSparseIndex(block, blocks)
+    blocks = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, chosen, True)
+    return BlockSparseIndex(block, (blocks | always) & ~later)
 
 
 def _pool(tensor: torch.Tensor, block: int) -> torch.Tensor:
