@@ -38,6 +38,13 @@ def block_lists(index: BlockSparseIndex) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
+def _load_rows(base, rows, row_stride, rows_ok, offs_d, d_ok):
+    """Rows `rows` of a `[length, head_dim]` matrix at `base`, in float32; 0 outside it."""
+    tile = base + rows[:, None] * row_stride + offs_d[None, :]
+    return tl.load(tile, mask=rows_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _block_sparse_forward(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, count_ptr, number_ptr,
     q_stride_b, q_stride_h, q_stride_n,
@@ -59,15 +66,11 @@ def _block_sparse_forward(
     d_ok = offs_d < head_dim
     m_ok = offs_m < length
 
-    q = tl.load(
-        q_ptr
-        + batch * q_stride_b
-        + head * q_stride_h
-        + offs_m[:, None] * q_stride_n
-        + offs_d[None, :],
-        mask=m_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    ).to(tl.float32)
+    q = _load_rows(
+        q_ptr + batch * q_stride_b + head * q_stride_h, offs_m, q_stride_n, m_ok, offs_d, d_ok
+    )
+    k_base = k_ptr + batch * k_stride_b + kv_head * k_stride_h
+    v_base = v_ptr + batch * v_stride_b + kv_head * v_stride_h
 
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
@@ -79,15 +82,7 @@ def _block_sparse_forward(
         key_block = tl.load(number_ptr + list_at * n_blocks + i)
         offs_k = key_block * BLOCK + offs_n
         k_ok = offs_k < length
-        k = tl.load(
-            k_ptr
-            + batch * k_stride_b
-            + kv_head * k_stride_h
-            + offs_k[:, None] * k_stride_n
-            + offs_d[None, :],
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        k = _load_rows(k_base, offs_k, k_stride_n, k_ok, offs_d, d_ok)
         scores = tl.dot(q, tl.trans(k)) * scale
         allowed = k_ok[None, :] & (offs_k[None, :] <= offs_m[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
@@ -95,15 +90,7 @@ def _block_sparse_forward(
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_ptr
-            + batch * v_stride_b
-            + kv_head * v_stride_h
-            + offs_k[:, None] * v_stride_n
-            + offs_d[None, :],
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        v = _load_rows(v_base, offs_k, v_stride_n, k_ok, offs_d, d_ok)
         acc = acc * alpha[:, None] + tl.dot(p, v)
         m_i = m_new
 
