@@ -3,9 +3,9 @@
 The kernel is FlashAttention's forward pass restricted to the kept key blocks: one program per
 (query block, batch row x query head) walks the key blocks its query block keeps, in order, with
 the online softmax (running maximum `m`, running sum `l`, rescaled accumulator), and writes the
-output and its log-sum-exp `m + log l`. Only the diagonal block needs the causal mask, and every
-query block keeps its diagonal (`BlockSparseIndex`), so no row is empty. Grouped-query heads read
-their key/value head `h // (query_heads / kv_heads)` in place, without copies.
+output and its log-sum-exp `m + log l` (`flash_tiles`). Each tile is masked by causality and the
+prompt's end; every query block keeps its diagonal (`BlockSparseIndex`), so no row is empty.
+Grouped-query heads read their key/value head in place, without copies.
 
 Scores are accumulated in float32 whatever the input dtype, as the reference does; the output
 comes back in float32 too. The dispatcher (`block_sparse_attention`) runs the kernel on CUDA
@@ -14,13 +14,17 @@ tensors and the reference (`masked_attention` over the index's mask) elsewhere.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from hermesflow.kernels.attention_reference import PartialAttention, group_size, masked_attention
+from hermesflow.kernels.attention_reference import PartialAttention, masked_attention
+from hermesflow.kernels.flash_tiles import (
+    KernelCall,
+    attend_rows,
+    query_tile,
+    store_tile,
+)
 from hermesflow.kernels.sparse_patterns import BlockSparseIndex
 
 
@@ -38,73 +42,26 @@ def block_lists(index: BlockSparseIndex) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
-def _load_rows(base, rows, row_stride, rows_ok, offs_d, d_ok):
-    """Rows `rows` of a `[length, head_dim]` matrix at `base`, in float32; 0 outside it."""
-    tile = base + rows[:, None] * row_stride + offs_d[None, :]
-    return tl.load(tile, mask=rows_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _block_sparse_forward(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, count_ptr, number_ptr,
-    q_stride_b, q_stride_h, q_stride_n,
-    k_stride_b, k_stride_h, k_stride_n,
-    v_stride_b, v_stride_h, v_stride_n,
-    o_stride_b, o_stride_h, o_stride_n,
     heads, group, length, head_dim, n_blocks, scale,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    query_block = tl.program_id(0)
-    row = tl.program_id(1)
-    batch = row // heads
-    head = row % heads
-    kv_head = head // group
-
-    offs_m = query_block * BLOCK + tl.arange(0, BLOCK)
-    offs_n = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < head_dim
-    m_ok = offs_m < length
-
-    q = _load_rows(
-        q_ptr + batch * q_stride_b + head * q_stride_h, offs_m, q_stride_n, m_ok, offs_d, d_ok
+    query_block, row, offs_m, offs_d, d_ok, m_ok, q, k_base, v_base = query_tile(
+        q_ptr, k_ptr, v_ptr, heads, group, length, head_dim, BLOCK, BLOCK_D
     )
-    k_base = k_ptr + batch * k_stride_b + kv_head * k_stride_h
-    v_base = v_ptr + batch * v_stride_b + kv_head * v_stride_h
-
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-
     list_at = row * n_blocks + query_block
-    count = tl.load(count_ptr + list_at)
-    for i in range(count):
-        key_block = tl.load(number_ptr + list_at * n_blocks + i)
-        offs_k = key_block * BLOCK + offs_n
+    for i in range(tl.load(count_ptr + list_at)):
+        offs_k = tl.load(number_ptr + list_at * n_blocks + i) * BLOCK + tl.arange(0, BLOCK)
         k_ok = offs_k < length
-        k = _load_rows(k_base, offs_k, k_stride_n, k_ok, offs_d, d_ok)
-        scores = tl.dot(q, tl.trans(k)) * scale
         allowed = k_ok[None, :] & (offs_k[None, :] <= offs_m[:, None])
-        scores = tl.where(allowed, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = _load_rows(v_base, offs_k, v_stride_n, k_ok, offs_d, d_ok)
-        acc = acc * alpha[:, None] + tl.dot(p, v)
-        m_i = m_new
-
-    out = acc / l_i[:, None]
-    tl.store(
-        out_ptr
-        + batch * o_stride_b
-        + head * o_stride_h
-        + offs_m[:, None] * o_stride_n
-        + offs_d[None, :],
-        out,
-        mask=m_ok[:, None] & d_ok[None, :],
-    )
-    tl.store(lse_ptr + row * length + offs_m, m_i + tl.log(l_i), mask=m_ok)
+        m_i, l_i, acc = attend_rows(
+            q, k_base, v_base, offs_k, k_ok, offs_d, d_ok, head_dim, allowed, scale, m_i, l_i, acc
+        )
+    store_tile(out_ptr, lse_ptr, row, offs_m, m_ok, offs_d, d_ok, length, head_dim, acc, m_i, l_i)
 
 
 def block_sparse_attention_triton(
@@ -114,38 +71,23 @@ def block_sparse_attention_triton(
     index: BlockSparseIndex,
     scale: float | None = None,
 ) -> PartialAttention:
-    """Run the Triton kernel (module docstring). The index's block must be a power of two of at
-    least 16 tokens (the kernel's tile; `tl.dot` needs 16)."""
+    """Run the Triton kernel (module docstring). The index's block is the kernel's tile: a power
+    of two of at least 16 tokens (`tl.dot` needs 16)."""
     batch, heads, length, head_dim = q.shape
-    block = index.block
-    if block < 16 or block & (block - 1):
-        raise ValueError(f"the kernel's block must be a power of two >= 16 tokens; got {block}")
-    if index.blocks.shape[:2] != (batch, heads):
-        raise ValueError(
-            f"the index covers [batch, heads] {tuple(index.blocks.shape[:2])}, the queries {(batch, heads)}"
-        )
-    group = group_size(heads, k.shape[1])
+    call = KernelCall.prepare(q, k, v, index.block, index.blocks.shape[:2], scale)
     counts, numbers = block_lists(index)
     n_blocks = counts.shape[-1]
-    if -(-length // block) != n_blocks:
+    if -(-length // index.block) != n_blocks:
         raise ValueError(
-            f"{n_blocks} blocks of {block} tokens do not cover a prompt of {length} tokens; "
+            f"{n_blocks} blocks of {index.block} tokens do not cover a prompt of {length} tokens; "
             "estimate the index for this prompt"
         )
-    q, k, v = (t.contiguous() for t in (q, k, v))
-    out = torch.empty(batch, heads, length, head_dim, device=q.device, dtype=torch.float32)
-    lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     _block_sparse_forward[(n_blocks, batch * heads)](
-        q, k, v, out, lse, counts.contiguous(), numbers.contiguous(),
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        heads, group, length, head_dim, n_blocks, scale,
-        BLOCK=block, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        call.q, call.k, call.v, call.out, call.lse, counts.contiguous(), numbers.contiguous(),
+        heads, call.group, length, head_dim, n_blocks, call.scale,
+        BLOCK=index.block, BLOCK_D=call.block_d,
     )  # fmt: skip
-    return PartialAttention(out, lse)
+    return call.result()
 
 
 def block_sparse_attention(

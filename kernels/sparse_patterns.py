@@ -79,8 +79,9 @@ class VerticalSlashIndex:
         slash = torch.arange(window, device=device).expand(batch, heads, window)
         return cls(vertical.contiguous(), slash.contiguous(), SparsePattern.A_SHAPE)
 
-    def mask(self, length: int) -> torch.Tensor:
-        """`[batch, heads, length, length]` bool: the causal mask narrowed to the index."""
+    def flags(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two `[batch, heads, length]` bool tables for a prompt of `length` tokens: whether each
+        key position is a vertical column, and whether each offset `q - k` is a slash."""
         for name, index in (("vertical", self.vertical), ("slash", self.slash)):
             if index.numel() and int(index.max()) >= length:
                 raise ValueError(
@@ -90,13 +91,16 @@ class VerticalSlashIndex:
         batch, heads = self.vertical.shape[:2]
         device = self.vertical.device
         columns = torch.zeros(batch, heads, length, dtype=torch.bool, device=device)
-        columns.scatter_(-1, self.vertical, True)
         offsets = torch.zeros(batch, heads, length, dtype=torch.bool, device=device)
-        offsets.scatter_(-1, self.slash, True)
-        positions = torch.arange(length, device=device)
+        return columns.scatter_(-1, self.vertical, True), offsets.scatter_(-1, self.slash, True)
+
+    def mask(self, length: int) -> torch.Tensor:
+        """`[batch, heads, length, length]` bool: the causal mask narrowed to the index."""
+        columns, offsets = self.flags(length)
+        positions = torch.arange(length, device=columns.device)
         offset = (positions[:, None] - positions[None, :]).clamp(min=0)
         on_slash = offsets[:, :, offset]  # [batch, heads, length, length]
-        return (columns[:, :, None, :] | on_slash) & causal_mask(length, device)
+        return (columns[:, :, None, :] | on_slash) & causal_mask(length, columns.device)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-KERNEL_MODULES = ("hermesflow.kernels.block_sparse_attention",)
+KERNEL_MODULES = (
+    "hermesflow.kernels.block_sparse_attention",
+    "hermesflow.kernels.vertical_slash_attention",
+)
 INTERPRET = not torch.cuda.is_available()
 
 
