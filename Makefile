@@ -71,8 +71,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/scheduling.py
 
 # The prepared GPU check (bench/gpu_check.py, docs/benchmarks.md): on a machine with an NVIDIA
-# GPU it installs the gpu extra into .venv-gpu, runs every gpu test and every benchmark's GPU
-# mode within 8 minutes, and writes bench/results/gpu-check.json and gpu-check.log. Offline:
+# GPU it installs the gpu extra into .venv-gpu, runs every gpu test and the Triton kernel tests
+# compiled for real, then every benchmark's GPU mode, within 8 minutes, and writes
+# bench/results/gpu-check.json and gpu-check.log. Offline:
 # make gpu-check GPU_CHECK_ARGS="--python PY --wheelhouse DIR".
 .PHONY: gpu-check
 gpu-check:

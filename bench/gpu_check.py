@@ -12,7 +12,9 @@ file and one log behind:
      an index or dependency resolution, then the project itself (editable). For machines that
      cannot reach an index; DIR must hold what PY lacks.
 2. `device`: what the figures were measured on — GPU, driver, CUDA, torch, vLLM, Python.
-3. `gpu_tests`: every `gpu`-marked test (`pytest -m gpu`), each test's outcome recorded.
+3. `gpu_tests`: every `gpu`-marked test and every Triton kernel test, compiled for real
+   (`pytest -m "gpu or kernels"`; on the CPU the kernel tests run interpreted), each test's
+   outcome recorded.
 4. `bench_vllm_priority`: `bench/vllm_priority.py` — the Gittins rank as vLLM's request
    priority against vLLM's FCFS on one engine.
 5. `bench_runtime_gpu`: `bench/runtime.py --gpu` — the reference mix on Ray with the vLLM
@@ -211,7 +213,7 @@ def device(check: Check, stage: Stage) -> None:
 def gpu_tests(check: Check, stage: Stage) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        done = check.command(stage, [check.python, "-m", "pytest", "-m", "gpu", "-q", "-p",
+        done = check.command(stage, [check.python, "-m", "pytest", "-m", GPU_TESTS, "-q", "-p",
                                      "no:cacheprovider", f"--junitxml={report}", *gpu_test_files()])
         if done is None:
             return
@@ -224,12 +226,16 @@ def gpu_tests(check: Check, stage: Stage) -> None:
         stage.reason = f"pytest exit {done.returncode}: {counts}"
 
 
+GPU_TESTS = "gpu or kernels"
+"""The markers of the tests the check runs: GPU-only tests, and the Triton kernels' tests."""
+
+
 def gpu_test_files() -> list[str]:
-    """The test modules that hold `gpu`-marked tests. Only these are collected: the others
-    import what a GPU machine's interpreter need not have (Airflow, a browser driver)."""
+    """The test modules that hold `gpu`- or `kernels`-marked tests. Only these are collected: the
+    others import what a GPU machine's interpreter need not have (Airflow, a browser driver)."""
     return sorted(
         str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
-        if "pytest.mark.gpu" in path.read_text(encoding="utf-8")
+        if any(f"pytest.mark.{marker}" in path.read_text(encoding="utf-8") for marker in ("gpu", "kernels"))
     )
 
 

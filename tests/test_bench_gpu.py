@@ -28,11 +28,13 @@ def test_gpu_check_refuses_a_machine_without_an_nvidia_gpu(tmp_path: Path) -> No
     assert "no NVIDIA GPU here" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_gpu_check_collects_exactly_the_modules_with_gpu_tests() -> None:
+def test_gpu_check_collects_exactly_the_modules_with_gpu_or_kernel_tests() -> None:
     files = gpu_check.gpu_test_files()
     assert "tests/backends/test_vllm.py" in files
+    assert "tests/kernels/test_vertical_slash_kernel.py" in files
     for name in files:
-        assert "pytest.mark.gpu" in (ROOT / name).read_text()
+        text = (ROOT / name).read_text()
+        assert "pytest.mark.gpu" in text or "pytest.mark.kernels" in text
     assert "tests/backends/test_transformers_llm.py" not in files
 
 

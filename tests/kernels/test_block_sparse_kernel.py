@@ -16,6 +16,7 @@ from hermesflow.kernels.block_sparse_attention import (
 from hermesflow.kernels.sparse_estimate import estimate_block_sparse
 from hermesflow.kernels.sparse_patterns import BlockSparseIndex
 
+pytestmark = pytest.mark.kernels
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK = 16
 

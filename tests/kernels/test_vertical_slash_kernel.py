@@ -17,6 +17,7 @@ from hermesflow.kernels.vertical_slash_attention import (
     vertical_slash_lists,
 )
 
+pytestmark = pytest.mark.kernels
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TILE = 16
 
