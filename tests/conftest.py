@@ -17,21 +17,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from hermesflow.backends.base import wait_passively
+
 # ---------------------------------------------------------------------------------------------
 # Airflow: one throwaway AIRFLOW_HOME for every in-process import of Airflow.
 # ---------------------------------------------------------------------------------------------
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "dags"
 _AIRFLOW_HOME_KEY = pytest.StashKey[Path]()
-
-OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
-OMP_WAIT_PASSIVE = "PASSIVE"
-"""Torch's OpenMP threads sleep at a barrier instead of spinning. The LLM backend runs one
-intra-op thread per core; on 2 cores shared with the scheduler, the gateway, Ray and Airflow, a
-spinning thread holds a core its preempted sibling needs, and each of a decode step's hundreds of
-barriers waits out a time slice: a SmolLM2 decode step took ~1.95 s instead of ~0.2 s beside one
-busy process. Set here, before anything imports torch, it reaches every process the tests start
-(Ray workers, `ray start`, `hermesflow serve`, `make up`) through the inherited environment."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,7 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "AIRFLOW__CORE__PARALLELISM": "4",
         }
     )
-    os.environ.setdefault(OMP_WAIT_POLICY, OMP_WAIT_PASSIVE)
+    # the backends' OpenMP wait policy, for the backends the tests run in this process too (and
+    # inherited by every process they start); torch must not be loaded yet
+    wait_passively()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -13,10 +13,7 @@ the client as a clear 4xx, not as a remote traceback.
 
 Torch in a Ray worker sees `OMP_NUM_THREADS=1` (Ray sets it to the actor's CPUs); backends that
 compute set their own thread count in `load` (the `threads` option). Their OpenMP threads wait
-passively (`OMP_WAIT_POLICY=PASSIVE` unless the deployment sets it): the backend shares its cores
-with the scheduler, the other backends and the API, and a thread spinning at one of a decode
-step's hundreds of barriers holds the core that its preempted sibling needs — a SmolLM2 decode
-step took about 1.95 s instead of 0.2 s beside one busy process on 2 cores.
+passively (`wait_passively`, before the backend loads torch).
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ from typing import Any
 import ray
 from pydantic import TypeAdapter
 
-from hermesflow.backends.base import Backend, BackendSpec, make_backend
+from hermesflow.backends.base import Backend, BackendSpec, make_backend, wait_passively
 from hermesflow.backends.call_checks import call_kind_of, check_call
 from hermesflow.backends.calls import Call, CallRefused, CallResult
 from hermesflow.backends.tools import ToolBackend, ToolSignature
@@ -39,16 +36,12 @@ from hermesflow.backends.tools import ToolBackend, ToolSignature
 _CALL = TypeAdapter(Call)
 
 
-OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
-"""How OpenMP threads wait at a barrier (module docstring: passively, by default)."""
-
-
 @ray.remote
 class BackendActor:
     """Ray actor around one `Backend` built from a `BackendSpec` (given as JSON)."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        os.environ.setdefault(OMP_WAIT_POLICY, "PASSIVE")  # read once, when the backend loads torch
+        wait_passively()
         self.spec = BackendSpec.model_validate(spec)
         self.backend: Backend = make_backend(self.spec)
         self._takes_priority = "priority" in inspect.signature(self.backend.run).parameters
