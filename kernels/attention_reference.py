@@ -42,16 +42,23 @@ def group_size(query_heads: int, kv_heads: int) -> int:
     return query_heads // kv_heads
 
 
-def expand_kv(tensor: torch.Tensor, query_heads: int) -> torch.Tensor:
-    """Keys or values repeated so that each query head has its own (grouped-query attention)."""
-    return tensor.repeat_interleave(group_size(query_heads, tensor.shape[1]), dim=1)
+def grouped_matmul(per_query_head: torch.Tensor, per_kv_head: torch.Tensor) -> torch.Tensor:
+    """`x @ y` in float32 where query head `h` of `x` `[batch, query_heads, m, r]` meets key/value
+    head `h // group` of `y` `[batch, kv_heads, r, n]`: the query heads of a group are stacked
+    against their one key/value head, so keys and values are never copied per query head."""
+    batch, query_heads, m, r = per_query_head.shape
+    kv_heads = per_kv_head.shape[1]
+    stacked = per_query_head.float().reshape(
+        batch, kv_heads, group_size(query_heads, kv_heads), m, r
+    )
+    product = torch.matmul(stacked, per_kv_head.float()[:, :, None])
+    return product.reshape(batch, query_heads, m, per_kv_head.shape[-1])
 
 
 def scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """`q k^T * scale` in float32, `[batch, query_heads, q_length, k_length]` (scale 1/sqrt(dim))."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    keys = expand_kv(k, q.shape[1]).float()
-    return torch.matmul(q.float(), keys.transpose(-1, -2)) * scale
+    return grouped_matmul(q, k.transpose(-1, -2)) * scale
 
 
 def masked_attention(
@@ -70,7 +77,7 @@ def masked_attention(
     logits = logits.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     weights = torch.exp(logits - lse[..., None]).nan_to_num(0.0)
-    out = torch.matmul(weights, expand_kv(v, q.shape[1]).float())
+    out = grouped_matmul(weights, v)
     return PartialAttention(out, lse)
 
 

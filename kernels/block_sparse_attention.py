@@ -75,13 +75,9 @@ def block_sparse_attention_triton(
     of two of at least 16 tokens (`tl.dot` needs 16)."""
     batch, heads, length, head_dim = q.shape
     call = KernelCall.prepare(q, k, v, index.block, index.blocks.shape[:2], scale)
+    index.check_covers(length)
     counts, numbers = block_lists(index)
     n_blocks = counts.shape[-1]
-    if -(-length // index.block) != n_blocks:
-        raise ValueError(
-            f"{n_blocks} blocks of {index.block} tokens do not cover a prompt of {length} tokens; "
-            "estimate the index for this prompt"
-        )
     _block_sparse_forward[(n_blocks, batch * heads)](
         call.q, call.k, call.v, call.out, call.lse, counts.contiguous(), numbers.contiguous(),
         heads, call.group, length, head_dim, n_blocks, call.scale,

@@ -132,14 +132,18 @@ class BlockSparseIndex:
                 "every query block must keep its own key block (the diagonal); set it in blocks"
             )
 
-    def mask(self, length: int) -> torch.Tensor:
-        """`[batch, heads, length, length]` bool: the causal mask narrowed to the kept blocks."""
+    def check_covers(self, length: int) -> None:
+        """Refuse a prompt whose length does not make this index's number of blocks."""
         n_blocks = self.blocks.shape[-1]
         if -(-length // self.block) != n_blocks:
             raise ValueError(
                 f"{n_blocks} blocks of {self.block} tokens do not cover a prompt of {length} "
                 "tokens; estimate the index for this prompt"
             )
+
+    def mask(self, length: int) -> torch.Tensor:
+        """`[batch, heads, length, length]` bool: the causal mask narrowed to the kept blocks."""
+        self.check_covers(length)
         of_token = torch.arange(length, device=self.blocks.device) // self.block
         kept = self.blocks[:, :, of_token][:, :, :, of_token]
         return kept & causal_mask(length, self.blocks.device)

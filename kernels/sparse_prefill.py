@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from hermesflow.kernels.attention_reference import expand_kv, masked_attention
+from hermesflow.kernels.attention_reference import group_size, masked_attention
 from hermesflow.kernels.block_sparse_attention import block_sparse_attention
 from hermesflow.kernels.sparse_estimate import estimate_block_sparse, estimate_vertical_slash
 from hermesflow.kernels.sparse_patterns import SparsePattern, VerticalSlashIndex
@@ -110,12 +110,12 @@ def sparse_prefill(
         )
     if q.shape[-2] < min_length:
         return masked_attention(q, k, v, scale=scale).out
-    keys, values = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+    group = group_size(q.shape[1], k.shape[1])
     out = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     for pattern in dict.fromkeys(heads):
         chosen = torch.tensor([h for h, p in enumerate(heads) if p == pattern], device=q.device)
-        group_q, group_k, group_v = q[:, chosen], keys[:, chosen], values[:, chosen]
-        out[:, chosen] = _attend(group_q, group_k, group_v, pattern, scale)
+        shared = chosen // group  # each chosen query head's key/value head
+        out[:, chosen] = _attend(q[:, chosen], k[:, shared], v[:, shared], pattern, scale)
     return out
 
 
