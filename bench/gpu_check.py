@@ -226,17 +226,21 @@ def gpu_tests(check: Check, stage: Stage) -> None:
         stage.reason = f"pytest exit {done.returncode}: {counts}"
 
 
-GPU_TESTS = "gpu or kernels"
+GPU_TEST_MARKERS = ("gpu", "kernels")
 """The markers of the tests the check runs: GPU-only tests, and the Triton kernels' tests."""
+GPU_TESTS = " or ".join(GPU_TEST_MARKERS)
 
 
 def gpu_test_files() -> list[str]:
     """The test modules that hold `gpu`- or `kernels`-marked tests. Only these are collected: the
     others import what a GPU machine's interpreter need not have (Airflow, a browser driver)."""
-    return sorted(
-        str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
-        if any(f"pytest.mark.{marker}" in path.read_text(encoding="utf-8") for marker in ("gpu", "kernels"))
-    )
+    marks = [f"pytest.mark.{marker}" for marker in GPU_TEST_MARKERS]
+    files = []
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        text = path.read_text(encoding="utf-8")
+        if any(mark in text for mark in marks):
+            files.append(str(path.relative_to(ROOT)))
+    return sorted(files)
 
 
 def _junit_outcomes(report: Path) -> dict[str, str]:
