@@ -22,6 +22,7 @@ from hermesflow.kernels.attention_reference import PartialAttention, masked_atte
 from hermesflow.kernels.flash_tiles import (
     KernelCall,
     attend_rows,
+    compact_lists,
     query_tile,
     store_tile,
 )
@@ -34,11 +35,8 @@ def block_lists(index: BlockSparseIndex) -> tuple[torch.Tensor, torch.Tensor]:
     (int32), ascending, only the first `count` of each row meaningful. Blocks after the diagonal
     are dropped (causal)."""
     kept = index.blocks & torch.ones_like(index.blocks).tril()
-    counts = kept.sum(dim=-1, dtype=torch.int32)
-    numbers = torch.arange(kept.shape[-1], device=kept.device, dtype=torch.int32)
-    # kept blocks first, in ascending order: sort by (not kept, number)
-    order = (~kept).to(torch.int32) * kept.shape[-1] + numbers
-    return counts, order.sort(dim=-1).values.remainder(kept.shape[-1]).to(torch.int32)
+    numbers = torch.arange(kept.shape[-1], device=kept.device).expand_as(kept)
+    return compact_lists(numbers, kept, kept.shape[-1])
 
 
 @triton.jit

@@ -74,6 +74,15 @@ class KernelCall:
         return PartialAttention(self.out, self.lse)
 
 
+def compact_lists(
+    values: torch.Tensor, keep: torch.Tensor, fill: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lists a kernel walks, built on the host: per row, the kept values first in ascending
+    order, then `fill`; with the kept counts (int32, as the kernels read them)."""
+    ranked = torch.where(keep, values, torch.full_like(values, fill))
+    return keep.sum(dim=-1, dtype=torch.int32), ranked.sort(dim=-1).values.to(torch.int32)
+
+
 @triton.jit
 def load_rows(base, rows, rows_ok, offs_d, d_ok, head_dim):
     """Rows `rows` of a `[length, head_dim]` matrix at `base`, in float32; 0 outside it."""

@@ -25,6 +25,7 @@ from hermesflow.kernels.attention_reference import PartialAttention, masked_atte
 from hermesflow.kernels.flash_tiles import (
     KernelCall,
     attend_rows,
+    compact_lists,
     query_tile,
     store_tile,
 )
@@ -36,14 +37,6 @@ def _first_of_runs(sorted_rows: torch.Tensor) -> torch.Tensor:
     first = torch.ones_like(sorted_rows, dtype=torch.bool)
     first[..., 1:] = sorted_rows[..., 1:] != sorted_rows[..., :-1]
     return first
-
-
-def _compact(
-    values: torch.Tensor, keep: torch.Tensor, fill: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the kept values first in ascending order, then `fill`; with the kept counts."""
-    ranked = torch.where(keep, values, torch.full_like(values, fill))
-    return keep.sum(dim=-1, dtype=torch.int32), ranked.sort(dim=-1).values.to(torch.int32)
 
 
 def vertical_slash_lists(
@@ -67,7 +60,7 @@ def vertical_slash_lists(
     ).flatten(-2)
     numbers = torch.where(reach, candidates, torch.full_like(candidates, n_blocks)).sort(-1).values
     unique = _first_of_runs(numbers) & (numbers < n_blocks)
-    block_counts, block_numbers = _compact(numbers, unique, n_blocks)
+    block_counts, block_numbers = compact_lists(numbers, unique, n_blocks)
 
     columns = index.vertical.sort(dim=-1).values[:, :, None, :].expand(-1, -1, n_blocks, -1)
     column_block = (columns // block).contiguous()
@@ -77,7 +70,7 @@ def vertical_slash_lists(
     in_blocks = block_numbers.long().gather(-1, found) == column_block
     visible = columns <= ends[None, None, :, None]
     keep = visible & ~in_blocks & _first_of_runs(columns)
-    column_counts, column_positions = _compact(columns, keep, length)
+    column_counts, column_positions = compact_lists(columns, keep, length)
     return block_counts, block_numbers, column_counts, column_positions
 
 
