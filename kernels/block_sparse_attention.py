@@ -62,15 +62,19 @@ def _block_sparse_forward(
     store_tile(out_ptr, lse_ptr, row, offs_m, m_ok, offs_d, d_ok, length, head_dim, acc, m_i, l_i)
 
 
-def block_sparse_attention_triton(
+def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     index: BlockSparseIndex,
     scale: float | None = None,
+    kernel: bool | None = None,
 ) -> PartialAttention:
-    """Run the Triton kernel (module docstring). The index's block is the kernel's tile: a power
-    of two of at least 16 tokens (`tl.dot` needs 16)."""
+    """Block-sparse attention: the Triton kernel when `kernel` (by default on CUDA tensors),
+    otherwise the PyTorch reference. The index's block is the kernel's tile: a power of two of at
+    least 16 tokens (`tl.dot` needs 16)."""
+    if not (q.is_cuda if kernel is None else kernel):
+        return masked_attention(q, k, v, index.mask(q.shape[-2]), scale)
     batch, heads, length, head_dim = q.shape
     call = KernelCall.prepare(q, k, v, index.block, index.blocks.shape[:2], scale)
     index.check_covers(length)
@@ -82,16 +86,3 @@ def block_sparse_attention_triton(
         BLOCK=index.block, BLOCK_D=call.block_d,
     )  # fmt: skip
     return call.result()
-
-
-def block_sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    index: BlockSparseIndex,
-    scale: float | None = None,
-) -> PartialAttention:
-    """Block-sparse attention: the Triton kernel on CUDA, the PyTorch reference elsewhere."""
-    if q.is_cuda:
-        return block_sparse_attention_triton(q, k, v, index, scale)
-    return masked_attention(q, k, v, index.mask(q.shape[-2]), scale)

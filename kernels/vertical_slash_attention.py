@@ -118,16 +118,20 @@ def _vertical_slash_forward(
     store_tile(out_ptr, lse_ptr, row, offs_m, m_ok, offs_d, d_ok, length, head_dim, acc, m_i, l_i)
 
 
-def vertical_slash_attention_triton(
+def vertical_slash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     index: VerticalSlashIndex,
-    block: int = 64,
     scale: float | None = None,
+    kernel: bool | None = None,
+    block: int = 64,
 ) -> PartialAttention:
-    """Run the Triton kernel (module docstring) with query and key tiles of `block` tokens (a
-    power of two of at least 16)."""
+    """Vertical-slash (and A-shape) attention: the Triton kernel when `kernel` (by default on
+    CUDA tensors), with query and key tiles of `block` tokens (a power of two of at least 16),
+    otherwise the PyTorch reference."""
+    if not (q.is_cuda if kernel is None else kernel):
+        return masked_attention(q, k, v, index.mask(q.shape[-2]), scale)
     batch, heads, length, head_dim = q.shape
     call = KernelCall.prepare(q, k, v, block, index.vertical.shape[:2], scale)
     columns_flag, slash_flag = index.flags(length)
@@ -143,16 +147,3 @@ def vertical_slash_attention_triton(
         BLOCK=block, BLOCK_D=call.block_d,
     )  # fmt: skip
     return call.result()
-
-
-def vertical_slash_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    index: VerticalSlashIndex,
-    scale: float | None = None,
-) -> PartialAttention:
-    """Vertical-slash (and A-shape) attention: the Triton kernel on CUDA, the reference elsewhere."""
-    if q.is_cuda:
-        return vertical_slash_attention_triton(q, k, v, index, scale=scale)
-    return masked_attention(q, k, v, index.mask(q.shape[-2]), scale)

@@ -11,7 +11,6 @@ from hermesflow.kernels.attention_reference import masked_attention
 from hermesflow.kernels.block_sparse_attention import (
     block_lists,
     block_sparse_attention,
-    block_sparse_attention_triton,
 )
 from hermesflow.kernels.sparse_estimate import estimate_block_sparse
 from hermesflow.kernels.sparse_patterns import BlockSparseIndex
@@ -45,7 +44,7 @@ def test_block_lists_give_the_kept_causal_blocks_in_order() -> None:
 def test_the_kernel_matches_the_reference_on_an_estimated_index(length: int, dtype) -> None:
     q, k, v = _qkv(length, dtype=dtype)
     index = estimate_block_sparse(q, k, BLOCK, n_blocks=2)
-    got = block_sparse_attention_triton(q, k, v, index)
+    got = block_sparse_attention(q, k, v, index, kernel=True)
     want = masked_attention(q, k, v, index.mask(length))
     tolerance = (
         {"atol": 2e-2, "rtol": 2e-2} if dtype is torch.bfloat16 else {"atol": 1e-4, "rtol": 1e-4}
@@ -59,7 +58,7 @@ def test_every_block_kept_is_dense_attention_with_a_head_dim_to_pad() -> None:
     count = 3
     index = BlockSparseIndex(BLOCK, torch.ones(2, 2, count, count, dtype=torch.bool, device=DEVICE))
     torch.testing.assert_close(
-        block_sparse_attention_triton(q, k, v, index).out,
+        block_sparse_attention(q, k, v, index, kernel=True).out,
         masked_attention(q, k, v).out,
         atol=1e-4,
         rtol=1e-4,
@@ -78,4 +77,4 @@ def test_a_block_the_kernel_cannot_tile_is_refused() -> None:
     q, k, v = _qkv(24)
     index = estimate_block_sparse(q, k, 12, n_blocks=1)
     with pytest.raises(ValueError, match="power of two >= 16"):
-        block_sparse_attention_triton(q, k, v, index)
+        block_sparse_attention(q, k, v, index, kernel=True)

@@ -13,7 +13,6 @@ from hermesflow.kernels.sparse_estimate import estimate_vertical_slash
 from hermesflow.kernels.sparse_patterns import VerticalSlashIndex
 from hermesflow.kernels.vertical_slash_attention import (
     vertical_slash_attention,
-    vertical_slash_attention_triton,
     vertical_slash_lists,
 )
 
@@ -29,7 +28,7 @@ def _qkv(length: int, q_heads: int = 4, kv_heads: int = 2, dim: int = 16):
 
 
 def _check(q, k, v, index: VerticalSlashIndex) -> None:
-    got = vertical_slash_attention_triton(q, k, v, index, block=TILE)
+    got = vertical_slash_attention(q, k, v, index, kernel=True, block=TILE)
     want = masked_attention(q, k, v, index.mask(q.shape[-2]))
     torch.testing.assert_close(got.out, want.out, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.lse, want.lse, atol=1e-4, rtol=1e-4)
