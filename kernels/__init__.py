@@ -1,9 +1,8 @@
 """Attention kernels for long context (`hermesflow.kernels`).
 
-Each kernel comes as a PyTorch reference and, where it pays, a Triton kernel, with a dispatcher
+Each kernel comes as a PyTorch reference and, where it pays, a Triton kernel, behind one function
 that picks Triton on CUDA and the reference on the CPU. The modules here depend on torch and
-triton only:
-the LLM backend imports them, never the other way round.
+triton only: the LLM backend imports them, never the other way round.
 
 * `sparse_patterns` — the index of a sparse prefill: which keys each query head attends to, in
   MInference's three patterns (A-shape, vertical-slash, block-sparse).
