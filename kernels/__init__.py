@@ -9,4 +9,6 @@ triton only: the LLM backend imports them, never the other way round.
 * `attention_reference` — exact attention over such an index, the log-sum-exp that merges partial
   attentions, and the recall of an index (the share of softmax mass it keeps).
 * `sparse_estimate` — the online estimation of an index from the prompt's own queries and keys.
+* `head_weights` — one head's causal softmax and what an index keeps of it (recall and cost).
+* `pattern_search` — MInference's offline search of each head's pattern and budget.
 """

@@ -2,15 +2,16 @@
 and the configuration saved per model.
 
 MInference assigns every head one pattern offline (A-shape, vertical-slash or block-sparse, with
-its budget) and estimates that pattern's index online for each prompt. A layer's heads therefore
-run in groups: the heads that share a pattern and budget are estimated and attended together,
-and their outputs are put back in head order. Below `min_length` tokens (the break-even length
-measured for the device) the whole layer runs dense attention, so the method is never slower
-than dense.
+its budget; `pattern_search`) and estimates that pattern's index online for each prompt. A
+layer's heads therefore run in groups: the heads that share a pattern and budget are estimated
+and attended together, and their outputs are put back in head order. Below `min_length` tokens
+(the break-even length measured on the device, `SparsePrefillConfig.break_even`) the whole layer
+runs dense attention, so the method is never slower than dense.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from hermesflow.kernels.attention_reference import group_size, masked_attention
 from hermesflow.kernels.block_sparse_attention import block_sparse_attention
 from hermesflow.kernels.sparse_estimate import estimate_block_sparse, estimate_vertical_slash
-from hermesflow.kernels.sparse_patterns import SparsePattern, VerticalSlashIndex
+from hermesflow.kernels.sparse_patterns import (
+    BlockSparseIndex,
+    SparsePattern,
+    VerticalSlashIndex,
+)
 from hermesflow.kernels.vertical_slash_attention import vertical_slash_attention
 
 
@@ -56,22 +61,59 @@ class BlockSparse(_Pattern):
 HeadPattern = Annotated[AShape | VerticalSlash | BlockSparse, Field(discriminator="pattern")]
 
 
+class DeviceType(StrEnum):
+    """The devices a break-even length is measured on, named as `torch.device.type` names them
+    (so `config.break_even.get(device.type)` finds the entry)."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
 class SparsePrefillConfig(BaseModel):
-    """Every layer's head patterns for one model, and the length below which it runs dense."""
+    """Every layer's head patterns for one model, as the offline search chose them, and the
+    prompt lengths from which they pay.
+
+    `layers[l][h]` is query head `h`'s pattern in layer `l`, and `recall[l][h]` the recall its
+    online index reached on the search prompts (`search_prompts` of `search_tokens` tokens; the
+    lowest, as the share of causal softmax mass kept); each is at least `recall_target`.
+    `break_even` maps a device type to the measured prompt length from which sparse prefill
+    beats dense there; a device it does not name runs dense.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
-    min_length: PositiveInt
+    break_even: dict[DeviceType, PositiveInt] = {}
+    recall_target: Annotated[float, Field(gt=0.0, le=1.0)]
+    search_tokens: PositiveInt
+    search_prompts: PositiveInt
     layers: list[list[HeadPattern]]
+    recall: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]
 
     @model_validator(mode="after")
-    def _same_heads_per_layer(self) -> SparsePrefillConfig:
+    def _one_searched_pattern_per_head(self) -> SparsePrefillConfig:
         counts = {len(heads) for heads in self.layers}
         if len(counts) > 1 or 0 in counts:
             raise ValueError(
                 f"every layer must give one pattern per query head, the same number in each; got "
                 f"{sorted(counts)} heads per layer"
+            )
+        if [len(heads) for heads in self.recall] != [len(heads) for heads in self.layers]:
+            raise ValueError(
+                "recall must give one figure per head pattern, layer by layer; run the pattern "
+                "search again to write both"
+            )
+        below = [
+            (layer, head)
+            for layer, figures in enumerate(self.recall)
+            for head, figure in enumerate(figures)
+            if figure < self.recall_target
+        ]
+        if below:
+            raise ValueError(
+                f"heads (layer, head) {below} reached less than the recall target "
+                f"{self.recall_target}; run the pattern search again, which gives such a head a "
+                "dense pattern"
             )
         return self
 
@@ -119,19 +161,27 @@ def sparse_prefill(
     return out
 
 
-def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: HeadPattern, scale: float | None
-) -> torch.Tensor:
+def estimate_index(
+    q: torch.Tensor, k: torch.Tensor, pattern: HeadPattern, scale: float | None = None
+) -> VerticalSlashIndex | BlockSparseIndex:
+    """The index `pattern` gives on this prompt: fixed for an A-shape (capped at the prompt's
+    length), estimated from `q` and `k` (heads matched one to one) otherwise."""
     batch, heads, length = q.shape[:3]
     match pattern:
         case AShape(sink=sink, window=window):
-            index = VerticalSlashIndex.a_shape(
+            return VerticalSlashIndex.a_shape(
                 batch, heads, min(sink, length), min(window, length), q.device
             )
-            return vertical_slash_attention(q, k, v, index, scale).out
         case VerticalSlash(n_vertical=n_vertical, n_slash=n_slash, last_queries=last):
-            index = estimate_vertical_slash(q, k, n_vertical, n_slash, last, scale)
-            return vertical_slash_attention(q, k, v, index, scale).out
+            return estimate_vertical_slash(q, k, n_vertical, n_slash, last, scale)
         case BlockSparse(block=block, n_blocks=n_blocks):
-            index = estimate_block_sparse(q, k, block, n_blocks, scale)
-            return block_sparse_attention(q, k, v, index, scale).out
+            return estimate_block_sparse(q, k, block, n_blocks, scale)
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: HeadPattern, scale: float | None
+) -> torch.Tensor:
+    index = estimate_index(q, k, pattern, scale)
+    if isinstance(index, BlockSparseIndex):
+        return block_sparse_attention(q, k, v, index, scale).out
+    return vertical_slash_attention(q, k, v, index, scale).out

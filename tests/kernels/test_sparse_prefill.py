@@ -70,10 +70,23 @@ def test_a_layer_config_that_does_not_fit_the_model_says_so() -> None:
         sparse_prefill(q, k, v, HEADS[:2], min_length=16)
 
 
+def _config(**changes) -> SparsePrefillConfig:
+    fields = {
+        "model": "SmolLM2-135M-Instruct",
+        "break_even": {"cuda": 4096},
+        "recall_target": 0.95,
+        "search_tokens": 8192,
+        "search_prompts": 2,
+        "layers": [HEADS, HEADS],
+        "recall": [[0.97, 0.96, 0.99, 1.0]] * 2,
+    }
+    return SparsePrefillConfig(**(fields | changes))
+
+
 def test_the_configuration_round_trips_and_refuses_what_it_cannot_use(tmp_path: Path) -> None:
-    config = SparsePrefillConfig(
-        model="SmolLM2-135M-Instruct", min_length=4096, layers=[HEADS, HEADS]
-    )
+    config = _config()
+    assert config.break_even.get(torch.device("cuda").type) == 4096
+    assert config.break_even.get(torch.device("cpu").type) is None  # not measured: dense
     path = tmp_path / "sparse.json"
     config.save(path)
     assert SparsePrefillConfig.load(path) == config
@@ -82,5 +95,17 @@ def test_the_configuration_round_trips_and_refuses_what_it_cannot_use(tmp_path: 
     path.write_text(config.model_dump_json().replace('"a-shape"', '"diagonal"'))
     with pytest.raises(ValueError, match="is not a sparse prefill configuration"):
         SparsePrefillConfig.load(path)
-    with pytest.raises(ValueError, match="the same number in each"):
-        SparsePrefillConfig(model="m", min_length=1, layers=[HEADS, HEADS[:3]])
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"layers": [HEADS, HEADS[:3]]}, "the same number in each"),
+        ({"recall": [[0.97] * 4]}, "one figure per head pattern"),
+        ({"recall": [[0.97] * 4, [0.97, 0.94, 0.97, 0.97]]}, r"\[\(1, 1\)\] reached less"),
+        ({"break_even": {"tpu": 1024}}, "break_even"),
+    ],
+)
+def test_a_configuration_that_breaks_the_search_s_promises_is_refused(changes, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        _config(**changes)
