@@ -113,7 +113,10 @@ def _recall(index: AttentionAwareIndex, keys: torch.Tensor, queries: torch.Tenso
 
 def test_index_finds_the_top_keys_of_in_distribution_queries() -> None:
     generator = torch.Generator().manual_seed(6)
-    keys, queries = torch.randn(500, DIM, generator=generator), torch.randn(300, DIM)
+    keys, queries = (
+        torch.randn(500, DIM, generator=generator),
+        torch.randn(300, DIM, generator=generator),
+    )
     index = AttentionAwareIndex.build(keys, queries[:200], IndexSettings())
     recall, scanned = _recall(index, keys, queries[200:], ef=64)
     assert recall >= 0.95
