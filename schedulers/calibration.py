@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hermesflow.backends.calls import CallResult
+from hermesflow.backends.calls import AttentionMethod, CallResult
 from hermesflow.journal import RunJournal
 from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator
@@ -45,9 +45,12 @@ MIN_CALLS = 5
 
 
 def calibrate_engine(results: Sequence[CallResult], prior: LLMEngineCost) -> LLMEngineCost:
-    """The engine timing that best explains the calls' measured prefill and decode times."""
-    decoded = [r for r in results if r.output_tokens > 1 and r.decode_s > 0]
-    prefilled = [r for r in results if r.input_tokens > 0 and r.prefill_s > 0]
+    """The engine timing that best explains the calls' measured prefill and decode times. Only
+    calls that ran dense attention count (`CallResult.attention`): a sparse prefill or a
+    retrieval decode costs less per token, and would price every dense call too low."""
+    dense = [r for r in results if r.attention in (None, AttentionMethod.DENSE)]
+    decoded = [r for r in dense if r.output_tokens > 1 and r.decode_s > 0]
+    prefilled = [r for r in dense if r.input_tokens > 0 and r.prefill_s > 0]
     if len(decoded) < MIN_CALLS or len(prefilled) < MIN_CALLS:
         return prior
     batch = np.array([r.batch_size for r in decoded], dtype=float)

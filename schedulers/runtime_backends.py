@@ -32,7 +32,6 @@ from ray.exceptions import RayActorError
 
 from hermesflow.backends.actor import BackendActor
 from hermesflow.backends.base import BackendSpec
-from hermesflow.backends.call_checks import call_kind_of
 from hermesflow.backends.calls import CallErrorCode, CallResult
 from hermesflow.backends.tools import ToolSignature
 from hermesflow.incidents import described, report
@@ -59,7 +58,6 @@ class BackendSlot:
         self.last_error: str | None = None
         self.warmups = 0
         self.last_warmup_s: float | None = None
-        self.serves = call_kind_of(spec.type)
         self.signatures: dict[str, ToolSignature] | None = None
         """A tool backend's tools, known once it has been warm (None before, and for LLMs)."""
         self._actor: Any = None

@@ -186,7 +186,7 @@ class OpenRuns:
             )
         slot = self.slots[backend]
         try:
-            check_call(backend, slot.serves, slot.signatures, parsed)
+            check_call(backend, slot.spec.type, slot.signatures, parsed)
         except CallRefused as refused:
             raise SubmissionError(f"step {stage!r}: {refused}") from None
         return parsed, backend

@@ -725,6 +725,25 @@ def test_truncation_auto_keeps_the_end_of_a_long_prompt(client: openai.OpenAI) -
     assert completion.usage.prompt_tokens == MAX_INPUT_TOKENS
 
 
+def test_the_attention_field_picks_the_method_and_the_result_names_the_one_that_ran(
+    client: openai.OpenAI, api: httpx.Client
+) -> None:
+    """The CPU backend measures no break-even length, so a minference call runs dense there."""
+    chat = {"model": "llm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    answer = client.chat.completions.create(**chat, extra_body={"attention": "retrieval"})
+    assert answer.usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**chat, extra_body={"attention": "sparse"})
+    assert "attention" in refused.value.message and "minference" in refused.value.message
+    app_id = _app_id("attention")
+    for asked, ran in (("retrieval", "retrieval"), ("minference", "dense")):
+        call = {"kind": "llm", "prompt": "Once upon a time", "max_tokens": 2, "attention": asked}
+        step = {"app_class": "notebook", "stage": "write", "call": call}
+        result = api.post(f"/v1/apps/{app_id}/steps", json=step)
+        assert result.status_code == 200 and result.json()["attention"] == ran, result.text
+    api.post(f"/v1/apps/{app_id}/finish")
+
+
 def test_a_call_its_backend_fails_is_reported_without_internals(
     api: httpx.Client, served: Served
 ) -> None:

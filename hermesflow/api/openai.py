@@ -12,7 +12,8 @@ right after its answer. The answer's `X-Hermesflow-App` header says which id was
 prompt longer than the backend takes is refused with OpenAI's 400 `context_length_exceeded`,
 also when only the backend can count its tokens (its refusal comes back as the call's result,
 before any text is streamed); with the extension field `truncation: "auto"` it keeps its end
-instead. Errors use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`.
+instead. The extension field `attention` (`dense`, `minference`, `retrieval`) picks the
+call's attention method on a backend that runs it. Errors use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
@@ -354,7 +355,11 @@ def _reply_head(prefix: str, model: str) -> dict[str, Any]:
 def _generation_options(
     body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
 ) -> dict[str, Any]:
-    options: dict[str, Any] = {"stop": body.stop_list, "truncation": body.truncation}
+    options: dict[str, Any] = {
+        "stop": body.stop_list,
+        "truncation": body.truncation,
+        "attention": body.attention,
+    }
     if max_tokens is not None:
         options["max_tokens"] = max_tokens
     if body.temperature is not None:

@@ -29,7 +29,7 @@ import ray
 from pydantic import TypeAdapter
 
 from hermesflow.backends.base import Backend, BackendSpec, make_backend, wait_passively
-from hermesflow.backends.call_checks import call_kind_of, check_call
+from hermesflow.backends.call_checks import check_call
 from hermesflow.backends.calls import Call, CallRefused, CallResult
 from hermesflow.backends.tools import ToolBackend, ToolSignature
 
@@ -45,7 +45,6 @@ class BackendActor:
         self.spec = BackendSpec.model_validate(spec)
         self.backend: Backend = make_backend(self.spec)
         self._takes_priority = "priority" in inspect.signature(self.backend.run).parameters
-        self._serves = call_kind_of(self.spec.type)
 
     def pid(self) -> int:
         return os.getpid()
@@ -91,7 +90,7 @@ class BackendActor:
     async def _run(self, call: dict[str, Any], priority: float | None, sink) -> CallResult:
         parsed = _CALL.validate_python(call)
         try:
-            check_call(self.spec.name, self._serves, self.signatures(), parsed)
+            check_call(self.spec.name, self.spec.type, self.signatures(), parsed)
             if self._takes_priority and priority is not None:
                 return await self.backend.run(parsed, sink, priority=priority)
             return await self.backend.run(parsed, sink)

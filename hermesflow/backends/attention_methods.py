@@ -16,7 +16,6 @@ name), so padding and causality are what the model's `sdpa` path sees.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
@@ -26,20 +25,6 @@ from transformers.masking_utils import sdpa_mask
 
 ATTENTION_IMPLEMENTATION = "hermesflow"
 """The name `hermesflow_attention` is registered under (attention and mask interfaces)."""
-
-
-class AttentionMethod(StrEnum):
-    """How an LLM step's prompt and generation attend (the `attention` option of a backend and
-    of a call)."""
-
-    DENSE = "dense"
-    """Every query attends to every earlier key (the model's own SDPA)."""
-    MINFERENCE = "minference"
-    """Sparse prefill with each head's offline pattern (MInference); dense below the length
-    where it pays; decoding is dense."""
-    RETRIEVAL = "retrieval"
-    """Dense prefill; decoding attends to the sink and recent tokens exactly and to the rest
-    through a nearest-neighbour index over the keys (RetrievalAttention)."""
 
 
 class AttentionPlan(Protocol):

@@ -38,6 +38,21 @@ class Truncation(StrEnum):
     turn depends on."""
 
 
+class AttentionMethod(StrEnum):
+    """How an LLM call's prompt and generation attend: the `attention` option of an LLM backend
+    and of a call. Only the CPU transformers backend runs the long-context methods; the others
+    refuse a call that asks for one rather than run it dense unasked."""
+
+    DENSE = "dense"
+    """Every query attends to every earlier key (the model's own SDPA)."""
+    MINFERENCE = "minference"
+    """Sparse prefill with each head's offline pattern (MInference), dense below the prompt
+    length from which it pays on the device; decoding is dense."""
+    RETRIEVAL = "retrieval"
+    """Dense prefill; each decode step attends to the first and the most recent tokens exactly
+    and to the rest through a nearest-neighbour index over the keys (RetrievalAttention)."""
+
+
 class CallErrorCode(StrEnum):
     """Why a call ended without a result. The values are OpenAI's error codes where OpenAI has
     one. A call that failed with no code may succeed when tried again (a tool that timed out, a
@@ -99,6 +114,10 @@ class LLMCall(BaseModel):
         default=Truncation.DISABLED,
         description="a prompt longer than the backend takes: refused (disabled) or cut to its end (auto)",
     )
+    attention: AttentionMethod | None = Field(
+        default=None,
+        description="how the prompt and generation attend (default: the backend's `attention`)",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> LLMCall:
@@ -132,7 +151,9 @@ class CallResult(BaseModel):
     when the tool raised or timed out: a failed tool call is an observation the program reacts
     to (a ReAct agent reads the error), not a crash of the application. `error_code` is set
     when the call did not run as sent: refused by its backend (the caller's mistake) or failed
-    in it (the backend's fault); see `CallErrorCode`.
+    in it (the backend's fault); see `CallErrorCode`. `attention` is the method an LLM call
+    actually ran (a `minference` call shorter than the break-even length runs `dense`), so the
+    cost model and the PDGraphs see what each method saves.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -146,5 +167,6 @@ class CallResult(BaseModel):
     decode_s: float = 0.0
     batch_size: int = 1
     finish_reason: Literal["stop", "length", "error"] = "stop"
+    attention: AttentionMethod | None = None
     error: str | None = None
     error_code: CallErrorCode | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from typing import Any
 
 STDLIB_MODULES = (
@@ -25,13 +26,15 @@ STDLIB_MODULES = (
 def stdlib_text() -> str:
     """The docstrings of `STDLIB_MODULES`, their classes and functions, joined by blank lines."""
     parts: list[str] = []
-    for name in STDLIB_MODULES:
-        module = importlib.import_module(name)
-        for obj in [module, *(value for _, value in sorted(vars(module).items()))]:
-            if _documented_here(obj, module):
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) > 200:
-                    parts.append(doc)
+    with warnings.catch_warnings():  # reading `typing.io` and `typing.re` warns they are deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in STDLIB_MODULES:
+            module = importlib.import_module(name)
+            for obj in [module, *(value for _, value in sorted(vars(module).items()))]:
+                if _documented_here(obj, module):
+                    doc = inspect.getdoc(obj)
+                    if doc and len(doc) > 200:
+                        parts.append(doc)
     return "\n\n".join(dict.fromkeys(parts))
 
 

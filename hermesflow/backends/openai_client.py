@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from hermesflow.backends.base import Backend, DeltaSink
-from hermesflow.backends.calls import Call, CallRefused, CallResult, LLMCall
+from hermesflow.backends.calls import AttentionMethod, Call, CallRefused, CallResult, LLMCall
 from hermesflow.backends.llm_text import ContextLengthExceeded
 
 _ERROR_BODY_CHARS = 500
@@ -155,6 +155,7 @@ class OpenAIClientBackend(Backend):
             decode_s=finished - first,
             batch_size=1,
             finish_reason=_finish_reason(stream.finish_reason),
+            attention=AttentionMethod.DENSE,
         )
 
     async def unload(self) -> None:

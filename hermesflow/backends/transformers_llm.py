@@ -45,10 +45,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from hermesflow.backends.attention_methods import use_hermesflow_attention
 from hermesflow.backends.base import Backend, DeltaSink
-from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.backends.calls import AttentionMethod, Call, CallResult, LLMCall
 from hermesflow.backends.llm_text import EncodedPrompt, TextStream, encode_call
+from hermesflow.backends.long_context import LongContext, retrieval_settings
 from hermesflow.backends.model_files import ensure_smollm2
+from hermesflow.backends.retrieval_plan import RetrievalDecodePlan, RetrievalPrefillPlan, RowLayers
+from hermesflow.backends.sparse_prefill_plan import SparsePrefillPlan
 
 DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 """The `dtype` option's values. bf16 decodes about 1.7× faster on CPUs with avx512_bf16."""
@@ -69,6 +73,7 @@ class _Row:
     call: LLMCall
     prompt: EncodedPrompt
     max_tokens: int
+    method: AttentionMethod
     text: TextStream
     generator: torch.Generator | None
     on_delta: DeltaSink | None
@@ -84,6 +89,8 @@ class _Row:
     decode_s: float = 0.0
     decode_steps: int = 0
     decode_rows: int = 0  # sum over decode steps of the batch size
+    attended: AttentionMethod = AttentionMethod.DENSE  # the method its prefill actually ran
+    retrieval: RowLayers | None = None  # its retrieval layers, when it decodes by retrieval
 
     @property
     def done(self) -> bool:
@@ -127,6 +134,7 @@ class _Row:
             decode_s=self.decode_s,
             batch_size=max(1, round(batch)),
             finish_reason=self.finish_reason or "stop",
+            attention=self.attended,
         )
 
 
@@ -150,8 +158,16 @@ class _Batch:
     will get (the number of real tokens before it). Only one thread uses it at a time.
     """
 
-    def __init__(self, model: Any, eos_ids: frozenset[int], pad_id: int, stats: BatchStats) -> None:
+    def __init__(
+        self,
+        model: Any,
+        eos_ids: frozenset[int],
+        pad_id: int,
+        stats: BatchStats,
+        long_context: LongContext,
+    ) -> None:
         self._model = model
+        self._long_context = long_context
         self._eos_ids = eos_ids
         self._pad_id = pad_id
         self._stats = stats
@@ -179,8 +195,21 @@ class _Batch:
         self._keep([])
         return rows
 
-    @torch.inference_mode()
     def _admit(self, rows: list[_Row]) -> None:
+        """Prefill the newcomers: the dense ones together, each long-context one alone (its plan
+        needs the whole prompt of one sequence; see `long_context`)."""
+        plans = {row: self._long_context.prefill_plan(row.method, len(row.prompt.ids)) for row in rows}
+        together = [row for row in rows if plans[row] is None]
+        if together:
+            self._prefill(together, None)
+        for row in rows:
+            if plans[row] is not None:
+                self._prefill([row], plans[row])
+
+    @torch.inference_mode()
+    def _prefill(
+        self, rows: list[_Row], plan: SparsePrefillPlan | RetrievalPrefillPlan | None
+    ) -> None:
         width = max(len(row.prompt.ids) for row in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -198,12 +227,18 @@ class _Batch:
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            attention_plan=plan,
         ).logits[:, -1]
         chosen = self._choose(rows, logits)
         elapsed = time.perf_counter() - started
         self._stats.prefills += 1
         for row, token in zip(rows, chosen.tolist(), strict=True):
             row.started, row.prefill_s, row.prefill_batch = started, elapsed, len(rows)
+            match plan:
+                case SparsePrefillPlan(applied=True):
+                    row.attended = AttentionMethod.MINFERENCE
+                case RetrievalPrefillPlan(layers=layers):
+                    row.attended, row.retrieval = AttentionMethod.RETRIEVAL, layers
             row.accept(token, self._eos_ids)
         self._merge(rows, cache, mask, chosen, mask.sum(-1))
 
@@ -212,6 +247,8 @@ class _Batch:
         assert self._cache is not None
         rows = self.rows
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=-1)
+        retrieval = [row.retrieval for row in rows]
+        plan = RetrievalDecodePlan(retrieval) if any(retrieval) else None
         started = time.perf_counter()
         logits = self._model(
             input_ids=self._last[:, None],
@@ -219,6 +256,7 @@ class _Batch:
             position_ids=self._positions[:, None],
             cache=self._cache,
             use_cache=True,
+            attention_plan=plan,
         ).logits[:, -1]
         chosen = self._choose(rows, logits)
         elapsed = time.perf_counter() - started
@@ -315,6 +353,7 @@ class _Loaded:
     batch: _Batch
     max_positions: int
     loop: asyncio.AbstractEventLoop
+    long_context: LongContext
 
 
 class TransformersLLM(Backend):
@@ -327,7 +366,12 @@ class TransformersLLM(Backend):
     a longer one is refused with `ContextLengthExceeded` (the HTTP API's 400
     `context_length_exceeded`), or keeps its last tokens when the call asks for
     `truncation: auto` (counted in `stats.truncated_prompts` and logged); `seed` — makes the
-    per-call sampling seeds reproducible (default: random).
+    per-call sampling seeds reproducible (default: random); `attention` — the attention method
+    of calls that do not name one ("dense", "minference" or "retrieval"; see `long_context`);
+    `sparse_prefill` — the pattern search's configuration file for `minference` (default: the
+    one shipped for SmolLM2); `sparse_min_length` — the prompt length from which `minference`
+    runs sparse (default: the break-even length the configuration records for the device);
+    `retrieval` — `RetrievalSettings` fields for `retrieval`.
 
     Caller's duties: call `load`, `run` and `unload` from one event loop; `on_delta` runs on that
     loop's thread, so it may touch asyncio objects but must not block.
@@ -345,8 +389,22 @@ class TransformersLLM(Backend):
         threads: int | None = None,
         max_input_tokens: int = 2048,
         seed: int | None = None,
+        attention: str = AttentionMethod.DENSE,
+        sparse_prefill: str | Path | None = None,
+        sparse_min_length: int | None = None,
+        retrieval: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name, capacity=max_batch)
+        if attention not in set(AttentionMethod):
+            raise ValueError(
+                f"backend {name!r}: attention {attention!r}; choose one of "
+                f"{[method.value for method in AttentionMethod]}"
+            )
+        if sparse_min_length is not None and sparse_min_length < 1:
+            raise ValueError(
+                f"backend {name!r}: sparse_min_length {sparse_min_length}; give >= 1, or leave it "
+                "out to use the break-even length measured for the device"
+            )
         if dtype not in DTYPES:
             raise ValueError(f"backend {name!r}: dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         if threads is not None and threads < 1:
@@ -357,6 +415,10 @@ class TransformersLLM(Backend):
         self.dtype = dtype
         self.threads = threads or os.cpu_count() or 1
         self.max_input_tokens = max_input_tokens
+        self.attention = AttentionMethod(attention)
+        self.sparse_prefill = Path(sparse_prefill) if sparse_prefill is not None else None
+        self.sparse_min_length = sparse_min_length
+        self.retrieval = retrieval_settings(name, retrieval)
         self.stats = BatchStats()
         self._seeds = random.Random(seed)
         self._loaded: _Loaded | None = None
@@ -390,16 +452,42 @@ class TransformersLLM(Backend):
                 f"backend {self.name!r}: max_input_tokens {self.max_input_tokens} leaves no room "
                 f"to generate in the model's {max_positions} positions; lower it"
             )
+        long_context = self._long_context(model)
         self.stats = BatchStats()
         self._loaded = _Loaded(
             tokenizer=tokenizer,
             model=model,
-            batch=_Batch(model, eos_ids, pad_id, self.stats),
+            batch=_Batch(model, eos_ids, pad_id, self.stats, long_context),
             max_positions=max_positions,
             loop=asyncio.get_running_loop(),
+            long_context=long_context,
         )
         self._wakeup = asyncio.Event()
         self._serving = asyncio.create_task(self._serve(), name=f"{self.name}-batching")
+
+    def _long_context(self, model: Any) -> LongContext:
+        """Switch `model` to Hermesflow's attention function where its code allows, and read
+        what the long-context methods need; a default method the model cannot run fails the
+        load, a per-call one is refused when asked for."""
+        supported = bool(model._can_set_attn_implementation())
+        if supported:
+            use_hermesflow_attention(model)
+        long_context = LongContext.load(
+            self.name,
+            model.config,
+            supported=supported,
+            sparse_file=self.sparse_prefill,
+            default_model=self.model_path is None,
+            sparse_min_length=self.sparse_min_length,
+            retrieval=self.retrieval,
+            device_type=model.device.type,
+        )
+        try:
+            long_context.check(self.attention)
+        except ValueError:
+            long_context.close()
+            raise
+        return long_context
 
     def _load_files(self, folder: Path) -> tuple[Any, Any]:
         if not (folder / "config.json").is_file():
@@ -429,6 +517,8 @@ class TransformersLLM(Backend):
                 f"backend {self.name!r}: run() was called from another event loop than load(); "
                 "use one loop (an async Ray actor has one)"
             )
+        method = call.attention or self.attention
+        loaded.long_context.check(method)
         prompt = encode_call(loaded.tokenizer, call, self.max_input_tokens, loaded.max_positions)
         if prompt.dropped:
             self.stats.truncated_prompts += 1
@@ -443,6 +533,7 @@ class TransformersLLM(Backend):
             call=call,
             prompt=prompt,
             max_tokens=call.max_tokens,  # encode_call left room for them
+            method=method,
             text=TextStream(loaded.tokenizer, call.stop),
             generator=torch.Generator().manual_seed(row_seed) if call.temperature > 0 else None,
             on_delta=on_delta,
@@ -471,6 +562,7 @@ class TransformersLLM(Backend):
             if not row.future.done():
                 row.future.set_exception(RuntimeError(f"backend {self.name!r} was unloaded"))
         self._waiting.clear()
+        loaded.long_context.close()
         del loaded
         gc.collect()
 

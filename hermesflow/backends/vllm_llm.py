@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from hermesflow.backends.base import Backend, DeltaSink
-from hermesflow.backends.calls import Call, CallResult, LLMCall
+from hermesflow.backends.calls import AttentionMethod, Call, CallResult, LLMCall
 from hermesflow.backends.llm_text import encode_call
 from hermesflow.backends.model_files import ensure_smollm2
 
@@ -200,6 +200,7 @@ class VLLMBackend(Backend):
             decode_s=finished - first,
             batch_size=1,
             finish_reason=_finish_reason(finish_reason),
+            attention=AttentionMethod.DENSE,
         )
 
     async def unload(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hermesflow.backends.calls import CallResult
+from hermesflow.backends.calls import AttentionMethod, CallResult
 from hermesflow.pdgraph.costs import LLMEngineCost
 from hermesflow.schedulers.calibration import MIN_CALLS, calibrate_engine
 
@@ -38,6 +38,18 @@ def test_recovers_the_iteration_time_line_and_the_prefill_rate():
     assert engine.fixed_fraction == pytest.approx(0.02 / full, rel=1e-6)
     assert engine.prefill_s_per_token == pytest.approx(2e-3, rel=1e-6)
     assert engine.iteration_s(3) == pytest.approx(0.02 + 0.005 * 3, rel=1e-6)
+
+
+def test_calls_that_ran_a_long_context_method_do_not_price_dense_calls():
+    """A sparse prefill is cheaper per token than the dense one the cost model prices."""
+    rng = np.random.default_rng(2)
+    dense = [c.model_copy(update={"attention": AttentionMethod.DENSE}) for c in _calls(0.02, 0.005, 2e-3, rng)]
+    sparse = [
+        c.model_copy(update={"attention": AttentionMethod.MINFERENCE})
+        for c in _calls(0.002, 0.0005, 2e-4, rng)
+    ]
+    assert calibrate_engine(dense + sparse, PRIOR) == calibrate_engine(dense, PRIOR)
+    assert calibrate_engine(dense + sparse, PRIOR).prefill_s_per_token == pytest.approx(2e-3, rel=1e-6)
 
 
 def test_too_few_calls_keep_the_prior():

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hermesflow.backends.calls import ChatMessage, Truncation
+from hermesflow.backends.calls import AttentionMethod, ChatMessage, Truncation
 from hermesflow.client_records import Name
 
 APP_HEADER = "X-Hermesflow-App"
@@ -91,6 +91,12 @@ class _GenerationRequest(BaseModel):
         description="Hermesflow's extension, named as in OpenAI's Responses API: a prompt longer "
         "than the model takes is refused with 400 `context_length_exceeded` (`disabled`, the "
         "default) or keeps its last tokens that fit (`auto`)",
+    )
+    attention: AttentionMethod | None = Field(
+        default=None,
+        description="Hermesflow's extension: how the prompt and the generation attend — `dense`, "
+        "`minference` (sparse prefill) or `retrieval` (retrieval over the KV cache while "
+        "decoding); default: the backend's `attention` option",
     )
 
     @property
