@@ -20,6 +20,42 @@ from sqlalchemy.engine import make_url
 from hermesflow.backends.base import wait_passively
 
 # ---------------------------------------------------------------------------------------------
+# Triton kernels: interpreted when there is no GPU.
+# ---------------------------------------------------------------------------------------------
+
+KERNEL_MODULES = (
+    "hermesflow.kernels.block_sparse_attention",
+    "hermesflow.kernels.vertical_slash_attention",
+)
+
+
+def _import_kernels_interpreted() -> None:
+    """`TRITON_INTERPRET=1` must be set when `@triton.jit` runs, i.e. when a kernel module is
+    first imported — here, before any test module is collected: the LLM backend imports them
+    too. It is put back afterwards, so the processes tests start (Ray workers, servers) do not
+    inherit it; `tests/kernels/conftest.py` sets it again around each kernel test's launch."""
+    import importlib
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        for module in KERNEL_MODULES:
+            importlib.import_module(module)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+_import_kernels_interpreted()
+
+
+# ---------------------------------------------------------------------------------------------
 # Airflow: one throwaway AIRFLOW_HOME for every in-process import of Airflow.
 # ---------------------------------------------------------------------------------------------
 

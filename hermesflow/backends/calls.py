@@ -116,6 +116,9 @@ class LLMCall(BaseModel):
     )
     attention: AttentionMethod | None = Field(
         default=None,
+        # left out of the JSON while unset, so a call stores as it did before the field existed
+        # (a stored call is compared with a client's resent one)
+        exclude_if=lambda value: value is None,
         description="how the prompt and generation attend (default: the backend's `attention`)",
     )
 
