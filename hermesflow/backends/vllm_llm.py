@@ -10,6 +10,15 @@ them run each step and which wait or are preempted when the KV cache is short. W
 served) — the same "lower is earlier" as our policy keys (a Gittins index turned into a rank).
 vLLM wants an int, so `run`'s float `priority` becomes `round(priority * priority_scale)`: keys
 closer than `1 / priority_scale` tie and fall back to arrival order.
+
+Why dense attention only. Hermesflow's long-context methods choose per call, and vLLM chooses its
+attention backend once per engine, for every layer and request in its batch; its paged KV cache
+and CUDA-graph capture assume the backend's own kernels and layout. Running sparse prefill in
+vLLM cleanly means a vLLM attention backend (a plugin registered at engine start, applying one
+configuration to every request) and, for retrieval, a KV connector that moves the middle of the
+cache to host memory. Neither is per-request, and neither can be built or tested without a GPU,
+so a call that asks for `minference` or `retrieval` is refused on this backend (`call_checks`),
+never run dense unasked.
 """
 
 from __future__ import annotations
