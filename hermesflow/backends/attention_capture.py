@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hermesflow.backends.attention_methods import dense_attention, use_hermesflow_attention
+from hermesflow.backends.attention_methods import LayerAttention, use_hermesflow_attention
 
 
 @dataclass(frozen=True)
@@ -33,25 +33,15 @@ class _CapturePlan:
         self.layers = layers
         self.captured: dict[int, LayerInputs] = {}
 
-    def attend(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        layer = int(module.layer_idx)
-        if self.layers is None or layer in self.layers:
-            self.captured[layer] = LayerInputs(
-                q=query.detach().float().cpu(),
-                k=key.detach().float().cpu(),
-                v=value.detach().float().cpu(),
-                scale=scaling,
+    def attend(self, call: LayerAttention) -> torch.Tensor:
+        if self.layers is None or call.layer in self.layers:
+            self.captured[call.layer] = LayerInputs(
+                q=call.query.detach().float().cpu(),
+                k=call.key.detach().float().cpu(),
+                v=call.value.detach().float().cpu(),
+                scale=call.scaling,
             )
-        return dense_attention(module, query, key, value, attention_mask, scaling, **kwargs)
+        return call.dense()
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ name), so padding and causality are what the model's `sdpa` path sees.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -27,39 +28,58 @@ ATTENTION_IMPLEMENTATION = "hermesflow"
 """The name `hermesflow_attention` is registered under (attention and mask interfaces)."""
 
 
+@dataclass(frozen=True)
+class LayerAttention:
+    """What one layer hands its attention function: `query` `[batch, query_heads, length, dim]`
+    and the layer's whole `key`/`value` `[batch, kv_heads, cached + length, dim]` (after rotary
+    embedding and the cache update), the mask as built for SDPA, the softmax `scaling`, and the
+    other keywords transformers passed (`extra`)."""
+
+    module: torch.nn.Module
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    attention_mask: torch.Tensor | None
+    scaling: float
+    extra: dict[str, Any]
+
+    @property
+    def layer(self) -> int:
+        """The layer's index in the model."""
+        return int(self.module.layer_idx)
+
+    def dense(self) -> torch.Tensor:
+        """The model's own SDPA attention `[batch, length, query_heads, dim]`, for plans that
+        fall back to it (a decode step, a prompt below the gate)."""
+        return sdpa_attention_forward(
+            self.module,
+            self.query,
+            self.key,
+            self.value,
+            self.attention_mask,
+            scaling=self.scaling,
+            **self.extra,
+        )[0]
+
+    def rows(self, rows: torch.Tensor) -> LayerAttention:
+        """The same call for the batch rows `rows` only."""
+        mask = self.attention_mask[rows] if self.attention_mask is not None else None
+        return replace(
+            self,
+            query=self.query[rows],
+            key=self.key[rows],
+            value=self.value[rows],
+            attention_mask=mask,
+        )
+
+
 class AttentionPlan(Protocol):
     """What one forward's layers do instead of dense attention (module docstring)."""
 
-    def attend(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """The layer's attention output `[batch, length, query_heads, dim]` in `query`'s dtype,
-        from `query` `[batch, query_heads, length, dim]` and the layer's whole `key`/`value`
-        `[batch, kv_heads, cached + length, dim]` (after rotary embedding and the cache
-        update). `module.layer_idx` says which layer."""
+    def attend(self, call: LayerAttention) -> torch.Tensor:
+        """The layer's attention output `[batch, length, query_heads, dim]` in the query's
+        dtype."""
         ...
-
-
-def dense_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """The model's own SDPA attention, for plans that fall back to it (a decode step, padding)."""
-    return sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, **kwargs
-    )[0]
 
 
 def hermesflow_attention(
@@ -79,9 +99,10 @@ def hermesflow_attention(
             "Hermesflow's attention serves inference only (dropout 0); put the model in eval mode"
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    call = LayerAttention(module, query, key, value, attention_mask, scale, kwargs)
     if attention_plan is None:
-        return dense_attention(module, query, key, value, attention_mask, scale, **kwargs), None
-    return attention_plan.attend(module, query, key, value, attention_mask, scale, **kwargs), None
+        return call.dense(), None
+    return attention_plan.attend(call), None
 
 
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, hermesflow_attention)

@@ -17,11 +17,10 @@ middle of the cache off the accelerator is what the method buys on a GPU.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import torch
 
-from hermesflow.backends.attention_methods import dense_attention
+from hermesflow.backends.attention_methods import LayerAttention
 from hermesflow.kernels.retrieval_attention import RetrievalLayer, RetrievalSettings
 
 RowLayers = dict[int, RetrievalLayer]
@@ -36,25 +35,17 @@ class RetrievalPrefillPlan:
         self.pool = pool
         self.layers: RowLayers = {}
 
-    def attend(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if query.shape[0] != 1 or key.shape[-2] != query.shape[-2]:
+    def attend(self, call: LayerAttention) -> torch.Tensor:
+        if call.query.shape[0] != 1 or call.key.shape[-2] != call.query.shape[-2]:
             raise ValueError(
                 "a retrieval prefill runs one whole prompt (batch 1, no cached tokens); the "
                 "backend prefills each retrieval call alone"
             )
-        self.layers[int(module.layer_idx)] = RetrievalLayer.build(
-            key[0].float(), value[0].float(), query[0].float(), self.settings, scaling, self.pool
+        key, value, query = call.key[0].float(), call.value[0].float(), call.query[0].float()
+        self.layers[call.layer] = RetrievalLayer.build(
+            key, value, query, self.settings, call.scaling, self.pool
         )
-        return dense_attention(module, query, key, value, attention_mask, scaling, **kwargs)
+        return call.dense()
 
 
 class RetrievalDecodePlan:
@@ -64,30 +55,18 @@ class RetrievalDecodePlan:
         self.rows = rows
         self.dense_rows = [i for i, layers in enumerate(rows) if layers is None]
 
-    def attend(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def attend(self, call: LayerAttention) -> torch.Tensor:
+        query = call.query
         if query.shape[-2] != 1:
             raise ValueError("a retrieval decode plan serves one new token per row")
         out = query.new_empty(query.shape[0], 1, query.shape[1], query.shape[-1])
         if self.dense_rows:
             rows = torch.tensor(self.dense_rows, device=query.device)
-            mask = attention_mask[rows] if attention_mask is not None else None
-            out[rows] = dense_attention(
-                module, query[rows], key[rows], value[rows], mask, scaling, **kwargs
-            )
-        layer = int(module.layer_idx)
+            out[rows] = call.rows(rows).dense()
         for i, layers in enumerate(self.rows):
             if layers is not None:
-                step = layers[layer].decode(
-                    query[i, :, 0].float(), key[i, :, -1].float(), value[i, :, -1].float()
+                step = layers[call.layer].decode(
+                    query[i, :, 0].float(), call.key[i, :, -1].float(), call.value[i, :, -1].float()
                 )
                 out[i, 0] = step.to(out.dtype)
         return out

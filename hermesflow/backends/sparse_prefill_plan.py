@@ -11,11 +11,9 @@ of the two ran, for the call's observation.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from hermesflow.backends.attention_methods import dense_attention
+from hermesflow.backends.attention_methods import LayerAttention
 from hermesflow.kernels.sparse_prefill import HeadPattern, sparse_prefill
 
 
@@ -32,25 +30,16 @@ class SparsePrefillPlan:
         `min_length` None means no break-even length is known on this device: always dense."""
         return self.min_length is not None and length >= self.min_length
 
-    def attend(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        batch, _, length, _ = query.shape
-        if batch != 1 or key.shape[-2] != length:
+    def attend(self, call: LayerAttention) -> torch.Tensor:
+        batch, _, length, _ = call.query.shape
+        if batch != 1 or call.key.shape[-2] != length:
             raise ValueError(
                 "a sparse prefill runs one whole prompt (batch 1, no cached tokens); the backend "
                 "prefills each minference call alone"
             )
         if not self.runs_sparse(length):
-            return dense_attention(module, query, key, value, attention_mask, scaling, **kwargs)
+            return call.dense()
         self.applied = True
-        heads = self.layers[int(module.layer_idx)]
-        out = sparse_prefill(query, key, value, heads, length, scaling)
-        return out.transpose(1, 2).to(query.dtype).contiguous()
+        heads = self.layers[call.layer]
+        out = sparse_prefill(call.query, call.key, call.value, heads, length, call.scaling)
+        return out.transpose(1, 2).to(call.query.dtype).contiguous()
