@@ -119,3 +119,24 @@ def test_a_method_the_backend_cannot_run_is_refused_with_the_fix(
         assert refused.value.code is CallErrorCode.INVALID_CALL
     check_call("local", "transformers", None, minference)
     check_call("remote", "vllm", None, LLMCall(prompt="hi", attention=AttentionMethod.DENSE))
+
+
+def test_capture_keeps_each_chosen_layers_inputs_and_changes_nothing(
+    long_context_llm: TransformersLLM,
+) -> None:
+    import torch
+
+    from hermesflow.backends.attention_capture import capture_layer_inputs
+
+    model, ids = long_context_llm.model, haystack_ids(long_context_llm.tokenizer, 50)
+    with torch.inference_mode():
+        before = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    captured = capture_layer_inputs(model, ids, layers={0, 29})
+    assert sorted(captured) == [0, 29]
+    inputs = captured[29]
+    assert inputs.q.shape == (1, 9, 50, 64) and inputs.k.shape == inputs.v.shape == (1, 3, 50, 64)
+    assert inputs.scale == pytest.approx(64**-0.5)
+    assert not torch.equal(captured[0].k, inputs.k)
+    with torch.inference_mode():
+        after = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert torch.equal(before, after)
