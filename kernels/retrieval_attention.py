@@ -14,8 +14,9 @@ so the result is the attention over the static keys and the retrieved keys toget
 exact attention whenever the retrieved keys hold all of the middle's softmax mass.
 
 No Triton kernel: the middle is CPU work by design (the index and the middle's values sit in host
-memory, and a search is a pointer chase, not a dense product), and the static part on a GPU is a
-short dense attention that SDPA already does well. The key/value heads' searches run in the
+memory whatever device the prefill ran on, and a search is a pointer chase, not a dense product),
+and the static part stays on the prefill's device, where it is a short dense attention that SDPA
+already does well; the middle's partial attention is moved there for the merge. The key/value heads' searches run in the
 caller's thread pool, one task per key/value head.
 
 Defaults (measured on SmolLM2-135M; `retrieval_index` has the comparison): `top_k` 64 and beam
@@ -118,7 +119,8 @@ class RetrievalLayer:
 
         def index(head: int) -> AttentionAwareIndex:
             head_samples = samples[head * group : (head + 1) * group].reshape(-1, dim)
-            return AttentionAwareIndex.build(k[head, sink:start], head_samples, settings.index)
+            keys = k[head, sink:start].float().cpu()
+            return AttentionAwareIndex.build(keys, head_samples.cpu(), settings.index)
 
         heads = range(kv_heads)
         indexes = list(pool.map(index, heads) if pool else map(index, heads))
@@ -128,7 +130,7 @@ class RetrievalLayer:
             k[:, static].float(),
             v[:, static].float(),
             indexes,
-            v[:, sink:start].float(),
+            v[:, sink:start].float().cpu(),
             pool,
         )
 
@@ -167,7 +169,8 @@ class RetrievalLayer:
         q = q.float()
         parts = [self._static_attention(q)]
         if self._middle:
-            parts.append(self._middle_attention(q, group))
+            middle = self._middle_attention(q.cpu(), group)
+            parts.append(PartialAttention(middle.out.to(q.device), middle.lse.to(q.device)))
         return merge(parts)
 
     def _append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
@@ -182,14 +185,14 @@ class RetrievalLayer:
         keep = torch.cat([torch.arange(sink), torch.arange(sink + 1, self._static_k.shape[1])])
         self._static_k, self._static_v = self._static_k[:, keep], self._static_v[:, keep]
         for head, index in enumerate(self._indexes):
-            index.insert(leaving_k[head])
+            index.insert(leaving_k[head].cpu())
         if self._middle == self._middle_v.shape[1]:
             grown = self._middle_v.new_zeros(
                 self._middle_v.shape[0], max(1, 2 * self._middle), self._middle_v.shape[2]
             )
             grown[:, : self._middle] = self._middle_v
             self._middle_v = grown
-        self._middle_v[:, self._middle] = leaving_v
+        self._middle_v[:, self._middle] = leaving_v.cpu()
         self._middle += 1
 
     def _static_attention(self, q: torch.Tensor) -> PartialAttention:
