@@ -78,7 +78,10 @@ def check_call(
 
 
 def _check_attention(backend: str, backend_type: str, call: LLMCall) -> None:
-    if call.attention in (None, AttentionMethod.DENSE) or backend_type in LONG_CONTEXT_BACKEND_TYPES:
+    if (
+        call.attention in (None, AttentionMethod.DENSE)
+        or backend_type in LONG_CONTEXT_BACKEND_TYPES
+    ):
         return
     raise CallRefused(
         f"backend {backend!r} (type {backend_type}) runs dense attention only, not "

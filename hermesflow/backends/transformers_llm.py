@@ -8,7 +8,8 @@ queued calls while the batch has room (`capacity` = `max_batch`), then in a work
 (`asyncio.to_thread`, so the actor's event loop keeps accepting calls)
 
 1. *admit*: prefill the newcomers together (left padding, attention mask, position ids counted
-   over real tokens) and choose each newcomer's first token;
+   over real tokens) and choose each newcomer's first token; a call whose attention method needs
+   its whole prompt (a sparse prefill, a retrieval index; `long_context`) is prefilled alone;
 2. merge their cache into the running batch's cache, left-padding the shorter side so every row
    ends at the same column (padding is masked out, so each row sees only its own tokens);
 3. *decode*: one forward of the last token of every row over the cache — greedy `argmax`, or a
@@ -198,7 +199,9 @@ class _Batch:
     def _admit(self, rows: list[_Row]) -> None:
         """Prefill the newcomers: the dense ones together, each long-context one alone (its plan
         needs the whole prompt of one sequence; see `long_context`)."""
-        plans = {row: self._long_context.prefill_plan(row.method, len(row.prompt.ids)) for row in rows}
+        plans = {
+            row: self._long_context.prefill_plan(row.method, len(row.prompt.ids)) for row in rows
+        }
         together = [row for row in rows if plans[row] is None]
         if together:
             self._prefill(together, None)
