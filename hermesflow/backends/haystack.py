@@ -8,8 +8,12 @@ the Python version, which is pinned.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import os
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -23,8 +27,26 @@ STDLIB_MODULES = (
 )  # fmt: skip
 
 
+@functools.cache
 def stdlib_text() -> str:
-    """The docstrings of `STDLIB_MODULES`, their classes and functions, joined by blank lines."""
+    """The docstrings of `STDLIB_MODULES`, their classes and functions, joined by blank lines,
+    as a fresh interpreter sees them: packages imported later (Ray among them) add and patch
+    standard-library attributes, which would change the text with what the process imported."""
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import {__name__} as h, sys; sys.stdout.write(h.read_docstrings())",
+        ],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    return fresh.stdout.decode("utf-8")
+
+
+def read_docstrings() -> str:
+    """`stdlib_text` as this process sees it."""
     parts: list[str] = []
     with warnings.catch_warnings():  # reading `typing.io` and `typing.re` warns they are deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
