@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hermesflow.backends.attention_methods import use_hermesflow_attention
 from hermesflow.backends.calls import AttentionMethod, CallRefused
 from hermesflow.backends.model_files import SMOLLM2_FOLDER_NAME
 from hermesflow.backends.retrieval_plan import RetrievalPrefillPlan
@@ -69,17 +70,22 @@ class LongContext:
     def load(
         cls,
         backend: str,
-        model_config: Any,
+        model: Any,
         *,
-        supported: bool,
+        default_method: AttentionMethod,
         sparse_file: Path | None,
         default_model: bool,
         sparse_min_length: int | None,
         retrieval: RetrievalSettings,
-        device_type: str,
     ) -> LongContext:
-        """Read the sparse prefill configuration (the option's file, else the shipped one for
-        the default model) and check it fits the model's layers and heads."""
+        """Switch `model` to Hermesflow's attention function where its code allows, read the
+        sparse prefill configuration (the option's file, else the shipped one for the default
+        model) and check it fits the model's layers and heads. A default method the model cannot
+        run fails the load; a call's is refused when it arrives (`check`)."""
+        supported = bool(model._can_set_attn_implementation())
+        if supported:
+            use_hermesflow_attention(model)
+        model_config = model.config
         sparse = (
             SparsePrefillConfig.load(sparse_file)
             if sparse_file is not None
@@ -97,6 +103,7 @@ class LongContext:
                     f"{wanted[1]}; run the pattern search for this model "
                     "(python -m hermesflow.backends.sparse_prefill_search)"
                 )
+        device_type = model.device.type
         min_length = sparse_min_length
         if min_length is None and sparse is not None:
             min_length = sparse.break_even.get(device_type)
@@ -108,7 +115,13 @@ class LongContext:
                     device_type,
                 )
         pool = ThreadPoolExecutor(max_workers=model_config.num_key_value_heads)
-        return cls(backend, supported, sparse, min_length, retrieval, pool)
+        long_context = cls(backend, supported, sparse, min_length, retrieval, pool)
+        try:
+            long_context.check(default_method)
+        except ValueError:
+            long_context.close()
+            raise
+        return long_context
 
     def check(self, method: AttentionMethod) -> None:
         """Refuse a call asking for a method this backend cannot run (module docstring)."""

@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from hermesflow.backends.attention_methods import use_hermesflow_attention
 from hermesflow.backends.base import Backend, DeltaSink
 from hermesflow.backends.calls import AttentionMethod, Call, CallResult, LLMCall
 from hermesflow.backends.llm_text import EncodedPrompt, TextStream, encode_call
@@ -455,7 +454,15 @@ class TransformersLLM(Backend):
                 f"backend {self.name!r}: max_input_tokens {self.max_input_tokens} leaves no room "
                 f"to generate in the model's {max_positions} positions; lower it"
             )
-        long_context = self._long_context(model)
+        long_context = LongContext.load(
+            self.name,
+            model,
+            default_method=self.attention,
+            sparse_file=self.sparse_prefill,
+            default_model=self.model_path is None,
+            sparse_min_length=self.sparse_min_length,
+            retrieval=self.retrieval,
+        )
         self.stats = BatchStats()
         self._loaded = _Loaded(
             tokenizer=tokenizer,
@@ -467,30 +474,6 @@ class TransformersLLM(Backend):
         )
         self._wakeup = asyncio.Event()
         self._serving = asyncio.create_task(self._serve(), name=f"{self.name}-batching")
-
-    def _long_context(self, model: Any) -> LongContext:
-        """Switch `model` to Hermesflow's attention function where its code allows, and read
-        what the long-context methods need; a default method the model cannot run fails the
-        load, a per-call one is refused when asked for."""
-        supported = bool(model._can_set_attn_implementation())
-        if supported:
-            use_hermesflow_attention(model)
-        long_context = LongContext.load(
-            self.name,
-            model.config,
-            supported=supported,
-            sparse_file=self.sparse_prefill,
-            default_model=self.model_path is None,
-            sparse_min_length=self.sparse_min_length,
-            retrieval=self.retrieval,
-            device_type=model.device.type,
-        )
-        try:
-            long_context.check(self.attention)
-        except ValueError:
-            long_context.close()
-            raise
-        return long_context
 
     def _load_files(self, folder: Path) -> tuple[Any, Any]:
         if not (folder / "config.json").is_file():
