@@ -51,9 +51,11 @@ from hermesflow.store import (
     Run,
     RunPhase,
     RunRow,
+    StepAttention,
     StepCall,
     StepObservation,
     Store,
+    attention_values,
     observation_values,
     require_class,
     row_copy,
@@ -113,6 +115,7 @@ class _Statements:
     insert_client_step: CompiledStatement
     insert_decision: CompiledStatement
     insert_observation: CompiledStatement
+    insert_attention: CompiledStatement
 
     @classmethod
     def compile(cls, dialect: Dialect) -> _Statements:
@@ -138,6 +141,7 @@ class _Statements:
             "insert_client_step": _insert(ClientStep.__table__),
             "insert_decision": _insert(_decisions),
             "insert_observation": _insert(StepObservation.__table__),
+            "insert_attention": _insert(StepAttention.__table__),
         }
         return cls(**{name: CompiledStatement(statement, dialect) for name, statement in statements.items()})
 
@@ -252,6 +256,14 @@ class _Writes:
                 self.connection, {"run_id": run_id, "step_id": step.client_step, "attempt": step.attempt, "step": step.step}
             )
         return stored
+
+    def observe(self, observations: Sequence[StageObservation]) -> None:
+        """Insert finished steps' observations, with the attention methods of those that record
+        them (`StepAttention`)."""
+        self.sql.insert_observation.run_many(self.connection, [observation_values(o) for o in observations])
+        methods = [v for v in map(attention_values, observations) if v is not None]
+        if methods:
+            self.sql.insert_attention.run_many(self.connection, methods)
 
     def complete(self, completed: CompletedCall, at_s: float) -> bool:
         values = {"call_id": completed.call_id, "result": completed.result, "at_s": at_s}
@@ -434,7 +446,7 @@ class RunJournal:
             if completed is not None:
                 writes.complete(completed, at_s)
             if observation is not None:
-                self._sql.insert_observation.run(writes.connection, observation_values(observation))
+                writes.observe([observation])
             writes.decide(decisions, run_id)
             return [] if next_step is None else writes.insert_calls(run_id, next_step, at_s)
 
@@ -525,7 +537,7 @@ class RunJournal:
                 f"observations of other runs passed for run {run_id}; record each under its own run"
             )
         with self._transaction() as writes:
-            self._sql.insert_observation.run_many(writes.connection, [observation_values(o) for o in observations])
+            writes.observe(observations)
 
 
 def _stored_call(row: StepCall) -> StoredCall:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hermesflow.config import get_settings
-from hermesflow.pdgraph.model import PDGraph
+from hermesflow.pdgraph.model import AttentionMethod, PDGraph
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.store_schema import (
     TERMINAL_DECISIONS,
@@ -37,6 +37,7 @@ from hermesflow.store_schema import (
     Run,
     RunPhase,
     RunRow,
+    StepAttention,
     StepCall,
     StepObservation,
     TaskOutcomeRecord,
@@ -219,20 +220,24 @@ class Store:
                         f"observation of run {obs.run_id} (class {obs.app_class!r}) passed for "
                         f"run {run_id} (class {run.app_class!r}); record it under its own run"
                     )
-                session.add(_observation_row(obs))
+                session.add_all(_observation_rows(obs))
 
     def observations(self, app_class: str, limit: int) -> list[StageObservation]:
         """The newest `limit` observations of a class, oldest first (the refit's window)."""
         query = (
-            select(StepObservation, Run.app_class)
+            select(StepObservation, Run.app_class, StepAttention.methods)
             .join(Run, StepObservation.run_id == Run.id)
+            .outerjoin(
+                StepAttention,
+                (StepAttention.run_id == StepObservation.run_id) & (StepAttention.step == StepObservation.step),
+            )
             .where(Run.app_class == app_class)
             .order_by(StepObservation.id.desc())
             .limit(limit)
         )
         with self.session() as session:
             rows = session.execute(query).all()
-        return [_stage_observation(row, name) for row, name in reversed(rows)]
+        return [_stage_observation(row, name, methods) for row, name, methods in reversed(rows)]
 
     def decisions(self, run_id: int | None = None) -> list[DecisionRow]:
         """Decisions in time order, optionally only those about one run."""
@@ -386,16 +391,29 @@ def row_copy(cls: type[_Row], source: object, **overrides: Any) -> _Row:
 
 
 def observation_values(obs: StageObservation) -> dict[str, Any]:
-    """The columns of a `StepObservation` row for `obs` (its class is the run's)."""
+    """The columns of a `StepObservation` row for `obs` (its class is the run's; its attention
+    methods go to `StepAttention`, see `attention_values`)."""
     values = _fields(obs)
-    del values["app_class"]
+    del values["app_class"], values["attention"]
     return values | {name: list(values[name]) for name in _TUPLES}
 
 
-def _observation_row(obs: StageObservation) -> StepObservation:
-    return StepObservation(**observation_values(obs))
+def attention_values(obs: StageObservation) -> dict[str, Any] | None:
+    """The columns of the `StepAttention` row for `obs`, None when it records no method."""
+    if not obs.attention:
+        return None
+    return {"run_id": obs.run_id, "step": obs.step, "methods": [m.value for m in obs.attention]}
 
 
-def _stage_observation(row: StepObservation, app_class: str) -> StageObservation:
+def _observation_rows(obs: StageObservation) -> list[Base]:
+    rows: list[Base] = [StepObservation(**observation_values(obs))]
+    attention = attention_values(obs)
+    if attention is not None:
+        rows.append(StepAttention(**attention))
+    return rows
+
+
+def _stage_observation(row: StepObservation, app_class: str, methods: list[str] | None) -> StageObservation:
     tuples = {name: tuple(getattr(row, name)) for name in _TUPLES}
-    return row_copy(StageObservation, row, app_class=app_class, **tuples)
+    attention = tuple(AttentionMethod(m) for m in methods or ())
+    return row_copy(StageObservation, row, app_class=app_class, attention=attention, **tuples)

@@ -163,6 +163,19 @@ class StepObservation(Base):
     finished_s: Mapped[float | None]
 
 
+class StepAttention(Base):
+    """The attention method each request of an LLM step ran, as a JSON list of
+    `AttentionMethod` values: the methods of `StageObservation.attention`, in a table of their
+    own so that databases written before it gain it without a migration (module docstring)."""
+
+    __tablename__ = "step_attention"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    step: Mapped[int]
+    methods: Mapped[list[str]] = mapped_column(JSON)
+
+
 class Decision(Base):
     __tablename__ = "decisions"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -15,7 +15,8 @@ observed plans it draws runs from the refitted graphs instead (a coarser check).
 
 The same pieces measure the load a real run offered, whatever the machine: `calibrate_engine`
 fits the engine from a short warm-up probe before the runs (`runtime_experiment.probe_engine`),
-`offered_load` prices the LLM work the run's applications really brought at that speed, and
+`offered_load` prices the LLM work the run's applications really brought at that speed (each
+request at the rates of the attention method it ran), and
 `busy_share` reads how much of the run the engine spent computing.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from hermesflow.backends.calls import AttentionMethod, CallResult
 from hermesflow.journal import RunJournal
-from hermesflow.pdgraph.costs import CostModel, LLMEngineCost
+from hermesflow.pdgraph.costs import AttentionCost, CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator
 from hermesflow.pdgraph.model import PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
@@ -45,16 +46,31 @@ MIN_CALLS = 5
 
 
 def calibrate_engine(results: Sequence[CallResult], prior: LLMEngineCost) -> LLMEngineCost:
-    """The engine timing that best explains the calls' measured prefill and decode times. Only
-    calls that ran dense attention count (`CallResult.attention`): a sparse prefill or a
-    retrieval decode costs less per token, and would price every dense call too low."""
+    """The engine timing that best explains the calls' measured prefill and decode times.
+
+    The dense rates come from the calls that ran dense attention (`CallResult.attention`) alone:
+    a sparse prefill or a retrieval decode has rates of its own, and would misprice every dense
+    call. Each long-context method seen in at least `MIN_CALLS` calls gets its own rates
+    (`_method_rates`), so the cost model prices what the method saves, or costs, on this engine.
+    """
     dense = [r for r in results if r.attention in (None, AttentionMethod.DENSE)]
+    engine = _dense_engine(dense, prior)
+    measured = dict(prior.attention)
+    for method in AttentionMethod:
+        ran = [r for r in results if r.attention is method]
+        if method is not AttentionMethod.DENSE and len(ran) >= MIN_CALLS:
+            measured[method] = _method_rates(ran, engine)
+    return engine.model_copy(update={"attention": measured})
+
+
+def _dense_engine(dense: Sequence[CallResult], prior: LLMEngineCost) -> LLMEngineCost:
+    """t_fixed and t_seq by least squares over the decode samples, and the prefill rate."""
     decoded = [r for r in dense if r.output_tokens > 1 and r.decode_s > 0]
     prefilled = [r for r in dense if r.input_tokens > 0 and r.prefill_s > 0]
     if len(decoded) < MIN_CALLS or len(prefilled) < MIN_CALLS:
         return prior
     batch = np.array([r.batch_size for r in decoded], dtype=float)
-    t_iter = np.array([r.decode_s / (r.output_tokens - 1) for r in decoded])
+    t_iter = np.array([_iteration_s(r) for r in decoded])
     if np.ptp(batch) > 0:
         t_seq, t_fixed = np.polyfit(batch, t_iter, 1)
     else:  # one batch size seen: attribute it all per sequence, keep the prior's split
@@ -62,14 +78,40 @@ def calibrate_engine(results: Sequence[CallResult], prior: LLMEngineCost) -> LLM
         t_seq = (float(t_iter.mean()) - t_fixed) / batch[0]
     t_fixed, t_seq = max(float(t_fixed), 0.0), max(float(t_seq), 1e-6)
     full = t_fixed + t_seq * prior.max_batch
-    prefill = sum(r.prefill_s for r in prefilled) / sum(r.input_tokens for r in prefilled)
     return prior.model_copy(
         update={
             "decode_s_per_token": full / prior.max_batch,
             "fixed_fraction": min(t_fixed / full, 0.95),
-            "prefill_s_per_token": prefill,
+            "prefill_s_per_token": _prefill_rate(prefilled),
         }
     )
+
+
+def _method_rates(ran: Sequence[CallResult], dense: LLMEngineCost) -> AttentionCost:
+    """One method's rates from the calls that ran it: its prefill seconds per prompt token,
+    and its decode rate as the dense rate scaled by how much longer (or shorter) its decode
+    iterations took than the dense engine's t_iter at the same batch sizes. A rate with no
+    sample (no call of the method decoded) is left to dense attention's."""
+    prefilled = [r for r in ran if r.input_tokens > 0 and r.prefill_s > 0]
+    decoded = [r for r in ran if r.output_tokens > 1 and r.decode_s > 0]
+    decode = None
+    if decoded:
+        measured = sum(_iteration_s(r) for r in decoded)
+        predicted = sum(dense.iteration_s(r.batch_size) for r in decoded)
+        decode = dense.decode_s_per_token * measured / predicted
+    return AttentionCost(
+        prefill_s_per_token=_prefill_rate(prefilled) if prefilled else None,
+        decode_s_per_token=decode,
+    )
+
+
+def _iteration_s(result: CallResult) -> float:
+    """One decode iteration of a call: its decode seconds over its decode steps."""
+    return result.decode_s / (result.output_tokens - 1)
+
+
+def _prefill_rate(prefilled: Sequence[CallResult]) -> float:
+    return sum(r.prefill_s for r in prefilled) / sum(r.input_tokens for r in prefilled)
 
 
 def learned_from_run(
@@ -115,9 +157,10 @@ def observed_plans(db_url: str, costs: CostModel) -> list[RunPlan]:
         for obs in sorted(by_run[run.id], key=lambda o: o.step):
             if obs.backend in costs.llm:
                 engine = costs.engine(obs.backend)
+                methods = obs.attention or (AttentionMethod.DENSE,) * obs.fanout
                 requests = tuple(
-                    PlannedRequest(engine.work_s(i, o), i, o)
-                    for i, o in zip(obs.input_tokens, obs.output_tokens, strict=True)
+                    PlannedRequest(engine.work_s(i, o, m), i, o, m)
+                    for i, o, m in zip(obs.input_tokens, obs.output_tokens, methods, strict=True)
                 )
             else:
                 requests = tuple(PlannedRequest(s) for s in obs.exec_s)
@@ -135,11 +178,13 @@ def offered_load(db_url: str, backend: str, engine: LLMEngineCost, arrival_span_
         raise ValueError(f"arrival span is {arrival_span_s} s; give the positive span the applications arrived in")
     _, by_run = _observations_by_run(db_url)
     work = sum(
-        engine.work_s(i, o)
+        engine.work_s(i, o, m)
         for observations in by_run.values()
         for obs in observations
         if obs.backend == backend
-        for i, o in zip(obs.input_tokens, obs.output_tokens, strict=True)
+        for i, o, m in zip(
+            obs.input_tokens, obs.output_tokens, obs.attention or (AttentionMethod.DENSE,) * obs.fanout, strict=True
+        )
     )
     return work / arrival_span_s
 

@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import ClassVar
 
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
+from hermesflow.pdgraph.model import AttentionMethod
 
 
 class AppPhase(IntEnum):
@@ -74,7 +75,8 @@ class AppRecord:
 @dataclass(slots=True, eq=False)
 class RequestRecord:
     """One request waiting for, or running on, a backend; `rank` is the policy's key it was
-    dispatched by (set when it leaves its queue)."""
+    dispatched by (set when it leaves its queue). `attention` is the method an LLM request runs,
+    which sets its prefill rate in the simulated engine."""
 
     request_id: int
     app: AppRecord
@@ -83,6 +85,7 @@ class RequestRecord:
     work_s: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    attention: AttentionMethod = AttentionMethod.DENSE
     phase: RequestPhase = RequestPhase.WAITING
     rank: float = math.nan
 

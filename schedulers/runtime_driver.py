@@ -335,8 +335,10 @@ class RunDriver:
             future.set_result(result)
 
     def _work_s(self, backend: str, result: CallResult) -> float:
+        """A call's service in backend-seconds: an LLM call's tokens priced at the rates of the
+        attention method it ran, any other call's measured seconds."""
         if backend in self.costs.llm:
-            return self.costs.engine(backend).work_s(result.input_tokens, result.output_tokens)
+            return self.costs.engine(backend).work_s(result.input_tokens, result.output_tokens, result.attention)
         return result.seconds
 
     def _observation(
@@ -360,6 +362,7 @@ class RunDriver:
             input_tokens=tuple(r.input_tokens for r in results),
             output_tokens=tuple(r.output_tokens for r in results),
             exec_s=tuple(r.seconds for r in results),
+            attention=tuple(r.attention for r in results) if all(r.attention for r in results) else (),
             backend=plan.backend,
             work_s=sum(self._work_s(plan.backend, r) for r in results),
             started_s=min((c.queued_s for c in calls), default=now),

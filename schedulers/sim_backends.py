@@ -6,7 +6,8 @@ models say how running requests progress:
 * `SimEngine`: up to `max_batch` requests run together; each receives
   `work_rate_per_request(n)` engine-seconds of work per second (`LLMEngineCost`), so the
   iteration time grows with the batch. With `prefill_stalls`, a request that joins is first
-  prefilled in a forward pass of its own, `input_tokens * prefill_s_per_token` seconds during
+  prefilled in a forward pass of its own, `input_tokens` times the prefill rate of its attention
+  method (`LLMEngineCost.rates`) seconds during
   which no running request decodes (the CPU backend), and the batch shares only the decode work;
   otherwise prefill is chunked into the iterations and shared like decode (vLLM). Between events the batch is fixed, so progress is exact (no per-iteration
   stepping).
@@ -57,7 +58,7 @@ class SimEngine(SimBackend):
         self.running[request.request_id] = request
         prefill_s = 0.0
         if self.cost.prefill_stalls:
-            prefill_s = min(request.input_tokens * self.cost.prefill_s_per_token, request.work_s)
+            prefill_s = min(self.cost.work_s(request.input_tokens, 0, request.attention), request.work_s)
         self.stalled_until_s = max(self.stalled_until_s, now) + prefill_s
         self.remaining[request.request_id] = request.work_s - prefill_s
         self.version += 1

@@ -154,7 +154,9 @@ def begin_planned_stage(
     visits[demand.compiled(record.app_class).index[planned.stage]] += 1
     now = engine.clock()
     requests = [
-        RequestRecord(next(request_ids), record, planned.backend, now, r.work_s, r.input_tokens, r.output_tokens)
+        RequestRecord(
+            next(request_ids), record, planned.backend, now, r.work_s, r.input_tokens, r.output_tokens, r.attention
+        )
         for r in planned.requests
     ]
     engine.begin_stage(app_id, planned.stage, tuple(visits), requests)

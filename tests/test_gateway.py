@@ -23,7 +23,7 @@ from support.serving import serving, wait_warm  # noqa: E402
 from hermesflow.api.deployment import start_gateway, stop_gateway  # noqa: E402
 from hermesflow.api.models.control import SchedulerStats  # noqa: E402
 from hermesflow.backends.base import BackendSpec  # noqa: E402
-from hermesflow.backends.calls import LLMCall  # noqa: E402
+from hermesflow.backends.calls import AttentionMethod, LLMCall  # noqa: E402
 from hermesflow.config import ApiLimits  # noqa: E402
 from hermesflow.journal import RunJournal  # noqa: E402
 from hermesflow.schedulers.runtime_config import NAMESPACE, RuntimeConfig  # noqa: E402
@@ -726,9 +726,10 @@ def test_truncation_auto_keeps_the_end_of_a_long_prompt(client: openai.OpenAI) -
 
 
 def test_the_attention_field_picks_the_method_and_the_result_names_the_one_that_ran(
-    client: openai.OpenAI, api: httpx.Client
+    client: openai.OpenAI, api: httpx.Client, served: Served
 ) -> None:
-    """The CPU backend measures no break-even length, so a minference call runs dense there."""
+    """The CPU backend measures no break-even length, so a minference call runs dense there.
+    Each step's observation records the method that ran, for the refit and the cost model."""
     chat = {"model": "llm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     answer = client.chat.completions.create(**chat, extra_body={"attention": "retrieval"})
     assert answer.usage.completion_tokens >= 1
@@ -741,7 +742,11 @@ def test_the_attention_field_picks_the_method_and_the_result_names_the_one_that_
         step = {"app_class": "notebook", "stage": "write", "call": call}
         result = api.post(f"/v1/apps/{app_id}/steps", json=step)
         assert result.status_code == 200 and result.json()["attention"] == ran, result.text
-    api.post(f"/v1/apps/{app_id}/finish")
+    assert api.post(f"/v1/apps/{app_id}/finish").status_code == 200
+    store = Store(served.db_url)
+    run_id = RunJournal(store).run(app_id).id
+    observed = [o.attention for o in store.observations("notebook", limit=100) if o.run_id == run_id]
+    assert observed == [(AttentionMethod.RETRIEVAL,), (AttentionMethod.DENSE,)]
 
 
 def test_a_call_its_backend_fails_is_reported_without_internals(

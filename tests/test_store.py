@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from hermesflow import store as store_module
 from hermesflow.client_records import TaskState
 from hermesflow.journal import CompletedCall, NewStep, RunEnd, RunJournal
-from hermesflow.pdgraph.model import END, PDGraph, Stage
+from hermesflow.pdgraph.model import END, AttentionMethod, PDGraph, Stage
 from hermesflow.pdgraph.refit import StageObservation
 from hermesflow.pdgraph.workload_file import hermes_mix
 from hermesflow.store import CallPhase, DecisionKind, DecisionRow, RunPhase, Store, TaskOutcomeRow
@@ -170,6 +170,17 @@ def test_observations_round_trip_newest_window_oldest_first(store: Store) -> Non
     assert store.observations("react_alfw", limit=100) == [
         _observation(other, 0, app_class="react_alfw")
     ]
+
+
+def test_observations_keep_the_attention_method_of_each_request(store: Store) -> None:
+    """The methods live in a table of their own: an observation that records none reads back
+    with none, one that does reads back with its methods in request order."""
+    store.save_pdgraph(hermes_mix()["react_fever"], SOURCE)
+    run = store.create_run("react_fever")
+    methods = (AttentionMethod.MINFERENCE, AttentionMethod.DENSE)
+    recorded = [_observation(run, 0), dataclasses.replace(_observation(run, 1), attention=methods)]
+    store.record_observations(run, recorded)
+    assert store.observations("react_fever", limit=10) == recorded
 
 
 def test_observations_must_belong_to_the_run(store: Store) -> None:

@@ -19,6 +19,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hermesflow.pdgraph.model import AttentionMethod
+
 
 class CallKind(StrEnum):
     """What a call asks for, and so which backends can serve it (the calls' `kind` field)."""
@@ -36,21 +38,6 @@ class Truncation(StrEnum):
     AUTO = "auto"
     """Keep the end of the prompt, as much as fits: the end of a conversation is what its next
     turn depends on."""
-
-
-class AttentionMethod(StrEnum):
-    """How an LLM call's prompt and generation attend: the `attention` option of an LLM backend
-    and of a call. Only the CPU transformers backend runs the long-context methods; the others
-    refuse a call that asks for one rather than run it dense unasked."""
-
-    DENSE = "dense"
-    """Every query attends to every earlier key (the model's own SDPA)."""
-    MINFERENCE = "minference"
-    """Sparse prefill with each head's offline pattern (MInference), dense below the prompt
-    length from which it pays on the device; decoding is dense."""
-    RETRIEVAL = "retrieval"
-    """Dense prefill; each decode step attends to the first and the most recent tokens exactly
-    and to the rest through a nearest-neighbour index over the keys (RetrievalAttention)."""
 
 
 class CallErrorCode(StrEnum):

@@ -17,6 +17,12 @@ so an engine that runs a full batch delivers exactly one second of work per seco
 capacity), and a smaller batch delivers n * decode_s_per_token / t_iter(n) < 1. Tool, search,
 DNN and code stages take their execution time on one slot of their backend.
 
+A request that ran a long-context attention method (`AttentionMethod`) is priced with that
+method's rates where the engine has them (`LLMEngineCost.attention`, measured by
+`schedulers/calibration.py` from the calls that ran it): sparse prefill changes the prefill rate,
+RetrievalAttention the decode rate (and its prefill, which builds the index). A method without
+measured rates is priced like dense attention: no saving is assumed before one is seen.
+
 The same numbers drive the simulator's engine and the demand estimates of the policies, so the
 two cannot disagree about what a request costs.
 """
@@ -25,7 +31,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from hermesflow.pdgraph.model import LLM_BACKEND
+from hermesflow.pdgraph.model import LLM_BACKEND, AttentionMethod
+
+
+class AttentionCost(BaseModel):
+    """The rates of one attention method on one engine; a rate left out is dense attention's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_s_per_token: PositiveFloat | None = None
+    decode_s_per_token: PositiveFloat | None = None
 
 
 class LLMEngineCost(BaseModel):
@@ -42,6 +57,8 @@ class LLMEngineCost(BaseModel):
     """True when admitting a request runs its prefill as a forward pass of its own that pauses
     the batch (the CPU transformers engine); False when prefill is chunked into the batch's
     iterations and shared like decode (vLLM's default)."""
+    attention: dict[AttentionMethod, AttentionCost] = Field(default_factory=dict)
+    """Rates of the long-context methods measured on this engine (dense uses the fields above)."""
 
     @property
     def full_iteration_s(self) -> float:
@@ -57,8 +74,26 @@ class LLMEngineCost(BaseModel):
         """Work-seconds per second each of `batch` running requests receives."""
         return self.decode_s_per_token / self.iteration_s(batch)
 
-    def work_s(self, input_tokens: float, output_tokens: float) -> float:
-        return input_tokens * self.prefill_s_per_token + output_tokens * self.decode_s_per_token
+    def rates(self, method: AttentionMethod | None = AttentionMethod.DENSE) -> tuple[float, float]:
+        """(prefill, decode) seconds per token of a request that ran attention `method` (None:
+        not recorded, priced dense); a method without measured rates has dense attention's."""
+        measured = self.attention.get(method) if method else None
+        if measured is None:
+            return self.prefill_s_per_token, self.decode_s_per_token
+        return (
+            measured.prefill_s_per_token or self.prefill_s_per_token,
+            measured.decode_s_per_token or self.decode_s_per_token,
+        )
+
+    def work_s(
+        self,
+        input_tokens: float,
+        output_tokens: float,
+        method: AttentionMethod | None = AttentionMethod.DENSE,
+    ) -> float:
+        """The module docstring's work at the rates of `method`; takes numpy arrays of tokens."""
+        prefill, decode = self.rates(method)
+        return input_tokens * prefill + output_tokens * decode
 
     def solo_latency_s(self, input_tokens: float, output_tokens: float) -> float:
         """Wall time of a request in a full batch (the typical case under load)."""

@@ -9,6 +9,10 @@ Loops get one refinement over a memoryless Markov chain: when a stage carries `v
 times it ran per observed run), the decision to go round the loop again at visit v uses the
 empirical hazard P(L > v | L >= v) of those counts, so a ReAct loop that always runs at least
 twice is not modelled as a coin flip. This is what lets the scheduler condition on loop counts.
+
+An LLM stage may also carry `attention`: the share of its requests that ran each long-context
+attention method. The cost model prices a request by its method (`costs.py`), so a stage whose
+prompts run sparse prefill is seen to need less work than the same stage run dense.
 """
 
 from __future__ import annotations
@@ -28,6 +32,22 @@ LLM_BACKEND = "llm"
 """Default backend of LLM stages: the shared serving engine."""
 
 _PROBABILITY_TOLERANCE = 1e-6
+
+
+class AttentionMethod(StrEnum):
+    """How an LLM request's prompt and generation attend: an option of an LLM backend and of a
+    call, recorded with each observed request and priced by the cost model. Only the CPU
+    transformers backend runs the long-context methods; the others refuse a call that asks for
+    one rather than run it dense unasked."""
+
+    DENSE = "dense"
+    """Every query attends to every earlier key (the model's own SDPA)."""
+    MINFERENCE = "minference"
+    """Sparse prefill with each head's offline pattern (MInference), dense below the prompt
+    length from which it pays on the device; decoding is dense."""
+    RETRIEVAL = "retrieval"
+    """Dense prefill; each decode step attends to the first and the most recent tokens exactly
+    and to the rest through a nearest-neighbour index over the keys (RetrievalAttention)."""
 
 
 class StageKind(StrEnum):
@@ -56,6 +76,8 @@ class Stage(BaseModel):
     fanout: Empirical | None = None
     exec_s: Empirical | None = None
     visits: Empirical | None = None
+    attention: dict[AttentionMethod, float] | None = None
+    """LLM stages: the share of requests that ran each attention method (None: all dense)."""
 
 
 class PDGraph(BaseModel):
@@ -160,9 +182,12 @@ class PDGraph(BaseModel):
         return tuple(dict.fromkeys(self.backend_of(s) for s in self.reachable))
 
 
-def _check_probabilities(probs: dict[str, float], where: str) -> None:
+def _check_probabilities(
+    probs: dict[str, float], where: str, missing: str = "successor, e.g. '__end__'"
+) -> None:
+    """`probs` is a distribution; `missing` names what a user adds when it sums to less than 1."""
     if not probs:
-        raise ValueError(f"{where}: empty; give at least one successor with probability 1")
+        raise ValueError(f"{where}: empty; give at least one {missing.split(',')[0]} with probability 1")
     for succ, p in probs.items():
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{where}: probability of {succ!r} is {p}; it must lie in [0, 1]")
@@ -170,7 +195,7 @@ def _check_probabilities(probs: dict[str, float], where: str) -> None:
     if abs(total - 1.0) > _PROBABILITY_TOLERANCE:
         raise ValueError(
             f"{where}: probabilities sum to {total:.6g}; they must sum to 1 "
-            "(add the missing successor, e.g. '__end__', or normalise)"
+            f"(add the missing {missing}, or normalise)"
         )
 
 
@@ -184,7 +209,14 @@ def _check_sizes(stage: Stage, where: str) -> None:
                 f"{where}, field 'exec_s': an LLM stage's cost comes from its tokens; remove "
                 "exec_s or change the kind"
             )
+        if stage.attention is not None:
+            _check_probabilities(stage.attention, f"{where}, field 'attention'", "method, e.g. 'dense'")
     elif stage.exec_s is None:
         raise ValueError(f"{where}, field 'exec_s': required for a {stage.kind.value} stage")
+    if stage.attention is not None and stage.kind is not StageKind.LLM:
+        raise ValueError(
+            f"{where}, field 'attention': only an LLM stage has an attention method; remove it "
+            "or change the kind"
+        )
     if stage.fanout is not None and float(stage.fanout.values.min()) < 1:
         raise ValueError(f"{where}, field 'fanout': every sample must be >= 1 request")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from hermesflow.pdgraph.distributions import Empirical
-from hermesflow.pdgraph.model import END, PDGraph, Stage, StageKind
+from hermesflow.pdgraph.model import END, AttentionMethod, PDGraph, Stage, StageKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,10 @@ class StageObservation:
     `visit` the 1-based count of this stage's starts in the run, so both the entry and the loop
     counts are exact even when the window cuts a run in half. The per-request tuples hold one
     value per request of the stage's fan-out: tokens for LLM stages, seconds for the others.
-    `next_stage` is the successor the run took (`END` when the run finished). `backend`,
-    `work_s` (backend-seconds) and the timestamps are recorded for accounting, not refitted.
+    `next_stage` is the successor the run took (`END` when the run finished). `attention`
+    holds, for an LLM stage, the attention method each request ran (empty when not recorded);
+    the refit learns the stage's share of each. `backend`, `work_s` (backend-seconds, priced by
+    each request's method) and the timestamps are recorded for accounting, not refitted.
     """
 
     app_class: str
@@ -46,6 +48,7 @@ class StageObservation:
     input_tokens: tuple[int, ...] = ()
     output_tokens: tuple[int, ...] = ()
     exec_s: tuple[float, ...] = ()
+    attention: tuple[AttentionMethod, ...] = ()
     backend: str | None = None
     work_s: float | None = None
     started_s: float | None = None
@@ -57,6 +60,11 @@ class StageObservation:
             raise ValueError(
                 f"{where}: step={self.step}, visit={self.visit}, fanout={self.fanout}; step "
                 "counts from 0, visit from 1 and a stage issues at least 1 request"
+            )
+        if self.attention and len(self.attention) != self.fanout:
+            raise ValueError(
+                f"{where}: {len(self.attention)} attention methods for {self.fanout} requests; "
+                "record one method per request, or none"
             )
 
 
@@ -71,7 +79,8 @@ def refit(
     `observations` are oldest first (as `Store.observations` returns them); those of other
     classes are ignored. For each stage with at least `min_samples` executions in the window,
     its sizes (tokens flattened over requests for LLM stages, `exec_s` for the others, fan-out),
-    its successors and, from runs that ended inside the window, its loop counts `visits` are
+    its successors, its share of requests per attention method (LLM stages whose observations
+    record it) and, from runs that ended inside the window, its loop counts `visits` are
     replaced by the observed ones; `entry` is replaced by the observed first stages when the
     window holds at least `min_samples` run starts. Everything else keeps the prior.
 
@@ -144,6 +153,10 @@ def _refit_stage(
         for field in ("input_tokens", "output_tokens"):
             values = [t for o in seen for t in getattr(o, field)]
             updates[field] = _observed(getattr(prior, field), values, "tokens")
+        methods = [m for o in seen for m in o.attention]
+        if methods:
+            shares = _frequencies(methods)
+            updates["attention"] = None if set(shares) == {AttentionMethod.DENSE} else shares
     else:
         updates["exec_s"] = _observed(prior.exec_s, [s for o in seen for s in o.exec_s], "seconds")
     if loop_counts:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hermesflow.pdgraph.costs import CostModel
-from hermesflow.pdgraph.model import END, PDGraph, StageKind
+from hermesflow.pdgraph.model import END, AttentionMethod, PDGraph, StageKind
 
 MAX_STAGES_PER_RUN = 10_000
 """A run longer than this means the loop probabilities never let it end."""
@@ -30,11 +30,13 @@ MAX_STAGES_PER_RUN = 10_000
 
 @dataclass(frozen=True, slots=True)
 class PlannedRequest:
-    """One request of a stage: its tokens (LLM) and its work in backend-seconds."""
+    """One request of a stage: its tokens and attention method (LLM) and its work in
+    backend-seconds."""
 
     work_s: float
     input_tokens: int = 0
     output_tokens: int = 0
+    attention: AttentionMethod = AttentionMethod.DENSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,31 @@ class RemainingDraws:
     work_by_backend_s: dict[str, np.ndarray]
     work_s: np.ndarray
     first_need_s: dict[str, np.ndarray]
+
+
+_METHODS: tuple[AttentionMethod, ...] = tuple(AttentionMethod)
+"""Attention methods by the index the sampler's arrays hold."""
+_DENSE = _METHODS.index(AttentionMethod.DENSE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Requests:
+    """Drawn requests of one stage as arrays: work and solo latency (seconds), tokens, and each
+    request's attention method as an index into `_METHODS` (dense for non-LLM stages)."""
+
+    work_s: np.ndarray
+    latency_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    methods: np.ndarray
+
+
+def _method_shares(shares: dict[AttentionMethod, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """A stage's attention methods (indices into `_METHODS`) and their cumulative shares."""
+    drawn = {m: p for m, p in (shares or {AttentionMethod.DENSE: 1.0}).items() if p > 0}
+    methods = np.array([_METHODS.index(m) for m in drawn], dtype=np.int64)
+    cumulative = np.cumsum(list(drawn.values()))
+    return methods, cumulative / cumulative[-1]
 
 
 class _Successors:
@@ -142,6 +169,7 @@ class CompiledGraph:
             for i, s in enumerate(self.stage_names)
         ]
         self._tool_scale = costs.tool_time_scale
+        self._methods = [_method_shares(graph.stages[s].attention) for s in self.stage_names]
         self.visit_caps = tuple(
             int(succ.hazard_counts.max()) + 1 if succ.hazard_counts is not None else 0
             for succ in self._successors
@@ -161,21 +189,27 @@ class CompiledGraph:
             return np.ones(n, dtype=np.int64)
         return np.maximum(np.rint(dist.sample(rng, n)).astype(np.int64), 1)
 
-    def requests(
-        self, stage: int, n: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """`n` requests of a stage: (work_s, latency_s, input_tokens, output_tokens)."""
+    def requests(self, stage: int, n: int, rng: np.random.Generator) -> _Requests:
+        """`n` requests of a stage. An LLM stage's requests draw their attention method from the
+        stage's `attention` shares, independently of their tokens, and are priced by it."""
         spec = self.graph.stages[self.stage_names[stage]]
         engine = self._engines[stage]
         if engine is None:
             seconds = spec.exec_s.sample(rng, n) * self._tool_scale
             zeros = np.zeros(n)
-            return seconds, seconds, zeros, zeros
+            return _Requests(seconds, seconds, zeros, zeros, np.full(n, _DENSE, dtype=np.int64))
         inputs = np.rint(spec.input_tokens.sample(rng, n))
         outputs = np.maximum(np.rint(spec.output_tokens.sample(rng, n)), 1.0)
-        work = engine.work_s(inputs, outputs)
+        methods, shares = self._methods[stage]
+        chosen = _pick(methods, shares, rng.random(n)) if methods.size > 1 else methods.repeat(n)
+        prefill = np.empty(n)
+        decode = np.empty(n)
+        for method in np.unique(chosen):
+            rows = chosen == method
+            prefill[rows], decode[rows] = engine.rates(_METHODS[method])
+        work = inputs * prefill + outputs * decode
         latency = work / engine.work_rate_per_request(engine.max_batch)
-        return work, latency, inputs, outputs
+        return _Requests(work, latency, inputs, outputs, chosen)
 
     # -- ground truth ---------------------------------------------------------------------------
 
@@ -188,14 +222,16 @@ class CompiledGraph:
             self._check_length(len(planned))
             visits[stage] += 1
             k = int(self.fanout(stage, 1, rng)[0])
-            work, _, inputs, outputs = self.requests(stage, k, rng)
+            drawn = self.requests(stage, k, rng)
             planned.append(
                 PlannedStage(
                     stage=self.stage_names[stage],
                     backend=self.backends[stage],
                     requests=tuple(
-                        PlannedRequest(float(w), int(i), int(o))
-                        for w, i, o in zip(work, inputs, outputs, strict=True)
+                        PlannedRequest(float(w), int(i), int(o), _METHODS[m])
+                        for w, i, o, m in zip(
+                            drawn.work_s, drawn.input_tokens, drawn.output_tokens, drawn.methods, strict=True
+                        )
                     ),
                 )
             )
@@ -227,9 +263,9 @@ class CompiledGraph:
             current = self.entry(n, rng)
         else:
             if pending > 0:
-                w, lat, _, _ = self.requests(stage, n * pending, rng)
-                work[self.backends[stage]] += w.reshape(n, pending).sum(axis=1)
-                clock += lat.reshape(n, pending).max(axis=1)
+                drawn = self.requests(stage, n * pending, rng)
+                work[self.backends[stage]] += drawn.work_s.reshape(n, pending).sum(axis=1)
+                clock += drawn.latency_s.reshape(n, pending).max(axis=1)
                 first_need[self.backends[stage]][:] = 0.0
             current = self.successors(stage, counts[:, stage], rng)
         for _ in range(MAX_STAGES_PER_RUN):
@@ -242,11 +278,11 @@ class CompiledGraph:
                 need = first_need[self.backends[s]]
                 need[rows] = np.minimum(need[rows], clock[rows])
                 k = self.fanout(s, rows.size, rng)
-                w, lat, _, _ = self.requests(s, int(k.sum()), rng)
+                drawn = self.requests(s, int(k.sum()), rng)
                 owner = np.repeat(np.arange(rows.size), k)
-                work[self.backends[s]][rows] += np.bincount(owner, weights=w, minlength=rows.size)
+                work[self.backends[s]][rows] += np.bincount(owner, weights=drawn.work_s, minlength=rows.size)
                 longest = np.zeros(rows.size)
-                np.maximum.at(longest, owner, lat)
+                np.maximum.at(longest, owner, drawn.latency_s)
                 clock[rows] += longest
                 current[rows] = self.successors(s, counts[rows, s], rng)
         self._check_length(MAX_STAGES_PER_RUN)

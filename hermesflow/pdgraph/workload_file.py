@@ -85,8 +85,9 @@ def _parse_stage(name: str, spec: Any) -> dict[str, Any]:
     loops = (spec.get("profile") or {}).get("loops")
     if loops and any(count != 1 for count in loops):
         stage["visits"] = Empirical.of(loops, unit="visits")
-    if "backend" in spec:
-        stage["backend"] = spec["backend"]
+    for field in ("backend", "attention"):
+        if field in spec:
+            stage[field] = spec[field]
     return stage
 
 

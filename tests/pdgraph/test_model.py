@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hermesflow.pdgraph.distributions import Empirical
-from hermesflow.pdgraph.model import END, LLM_BACKEND, PDGraph
+from hermesflow.pdgraph.model import END, LLM_BACKEND, AttentionMethod, PDGraph
 from hermesflow.pdgraph.workload_file import SCHEMA, WorkloadFileError, hermes_mix, parse_workload
 
 CLASS = "demo"
@@ -120,6 +120,23 @@ def test_llm_stage_rejects_exec_s() -> None:
     with pytest.raises(ValueError) as err:
         _graph({"a": _llm({END: 1.0}, exec_s={"samples": [1.0]})})
     _assert_names(err, "stage 'a'", "field 'exec_s'")
+
+
+def test_attention_shares_must_be_a_distribution_over_the_methods() -> None:
+    graph = _graph({"a": _llm({END: 1.0}, attention={"minference": 0.75, "dense": 0.25})})
+    assert graph.stages["a"].attention == {AttentionMethod.MINFERENCE: 0.75, AttentionMethod.DENSE: 0.25}
+    with pytest.raises(ValueError) as err:
+        _graph({"a": _llm({END: 1.0}, attention={"minference": 0.5})})
+    _assert_names(err, "stage 'a'", "field 'attention'", "sum to 0.5", "missing method, e.g. 'dense'")
+    with pytest.raises(ValueError) as err:
+        _graph({"a": _llm({END: 1.0}, attention={"sparse": 1.0})})
+    _assert_names(err, "attention", "'dense', 'minference' or 'retrieval'")
+
+
+def test_only_llm_stages_have_an_attention_method() -> None:
+    with pytest.raises(ValueError) as err:
+        _graph({"a": _tool({END: 1.0}, attention={"dense": 1.0})})
+    _assert_names(err, "stage 'a'", "field 'attention'", "only an LLM stage")
 
 
 @pytest.mark.parametrize("kind", ["tool", "search", "code", "dnn"])

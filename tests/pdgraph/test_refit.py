@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from hermesflow.pdgraph.model import END, PDGraph
+from hermesflow.pdgraph.model import END, AttentionMethod, PDGraph
 from hermesflow.pdgraph.refit import StageObservation, refit
 from hermesflow.pdgraph.workload_file import hermes_mix
 
@@ -136,3 +138,30 @@ def test_invalid_observations_are_refused() -> None:
         StageObservation(CLASS, run_id=1, stage="thought", step=0, visit=0, next_stage=END)
     with pytest.raises(ValueError, match="both must be >= 1"):
         refit(hermes_mix()[CLASS], [], window=0)
+
+
+def test_refit_learns_each_llm_stages_share_of_attention_methods(fever: PDGraph) -> None:
+    """The refit learns what share of a stage's requests ran each method, so the demand prices
+    them at that method's rates; all-dense observations mean no shares, and observations that
+    record no method keep the prior's."""
+    runs = _fever_runs(np.random.default_rng(4), 40, p_search=0.3, tokens=300)
+    sparse, dense = AttentionMethod.MINFERENCE, AttentionMethod.DENSE
+    cycle = iter([sparse, sparse, sparse, dense] * len(runs))
+    marked = [
+        replace(o, attention=(next(cycle), next(cycle))) if o.stage == "thought" else o for o in runs
+    ]
+    shares = refit(fever, marked, window=1000).stages["thought"].attention
+    assert shares == {dense: 0.25, sparse: 0.75}
+    assert refit(fever, marked, window=1000).stages["search"].attention is None
+    all_dense = [replace(o, attention=(dense, dense)) if o.stage == "thought" else o for o in runs]
+    learned = refit(fever, marked, window=1000)
+    assert refit(learned, all_dense, window=1000).stages["thought"].attention is None
+    assert refit(learned, runs, window=1000).stages["thought"].attention == shares
+
+
+def test_an_observation_records_one_method_per_request() -> None:
+    with pytest.raises(ValueError, match="1 attention methods for 2 requests"):
+        StageObservation(
+            app_class=CLASS, run_id=0, stage="thought", step=0, visit=1, next_stage=END,
+            fanout=2, attention=(AttentionMethod.DENSE,),
+        )

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from hermesflow.pdgraph.costs import CostModel
+from hermesflow.pdgraph.costs import AttentionCost, CostModel, LLMEngineCost
 from hermesflow.pdgraph.demand import DemandEstimator, GraphState
-from hermesflow.pdgraph.model import END, PDGraph
+from hermesflow.pdgraph.model import END, AttentionMethod, PDGraph
 from hermesflow.pdgraph.sampler import CompiledGraph, RunPlan
 from hermesflow.pdgraph.workload_file import hermes_mix
 
@@ -123,6 +123,49 @@ def test_remaining_first_need_is_zero_for_pending_work_and_inf_for_unused(
     assert np.all(draws.first_need_s["code:factool_code"] == 0.0)
     assert np.all(np.isinf(draws.first_need_s["llm"]))
     assert np.all(draws.work_by_backend_s["llm"] == 0.0)
+
+
+def _long_prompt_graph(attention: dict[str, float] | None) -> PDGraph:
+    return PDGraph.model_validate(
+        {
+            "name": "long_prompt",
+            "entry": {"read": 1.0},
+            "stages": {
+                "read": {
+                    "kind": "llm",
+                    "next": {END: 1.0},
+                    "input_tokens": {"samples": [30_000, 50_000]},
+                    "output_tokens": {"samples": [100]},
+                    "attention": attention,
+                }
+            },
+        }
+    )
+
+
+def test_requests_are_priced_by_the_attention_method_they_draw() -> None:
+    """A stage whose prompts run sparse prefill needs less work, in the sampled ground truth
+    and in the remaining demand alike; a method without measured rates is priced dense."""
+    sparse = AttentionCost(prefill_s_per_token=1e-5)
+    costs = CostModel(llm={"llm": LLMEngineCost(attention={AttentionMethod.MINFERENCE: sparse})})
+    dense = CompiledGraph(_long_prompt_graph(None), costs)
+    half = CompiledGraph(_long_prompt_graph({"minference": 0.5, "dense": 0.5}), costs)
+    every = CompiledGraph(_long_prompt_graph({"minference": 1.0}), costs)
+    unmeasured = CompiledGraph(_long_prompt_graph({"retrieval": 1.0}), costs)
+    engine = costs.engine("llm")
+    runs = _runs(every, 200, seed=3)
+    for request in (r for plan in runs for stage in plan.stages for r in stage.requests):
+        assert request.attention is AttentionMethod.MINFERENCE
+        assert request.work_s == pytest.approx(request.input_tokens * 1e-5 + 100 * engine.decode_s_per_token)
+    means = {
+        name: graph.remaining(None, (0,), 0, 4000, np.random.default_rng(5)).work_s.mean()
+        for name, graph in (("dense", dense), ("half", half), ("every", every), ("unmeasured", unmeasured))
+    }
+    decode = 100 * engine.decode_s_per_token
+    assert means["dense"] == pytest.approx(40_000 * engine.prefill_s_per_token + decode, rel=0.02)
+    assert means["every"] == pytest.approx(40_000 * 1e-5 + decode, rel=0.02)
+    assert means["half"] == pytest.approx((means["dense"] + means["every"]) / 2, rel=0.03)
+    assert means["unmeasured"] == pytest.approx(means["dense"], rel=0.02)
 
 
 # --------------------------------------------------------------------------- DemandEstimator

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hermesflow.pdgraph.model import END, PDGraph, StageKind
+from hermesflow.pdgraph.model import END, AttentionMethod, PDGraph, StageKind
 from hermesflow.pdgraph.workload_file import (
     SCHEMA,
     WorkloadFileError,
@@ -96,6 +96,17 @@ def test_a_declared_backend_is_kept(tmp_path: Path, document: dict[str, Any]) ->
     graph = load_workload(_write(tmp_path, changed))["factool_math"]
     assert graph.backend_of("extract_claims") == "llm-small"
     assert graph.backend_of("generate_queries") == "llm"
+
+
+def test_a_declared_attention_share_is_kept_and_checked(tmp_path: Path, document: dict[str, Any]) -> None:
+    changed = copy.deepcopy(document)
+    stage = changed["apps"]["factool_math"]["stages"]["extract_claims"]
+    stage["attention"] = {"minference": 1.0}
+    graph = load_workload(_write(tmp_path, changed))["factool_math"]
+    assert graph.stages["extract_claims"].attention == {AttentionMethod.MINFERENCE: 1.0}
+    stage["attention"] = {"minference": 0.5}
+    with pytest.raises(WorkloadFileError, match="class 'factool_math'.*'attention'.*sum to 0.5"):
+        load_workload(_write(tmp_path, changed))
 
 
 # --------------------------------------------------------------------------- malformed files

@@ -40,16 +40,43 @@ def test_recovers_the_iteration_time_line_and_the_prefill_rate():
     assert engine.iteration_s(3) == pytest.approx(0.02 + 0.005 * 3, rel=1e-6)
 
 
-def test_calls_that_ran_a_long_context_method_do_not_price_dense_calls():
-    """A sparse prefill is cheaper per token than the dense one the cost model prices."""
+def test_each_long_context_method_gets_its_own_rates_and_leaves_the_dense_ones_alone():
+    """A sparse prefill is cheaper per token than the dense one; a retrieval decode iteration
+    slower. Each method is fitted from its own calls, and neither moves the dense rates."""
     rng = np.random.default_rng(2)
     dense = [c.model_copy(update={"attention": AttentionMethod.DENSE}) for c in _calls(0.02, 0.005, 2e-3, rng)]
     sparse = [
         c.model_copy(update={"attention": AttentionMethod.MINFERENCE})
-        for c in _calls(0.002, 0.0005, 2e-4, rng)
+        for c in _calls(0.02, 0.005, 2e-4, rng)
     ]
-    assert calibrate_engine(dense + sparse, PRIOR) == calibrate_engine(dense, PRIOR)
-    assert calibrate_engine(dense + sparse, PRIOR).prefill_s_per_token == pytest.approx(2e-3, rel=1e-6)
+    retrieval = [
+        c.model_copy(update={"attention": AttentionMethod.RETRIEVAL})
+        for c in _calls(0.04, 0.010, 3e-3, rng)
+    ]
+    alone = calibrate_engine(dense, PRIOR)
+    engine = calibrate_engine(dense + sparse + retrieval, PRIOR)
+    assert engine.model_copy(update={"attention": {}}) == alone
+    assert alone.attention == {}
+    minference = engine.attention[AttentionMethod.MINFERENCE]
+    assert minference.prefill_s_per_token == pytest.approx(2e-4, rel=1e-6)
+    assert minference.decode_s_per_token == pytest.approx(alone.decode_s_per_token, rel=1e-6)
+    retrieval_rates = engine.attention[AttentionMethod.RETRIEVAL]
+    assert retrieval_rates.prefill_s_per_token == pytest.approx(3e-3, rel=1e-6)
+    assert retrieval_rates.decode_s_per_token == pytest.approx(2 * alone.decode_s_per_token, rel=1e-6)
+    assert engine.work_s(1000, 10, AttentionMethod.MINFERENCE) == pytest.approx(0.2 + 10 * alone.decode_s_per_token)
+    assert engine.work_s(1000, 10) == pytest.approx(2.0 + 10 * alone.decode_s_per_token)
+
+
+def test_a_method_seen_too_rarely_is_priced_like_dense():
+    rng = np.random.default_rng(3)
+    dense = _calls(0.02, 0.005, 2e-3, rng)
+    sparse = [
+        c.model_copy(update={"attention": AttentionMethod.MINFERENCE})
+        for c in _calls(0.02, 0.005, 2e-4, rng, n=MIN_CALLS - 1)
+    ]
+    engine = calibrate_engine(dense + sparse, PRIOR)
+    assert AttentionMethod.MINFERENCE not in engine.attention
+    assert engine.work_s(1000, 10, AttentionMethod.MINFERENCE) == engine.work_s(1000, 10)
 
 
 def test_too_few_calls_keep_the_prior():
