@@ -95,10 +95,6 @@ class LLMEngineCost(BaseModel):
         prefill, decode = self.rates(method)
         return input_tokens * prefill + output_tokens * decode
 
-    def solo_latency_s(self, input_tokens: float, output_tokens: float) -> float:
-        """Wall time of a request in a full batch (the typical case under load)."""
-        return self.work_s(input_tokens, output_tokens) / self.work_rate_per_request(self.max_batch)
-
 
 class CostModel(BaseModel):
     """Per-backend timings: LLM engines by backend name, tools by their measured seconds."""
