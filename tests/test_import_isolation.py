@@ -1,6 +1,7 @@
-"""The scheduling core imports without Ray or Airflow: the simulator, the CLI and the tests must
-run on a machine that has neither. Checked in a fresh interpreter, so other tests' imports do not
-hide a stray dependency."""
+"""The scheduling core and the data cache import without Ray or Airflow: the simulator, the CLI
+and the tests must run on a machine that has neither, and the cache serves Airflow workers and
+plain scripts too. Checked in a fresh interpreter, so other tests' imports do not hide a stray
+dependency."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("airflow", "ray")
-PACKAGES = ("hermesflow.pdgraph", "hermesflow.schedulers")
+PACKAGES = ("hermesflow.pdgraph", "hermesflow.schedulers", "hermesflow.cache")
 EXCLUDED = {
     "hermesflow.schedulers.runtime",
     "hermesflow.schedulers.runtime_backends",
