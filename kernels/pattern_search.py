@@ -43,7 +43,11 @@ from hermesflow.kernels.head_weights import (
     estimation_products,
     kept_by,
 )
-from hermesflow.kernels.sparse_estimate import block_scores, vertical_slash_scores
+from hermesflow.kernels.sparse_estimate import (
+    block_scores,
+    vertical_slash_coverage,
+    vertical_slash_scores,
+)
 from hermesflow.kernels.sparse_patterns import SparsePattern
 from hermesflow.kernels.sparse_prefill import (
     AShape,
@@ -166,7 +170,9 @@ def search_head(
             [_measure(head, q_p, k_p, pattern, scale) for head, q_p, k_p in zip(heads, q, k)]
         )
         if kept.recall >= bar:
-            return HeadChoice(pattern, kept.recall, kept.cost, dense=False)
+            return HeadChoice(
+                _with_coverage(pattern, q, k, scale), kept.recall, kept.cost, dense=False
+            )
     return HeadChoice(dense, 1.0, dense_cost, dense=True)  # every causal block: all the mass
 
 
@@ -221,6 +227,20 @@ def _a_shapes(head: HeadWeights, grid: SearchGrid) -> list[Candidate]:
         for a, sink in enumerate(grid.sinks)
         for b, window in enumerate(grid.windows)
     ]
+
+
+def _with_coverage(
+    pattern: HeadPattern, q: torch.Tensor, k: torch.Tensor, scale: float | None
+) -> HeadPattern:
+    """A vertical-slash choice with the lowest last-query coverage its budgets reached on the
+    search prompts, from which a harder prompt grows them (`estimate_vertical_slash`); on the
+    search prompts themselves it changes nothing, so the recall measured stands."""
+    if not isinstance(pattern, VerticalSlash):
+        return pattern
+    covered = vertical_slash_coverage(
+        q[:, None], k[:, None], pattern.n_vertical, pattern.n_slash, pattern.last_queries, scale
+    )
+    return pattern.model_copy(update={"coverage": float(covered.min())})
 
 
 def _vertical_slashes(

@@ -4,7 +4,11 @@
   small `[m, length]` attention). Summing their softmax down each key column scores the columns;
   summing it along each diagonal (offset `q - k`) scores the slashes. The top `n_vertical` columns
   and `n_slash` diagonals form the index; column 0 (the attention sink) and offset 0 (the query
-  itself) are always kept.
+  itself) are always kept. The budgets come from the offline search, which also records the
+  share of the last queries' mass they covered there (`coverage`); a prompt on which they cover
+  clearly less is harder than the searched ones, and both budgets grow until they cover it
+  (Hermesflow's rule, `estimate_vertical_slash`: fixed budgets missed the recall target on new
+  text in the heads whose coverage had dropped).
 * **Block-sparse**: each (query block, key block) tile of `block` x `block` tokens gets a score,
   and each query block keeps its top `n_blocks` key blocks; its own block and the first block are
   always kept, beyond the budget if it is 1. Two scorings (`BlockScoring`):
@@ -41,12 +45,74 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
 
 from hermesflow.kernels.attention_reference import scores
 from hermesflow.kernels.sparse_patterns import BlockSparseIndex, VerticalSlashIndex
+
+COVERAGE_SLACK = 0.005
+"""How far a prompt's last-query coverage may fall below the head's searched coverage before its
+budgets grow: below this, the shortfall is within what the search prompts themselves differ by."""
+BUDGET_GROWTH = 1.5
+"""The factor both vertical-slash budgets grow by per step."""
+MAX_GROWTHS = 6
+"""At most this many steps (about 11x the searched budgets); past them the index is kept as is."""
+
+
+@dataclass(frozen=True)
+class _LastQueries:
+    """The last queries' causal softmax over every key (`weights`, `[batch, heads, m, length]`)
+    and, per key, the mass they put on its column and on its diagonal (offset `q - k`)."""
+
+    weights: torch.Tensor
+    offset: torch.Tensor
+    column_mass: torch.Tensor
+    diagonal_mass: torch.Tensor
+
+    @classmethod
+    def of(
+        cls, q: torch.Tensor, k: torch.Tensor, last_queries: int, scale: float | None
+    ) -> _LastQueries:
+        if last_queries < 1:
+            raise ValueError(f"last_queries must be at least 1; got {last_queries}")
+        length = q.shape[-2]
+        first = length - min(last_queries, length)
+        logits = scores(q[..., first:, :], k, scale)  # [batch, heads, m, length]
+        query_positions = torch.arange(first, length, device=q.device)
+        key_positions = torch.arange(length, device=q.device)
+        offset = query_positions[:, None] - key_positions[None, :]  # [m, length]
+        weights = torch.softmax(logits.masked_fill(offset < 0, float("-inf")), dim=-1)
+        diagonal_mass = torch.zeros(weights.shape[:2] + (length,), device=q.device)
+        diagonal_mass.scatter_add_(
+            -1, offset.clamp(min=0).reshape(-1).expand(*weights.shape[:2], -1), weights.flatten(-2)
+        )
+        return cls(weights, offset, weights.sum(dim=-2), diagonal_mass)
+
+    def rankings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The column and diagonal scores, column 0 and offset 0 raised to `inf`."""
+        column_score, diagonal_score = self.column_mass.clone(), self.diagonal_mass.clone()
+        column_score[..., 0] = float("inf")
+        diagonal_score[..., 0] = float("inf")
+        return column_score, diagonal_score
+
+    def covered(self, vertical: torch.Tensor, slash: torch.Tensor) -> torch.Tensor:
+        """`[batch, heads]`: the share of the last queries' mass on the `vertical` columns or the
+        `slash` diagonals (index tensors `[batch, heads, n]`), by inclusion-exclusion:
+        columns' mass + diagonals' mass - the mass on both, the last read at the columns only
+        (`m x n_vertical` entries, never the whole `[m, length]` mask)."""
+        kept_diagonals = torch.zeros_like(self.diagonal_mass, dtype=torch.bool)
+        kept_diagonals.scatter_(-1, slash, True)
+        m = self.weights.shape[-2]
+        at_columns = self.weights.gather(-1, vertical[..., None, :].expand(-1, -1, m, -1))
+        offsets = self.offset[:, :1] - vertical[..., None, :]  # q - k, [batch, heads, m, n]
+        on_both = kept_diagonals.gather(-1, offsets.clamp(min=0).flatten(-2)).view(offsets.shape)
+        both = (at_columns * (on_both & (offsets >= 0))).sum(dim=(-1, -2))
+        columns = self.column_mass.gather(-1, vertical).sum(dim=-1)
+        diagonals = self.diagonal_mass.gather(-1, slash).sum(dim=-1)
+        return (columns + diagonals - both) / m
 
 
 def vertical_slash_scores(
@@ -58,24 +124,21 @@ def vertical_slash_scores(
     """How much softmax mass the last `last_queries` queries put on each key column and on each
     diagonal (offset `q - k`): two `[batch, heads, length]` float32 tables, column 0 and offset 0
     scored `inf` so that every budget keeps them. The index keeps the top of each table."""
-    if last_queries < 1:
-        raise ValueError(f"last_queries must be at least 1; got {last_queries}")
-    length = q.shape[-2]
-    first = length - min(last_queries, length)
-    logits = scores(q[..., first:, :], k, scale)  # [batch, heads, m, length]
-    query_positions = torch.arange(first, length, device=q.device)
-    key_positions = torch.arange(length, device=q.device)
-    offset = query_positions[:, None] - key_positions[None, :]  # [m, length]
-    weights = torch.softmax(logits.masked_fill(offset < 0, float("-inf")), dim=-1)
+    return _LastQueries.of(q, k, last_queries, scale).rankings()
 
-    column_score = weights.sum(dim=-2)
-    diagonal_score = torch.zeros_like(column_score)
-    diagonal_score.scatter_add_(
-        -1, offset.clamp(min=0).reshape(-1).expand(*weights.shape[:2], -1), weights.flatten(-2)
-    )
-    column_score[..., 0] = float("inf")
-    diagonal_score[..., 0] = float("inf")
-    return column_score, diagonal_score
+
+def vertical_slash_coverage(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    n_vertical: int,
+    n_slash: int,
+    last_queries: int = 64,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """`[batch, heads]`: the share of the last queries' attention mass that the top `n_vertical`
+    columns and `n_slash` diagonals cover: what the search records per head as its coverage."""
+    last = _LastQueries.of(q, k, last_queries, scale)
+    return last.covered(*_top(last.rankings(), n_vertical, n_slash))
 
 
 def estimate_vertical_slash(
@@ -85,18 +148,48 @@ def estimate_vertical_slash(
     n_slash: int,
     last_queries: int = 64,
     scale: float | None = None,
+    coverage: float | None = None,
 ) -> VerticalSlashIndex:
     """The vertical-slash index of one prompt (module docstring); budgets are capped at the
-    prompt's length."""
+    prompt's length.
+
+    With `coverage` (the lowest share of the last queries' mass the budgets covered on the search
+    prompts), a prompt on which they cover less than `coverage - COVERAGE_SLACK`, in any batch
+    row or head, is harder than the searched ones: both budgets grow by `BUDGET_GROWTH` until
+    they cover it (at most `MAX_GROWTHS` steps). The last queries' coverage predicts the whole
+    prompt's recall: on SmolLM2's held-out text the heads whose recall fell below the target were
+    the ones whose coverage fell below their searched one (docs/benchmarks.md)."""
     if n_vertical < 1 or n_slash < 1:
         raise ValueError(
             f"n_vertical and n_slash must be at least 1; got {n_vertical} and {n_slash}"
         )
-    column_score, diagonal_score = vertical_slash_scores(q, k, last_queries, scale)
+    last = _LastQueries.of(q, k, last_queries, scale)
+    rankings = last.rankings()
+    vertical, slash = _top(rankings, n_vertical, n_slash)
     length = q.shape[-2]
+    if coverage is not None:
+        for _ in range(MAX_GROWTHS):
+            if min(n_vertical, n_slash) >= length:
+                break
+            if float(last.covered(vertical, slash).min()) >= coverage - COVERAGE_SLACK:
+                break
+            n_vertical, n_slash = (
+                math.ceil(n_vertical * BUDGET_GROWTH),
+                math.ceil(n_slash * BUDGET_GROWTH),
+            )
+            vertical, slash = _top(rankings, n_vertical, n_slash)
+    return VerticalSlashIndex(vertical.sort(dim=-1).values, slash.sort(dim=-1).values)
+
+
+def _top(
+    rankings: tuple[torch.Tensor, torch.Tensor], n_vertical: int, n_slash: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top `n_vertical` columns and `n_slash` diagonals, capped at the prompt's length."""
+    column_score, diagonal_score = rankings
+    length = column_score.shape[-1]
     vertical = column_score.topk(min(n_vertical, length), dim=-1).indices
     slash = diagonal_score.topk(min(n_slash, length), dim=-1).indices
-    return VerticalSlashIndex(vertical.sort(dim=-1).values, slash.sort(dim=-1).values)
+    return vertical, slash
 
 
 class BlockScoring(Enum):

@@ -42,12 +42,15 @@ class AShape(_Pattern):
 
 
 class VerticalSlash(_Pattern):
-    """`n_vertical` columns and `n_slash` diagonals, estimated from the last `last_queries`."""
+    """`n_vertical` columns and `n_slash` diagonals, estimated from the last `last_queries`.
+    `coverage`, the lowest share of the last queries' mass the budgets covered on the search
+    prompts, lets a harder prompt grow them (`estimate_vertical_slash`); None keeps them fixed."""
 
     pattern: Literal[SparsePattern.VERTICAL_SLASH] = SparsePattern.VERTICAL_SLASH
     n_vertical: PositiveInt
     n_slash: PositiveInt
     last_queries: PositiveInt = 64
+    coverage: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
 
 class BlockSparse(_Pattern):
@@ -172,8 +175,10 @@ def estimate_index(
             return VerticalSlashIndex.a_shape(
                 batch, heads, min(sink, length), min(window, length), q.device
             )
-        case VerticalSlash(n_vertical=n_vertical, n_slash=n_slash, last_queries=last):
-            return estimate_vertical_slash(q, k, n_vertical, n_slash, last, scale)
+        case VerticalSlash(
+            n_vertical=n_vertical, n_slash=n_slash, last_queries=last, coverage=floor
+        ):
+            return estimate_vertical_slash(q, k, n_vertical, n_slash, last, scale, floor)
         case BlockSparse(block=block, n_blocks=n_blocks):
             return estimate_block_sparse(q, k, block, n_blocks, scale)
 

@@ -5,6 +5,7 @@ pattern that says so; and a configuration of searched heads round-trips. Tiny sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,13 @@ from hermesflow.kernels.pattern_search import (
     measure_layer,
     search_head,
     search_layer,
+)
+from hermesflow.kernels.sparse_estimate import (
+    BUDGET_GROWTH,
+    COVERAGE_SLACK,
+    MAX_GROWTHS,
+    estimate_vertical_slash,
+    vertical_slash_coverage,
 )
 from hermesflow.kernels.sparse_patterns import SparsePattern
 from hermesflow.kernels.sparse_prefill import (
@@ -123,7 +131,7 @@ def test_a_planted_head_gets_its_pattern_at_the_smallest_budget_that_meets_the_b
 ) -> None:
     q, k = head()
     choice = search_head(q[None], k[None], None, BAR, GRID, LENGTH)
-    assert choice.pattern == expected and not choice.dense
+    assert _budgets(choice.pattern) == expected and not choice.dense
     reached, cost = _reference(q, k, expected)
     assert choice.recall == pytest.approx(reached, abs=1e-5) and choice.recall >= BAR
     assert choice.cost == pytest.approx(cost)
@@ -145,14 +153,86 @@ def _cheapest_by_masks(prompts: list[tuple[torch.Tensor, torch.Tensor]], bar: fl
 def test_the_search_picks_what_scoring_every_candidate_on_its_mask_picks(head: Head) -> None:
     q, k = head()
     choice = search_head(q[None], k[None], None, BAR, GRID, LENGTH)
-    assert choice.pattern == _cheapest_by_masks([(q, k)], BAR)
+    assert _budgets(choice.pattern) == _cheapest_by_masks([(q, k)], BAR)
+
+
+def _budgets(pattern: HeadPattern) -> HeadPattern:
+    """A searched pattern without the coverage a vertical-slash choice records."""
+    return (
+        pattern.model_copy(update={"coverage": None})
+        if isinstance(pattern, VerticalSlash)
+        else pattern
+    )
+
+
+def test_a_vertical_slash_choice_records_its_lowest_coverage_on_the_search_prompts() -> None:
+    """The coverage lets a harder prompt grow the budgets; on the search prompts it grows
+    nothing, so the recall the search measured is the one the configuration gets."""
+    first, _, _ = PLANTED[1]
+    q, k = first()
+    noisy = q + 0.3 * torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
+    prompts_q, prompts_k = torch.stack([q, noisy]), torch.stack([k, k])
+    choice = search_head(prompts_q, prompts_k, None, BAR, GRID, LENGTH)
+    assert isinstance(choice.pattern, VerticalSlash)
+    covered = vertical_slash_coverage(
+        prompts_q[:, None],
+        prompts_k[:, None],
+        choice.pattern.n_vertical,
+        choice.pattern.n_slash,
+        GRID.last_queries,
+    )
+    assert choice.pattern.coverage == pytest.approx(float(covered.min()))
+    for prompt_q in prompts_q:
+        fixed = estimate_index(prompt_q[None, None], k[None, None], _budgets(choice.pattern))
+        grown = estimate_index(prompt_q[None, None], k[None, None], choice.pattern)
+        assert torch.equal(fixed.mask(LENGTH), grown.mask(LENGTH))
+
+
+def test_budgets_grow_only_on_a_prompt_whose_coverage_falls_below_the_searched_one() -> None:
+    """Within `COVERAGE_SLACK` of the searched coverage the index is the fixed one; further
+    below, both budgets grow by `BUDGET_GROWTH` per step until the coverage is reached."""
+    q, k = (t[None, None] for t in vertical_slash_head())
+    covered = float(vertical_slash_coverage(q, k, 4, 4, GRID.last_queries))
+    fixed = estimate_vertical_slash(q, k, 4, 4, GRID.last_queries)
+    near = estimate_vertical_slash(
+        q, k, 4, 4, GRID.last_queries, coverage=covered + COVERAGE_SLACK / 2
+    )
+    assert torch.equal(near.vertical, fixed.vertical) and torch.equal(near.slash, fixed.slash)
+    wanted = 0.99  # this head covers 0.848 at 4 x 4, 0.978 at 6 x 6, 0.986 at 14 x 14
+    grown = estimate_vertical_slash(q, k, 4, 4, GRID.last_queries, coverage=wanted)
+    steps = next(
+        n
+        for n in range(1, MAX_GROWTHS + 1)
+        if float(vertical_slash_coverage(q, k, *_grown(4, 4, n), GRID.last_queries))
+        >= wanted - COVERAGE_SLACK
+    )
+    assert (grown.vertical.shape[-1], grown.slash.shape[-1]) == _grown(4, 4, steps)
+    assert steps >= 2  # one step was not enough: the loop went on
+    kept = estimate_index(
+        q,
+        k,
+        VerticalSlash(n_vertical=4, n_slash=4, last_queries=GRID.last_queries, coverage=wanted),
+    )
+    assert torch.equal(kept.vertical, grown.vertical)  # the configuration's field reaches it
+
+
+def _grown(n_vertical: int, n_slash: int, steps: int) -> tuple[int, int]:
+    for _ in range(steps):
+        n_vertical, n_slash = (
+            math.ceil(n_vertical * BUDGET_GROWTH),
+            math.ceil(n_slash * BUDGET_GROWTH),
+        )
+    return n_vertical, n_slash
 
 
 def test_a_candidate_must_reach_the_bar_on_every_search_prompt() -> None:
     prompts = [vertical_slash_head(), a_shape_head()]
     choice = search_head(*(torch.stack(t) for t in zip(*prompts)), None, BAR, GRID, LENGTH)
-    assert choice.pattern == _cheapest_by_masks(prompts, BAR)
-    assert choice.pattern not in {PLANTED[0][1], PLANTED[1][1]}  # each prompt's own is not enough
+    assert _budgets(choice.pattern) == _cheapest_by_masks(prompts, BAR)
+    assert _budgets(choice.pattern) not in {
+        PLANTED[0][1],
+        PLANTED[1][1],
+    }  # each prompt's own is not enough
     assert choice.recall == pytest.approx(
         min(_reference(q, k, choice.pattern)[0] for q, k in prompts), abs=1e-5
     )
@@ -163,8 +243,8 @@ def test_a_tie_in_the_ranking_is_judged_on_the_index_actually_estimated() -> Non
     ranking read off the weights, and so less mass at 8 columns (0.86 against 0.90)."""
     q, k = vertical_slash_head((2.0,) * 6)
     choice = search_head(q[None], k[None], None, 0.88, GRID, LENGTH)
-    assert choice.pattern == _cheapest_by_masks([(q, k)], 0.88)
-    assert choice.pattern == VerticalSlash(n_vertical=16, n_slash=4, last_queries=16)
+    assert _budgets(choice.pattern) == _cheapest_by_masks([(q, k)], 0.88)
+    assert _budgets(choice.pattern) == VerticalSlash(n_vertical=16, n_slash=4, last_queries=16)
     assert choice.recall == pytest.approx(_reference(q, k, choice.pattern)[0], abs=1e-5)
 
 
@@ -185,7 +265,7 @@ def test_a_layer_searches_each_query_head_against_its_shared_key_head() -> None:
     q = torch.stack([q_a, q_a, q_v, q_v])[None]
     k = torch.stack([k_a, k_v])[None]  # two query heads per key/value head
     choices = search_layer(q, k, None, TARGET, MARGIN, GRID)
-    assert [c.pattern for c in choices] == [PLANTED[0][1]] * 2 + [PLANTED[1][1]] * 2
+    assert [_budgets(c.pattern) for c in choices] == [PLANTED[0][1]] * 2 + [PLANTED[1][1]] * 2
     measured = measure_layer(q, k, [c.pattern for c in choices])
     assert [m.recall for m in measured] == pytest.approx([c.recall for c in choices])
 
