@@ -8,5 +8,7 @@ and the access-pattern detection that IGTCache's own policies will read.
 - `registry`: the policies by name (`CachePolicyKind`) and `make_cache`;
 - `trace`: trace records and their exact replay through a policy;
 - `stream_tree`: the AccessStreamTree (recent accesses by path, attributed to streams);
-- `pattern_tests`: the hypothesis tests that classify a stream, and its re-testing.
+- `pattern_tests`: the hypothesis tests that classify a stream, and its re-testing;
+- `filesystem` (with `options`, `blocks`, `origin`, `tier`, `memory_tier`, `disk_tier`,
+  `disk_index`, `tiered`): the fsspec filesystem `igtcache` and its memory and disk tiers.
 """
