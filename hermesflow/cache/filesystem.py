@@ -159,7 +159,10 @@ class IGTCacheFileSystem(ChainedFileSystem):
         `max_gap` is not supported: adjacent missing blocks already share one GET."""
         _no_arguments("cat_ranges", kwargs)
         if max_gap is not None:
-            raise NotImplementedError("igtcache's cat_ranges does not merge ranges (max_gap)")
+            raise ValueError(
+                f"max_gap={max_gap}: igtcache's cat_ranges does not merge ranges, because adjacent "
+                "missing blocks already share one GET; leave max_gap out"
+            )
         count = len(paths)
         starts = starts if isinstance(starts, list) else [starts] * count
         ends = ends if isinstance(ends, list) else [ends] * count
